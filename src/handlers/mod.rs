@@ -1,0 +1,211 @@
+//! Job kinds: the [`Handler`] trait, the registry of kinds, and the built-in kinds
+//! (`noop`, `sleep`, [`exec`]).
+//!
+//! A handler validates a payload at submit time (so a bad payload is rejected before it is
+//! acknowledged) and runs a job on a worker thread.
+
+pub mod exec;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What a handler gets to run one attempt.
+#[derive(Debug)]
+pub struct JobContext<'a> {
+    /// Job id.
+    pub id: u64,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Queue name.
+    pub queue: &'a str,
+    /// JSON payload text.
+    pub payload: &'a str,
+    /// Per-attempt timeout, if any.
+    pub timeout: Option<Duration>,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    /// Human-readable reason.
+    pub reason: String,
+    /// Exit code (exec jobs).
+    pub exit_code: Option<i32>,
+    /// Last bytes of output.
+    pub output_tail: String,
+}
+
+impl JobError {
+    /// A failure with just a reason.
+    pub fn new(reason: impl Into<String>) -> JobError {
+        JobError { reason: reason.into(), exit_code: None, output_tail: String::new() }
+    }
+}
+
+impl From<String> for JobError {
+    fn from(reason: String) -> JobError {
+        JobError::new(reason)
+    }
+}
+
+impl From<&str> for JobError {
+    fn from(reason: &str) -> JobError {
+        JobError::new(reason)
+    }
+}
+
+/// A job kind.
+pub trait Handler: Send + Sync + 'static {
+    /// Checks a payload at submit time; the error text goes back to the client.
+    fn validate(&self, _payload: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// Runs one attempt. A panic counts as a failed attempt; the worker survives.
+    fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError>;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&JobContext<'_>) -> Result<(), JobError> + Send + Sync + 'static,
+{
+    fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
+        self(ctx)
+    }
+}
+
+/// Registered kinds, by index (the index is what jobs carry in memory).
+#[derive(Clone, Default)]
+pub struct Kinds {
+    names: Vec<String>,
+    handlers: Vec<Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Kinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.names).finish()
+    }
+}
+
+impl Kinds {
+    /// No kinds.
+    pub fn empty() -> Kinds {
+        Kinds::default()
+    }
+
+    /// The built-in kinds: `noop`, `sleep`, `exec`.
+    pub fn builtin() -> Kinds {
+        let mut k = Kinds::empty();
+        k.register("noop", Arc::new(Noop));
+        k.register("sleep", Arc::new(Sleep));
+        k.register("exec", Arc::new(exec::Exec));
+        k
+    }
+
+    /// Adds or replaces a kind.
+    pub fn register(&mut self, name: &str, handler: Arc<dyn Handler>) {
+        match self.id(name) {
+            Some(i) => self.handlers[i as usize] = handler,
+            None => {
+                self.names.push(name.to_string());
+                self.handlers.push(handler);
+            }
+        }
+    }
+
+    /// Kind index by name.
+    pub fn id(&self, name: &str) -> Option<u16> {
+        self.names.iter().position(|n| n == name).map(|i| i as u16)
+    }
+
+    /// Name of a kind index.
+    pub fn name(&self, id: u16) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Handler of a kind index.
+    pub fn handler(&self, id: u16) -> &Arc<dyn Handler> {
+        &self.handlers[id as usize]
+    }
+
+    /// All names, in index order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// `noop`: succeeds at once (benchmarks).
+struct Noop;
+
+impl Handler for Noop {
+    fn run(&self, _: &JobContext<'_>) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// `sleep`: payload `{"ms": N}`, sleeps N ms (demos and benchmarks).
+struct Sleep;
+
+/// Longest `sleep` job.
+const MAX_SLEEP_MS: u64 = 24 * 3_600_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepPayload {
+    ms: u64,
+}
+
+fn sleep_ms(payload: &str) -> Result<u64, String> {
+    let p: SleepPayload = serde_json::from_str(payload).map_err(|e| format!("sleep payload: {e}"))?;
+    if p.ms > MAX_SLEEP_MS {
+        return Err(format!("sleep payload: ms must be at most {MAX_SLEEP_MS}"));
+    }
+    Ok(p.ms)
+}
+
+impl Handler for Sleep {
+    fn validate(&self, payload: &str) -> Result<(), String> {
+        sleep_ms(payload).map(|_| ())
+    }
+    fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
+        let ms = sleep_ms(ctx.payload)?;
+        let d = Duration::from_millis(ms);
+        match ctx.timeout {
+            Some(t) if t < d => {
+                std::thread::sleep(t);
+                Err(JobError::new(format!("timed out after {} ms", t.as_millis())))
+            }
+            _ => {
+                std::thread::sleep(d);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_payloads() {
+        assert_eq!(sleep_ms(r#"{"ms":5}"#), Ok(5));
+        assert!(sleep_ms(r#"{"ms":-5}"#).is_err());
+        assert!(sleep_ms(r#"{"ms":"5"}"#).is_err());
+        assert!(sleep_ms(r#"{"ms":5,"x":1}"#).unwrap_err().contains("unknown field"));
+        assert!(sleep_ms(r#"{"ms":999999999999}"#).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn registry_by_name_and_index() {
+        let mut k = Kinds::builtin();
+        assert_eq!(k.id("exec"), Some(2));
+        assert_eq!(k.name(1), "sleep");
+        k.register("mine", Arc::new(|_: &JobContext<'_>| -> Result<(), JobError> { Err("no".into()) }));
+        let id = k.id("mine").unwrap();
+        let ctx = JobContext { id: 1, attempt: 1, queue: "q", payload: "{}", timeout: None };
+        assert_eq!(k.handler(id).run(&ctx), Err(JobError::new("no")));
+        assert_eq!(k.id("missing"), None);
+    }
+}

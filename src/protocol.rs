@@ -1,0 +1,335 @@
+//! The socket protocol: newline-delimited JSON, one request per line, one reply per line, in
+//! order (see `docs/protocol.md`).
+//!
+//! Parsing is one pass of serde_json into a borrowed struct: strings without escapes and the
+//! payload (kept as raw JSON text) are not copied until a job is built.
+
+use std::borrow::Cow;
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::runtime::{JobSpec, Rejection};
+
+/// Protocol version announced by `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Most jobs in one `submit_batch`.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Error codes. Stable: clients match on them.
+pub mod code {
+    /// The line is not JSON.
+    pub const INVALID_JSON: &str = "invalid_json";
+    /// JSON, but not a valid request (missing field, wrong type, unknown field, bad value).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The line is longer than the limit (1 MiB by default).
+    pub const LINE_TOO_LONG: &str = "line_too_long";
+    /// No such op.
+    pub const UNKNOWN_OP: &str = "unknown_op";
+    /// No such queue.
+    pub const UNKNOWN_QUEUE: &str = "unknown_queue";
+    /// No such kind.
+    pub const UNKNOWN_KIND: &str = "unknown_kind";
+    /// The payload does not suit the kind.
+    pub const INVALID_PAYLOAD: &str = "invalid_payload";
+    /// No such job.
+    pub const NOT_FOUND: &str = "not_found";
+    /// The job's state does not allow the operation.
+    pub const NOT_CANCELLABLE: &str = "not_cancellable";
+    /// A feature this version does not have.
+    pub const UNSUPPORTED: &str = "unsupported";
+    /// The WAL failed; nothing more is accepted until restart.
+    pub const WAL_FAILED: &str = "wal_failed";
+    /// The daemon is stopping.
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+    /// The peer's uid is not allowed.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// Too many connections.
+    pub const BUSY: &str = "busy";
+}
+
+/// The fields of one job in `submit` or `submit_batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitFields<'a> {
+    /// Queue.
+    #[serde(borrow)]
+    pub queue: Cow<'a, str>,
+    /// Kind.
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// Payload (any JSON; default `{}`).
+    #[serde(borrow, default)]
+    pub payload: Option<&'a RawValue>,
+    /// Idempotency key.
+    #[serde(borrow, default)]
+    pub key: Option<Cow<'a, str>>,
+    /// Deadline after becoming ready.
+    #[serde(default)]
+    pub due_in_ms: Option<u64>,
+    /// Delay.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Attempts.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Timeout.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl<'a> SubmitFields<'a> {
+    /// As a [`JobSpec`].
+    pub fn spec(&self) -> JobSpec<'_> {
+        JobSpec {
+            queue: &self.queue,
+            kind: &self.kind,
+            payload: self.payload.map(|p| p.get()).unwrap_or("{}"),
+            key: self.key.as_deref(),
+            due_in_ms: self.due_in_ms,
+            delay_ms: self.delay_ms,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+/// One request line.
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// `hello`
+    Hello,
+    /// `submit`
+    Submit(SubmitFields<'a>),
+    /// `submit_batch`
+    SubmitBatch(Vec<SubmitFields<'a>>),
+    /// `status`
+    Status(u64),
+    /// `stats`
+    Stats,
+    /// `cancel`
+    Cancel(u64),
+}
+
+#[derive(Deserialize)]
+struct OpOnly<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdReq {
+    #[allow(dead_code)]
+    op: serde::de::IgnoredAny,
+    id: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BareReq {
+    #[allow(dead_code)]
+    op: serde::de::IgnoredAny,
+    #[serde(default)]
+    #[allow(dead_code)]
+    client: Option<serde::de::IgnoredAny>,
+}
+
+/// A `submit` line: the job fields beside `op` (serde's flatten cannot deny unknown fields).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitOne<'a> {
+    #[allow(dead_code)]
+    op: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    queue: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    due_in_ms: Option<u64>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchReq<'a> {
+    #[allow(dead_code)]
+    op: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    jobs: Vec<SubmitFields<'a>>,
+}
+
+fn json_error(e: serde_json::Error) -> Rejection {
+    use serde_json::error::Category;
+    let code = match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => code::INVALID_JSON,
+        Category::Data => code::BAD_REQUEST,
+    };
+    Rejection::new(code, e.to_string())
+}
+
+impl<'a> Request<'a> {
+    /// Parses one line (without its newline).
+    pub fn parse(line: &'a [u8]) -> Result<Request<'a>, Rejection> {
+        // First pass only finds `op` (and rejects non-JSON); the second parses the op's own
+        // shape with unknown fields denied, so a typo in a field name is an error, not a default.
+        let op: OpOnly<'a> = serde_json::from_slice(line).map_err(json_error)?;
+        match &*op.op {
+            "hello" => parse_as::<BareReq>(line).map(|_| Request::Hello),
+            "stats" => parse_as::<BareReq>(line).map(|_| Request::Stats),
+            "status" => parse_as::<IdReq>(line).map(|r| Request::Status(r.id)),
+            "cancel" => parse_as::<IdReq>(line).map(|r| Request::Cancel(r.id)),
+            "submit" => {
+                let s: SubmitOne<'a> = serde_json::from_slice(line).map_err(json_error)?;
+                Ok(Request::Submit(SubmitFields {
+                    queue: s.queue,
+                    kind: s.kind,
+                    payload: s.payload,
+                    key: s.key,
+                    due_in_ms: s.due_in_ms,
+                    delay_ms: s.delay_ms,
+                    max_attempts: s.max_attempts,
+                    timeout_ms: s.timeout_ms,
+                }))
+            }
+            "submit_batch" => {
+                let b: BatchReq<'a> = serde_json::from_slice(line).map_err(json_error)?;
+                if b.jobs.is_empty() || b.jobs.len() > MAX_BATCH {
+                    return Err(Rejection::new(
+                        code::BAD_REQUEST,
+                        format!("jobs must hold 1 to {MAX_BATCH} jobs, not {}", b.jobs.len()),
+                    ));
+                }
+                Ok(Request::SubmitBatch(b.jobs))
+            }
+            other => Err(Rejection::new(
+                code::UNKNOWN_OP,
+                format!("unknown op {other:?} (hello, submit, submit_batch, status, stats, cancel)"),
+            )),
+        }
+    }
+}
+
+fn parse_as<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(line).map_err(json_error)
+}
+
+/// Appends `{"ok":false,"error":{"code":..,"message":..}}\n`.
+pub fn write_error(out: &mut Vec<u8>, r: &Rejection) {
+    #[derive(Serialize)]
+    struct E<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct R<'a> {
+        ok: bool,
+        error: E<'a>,
+    }
+    let _ = serde_json::to_writer(&mut *out, &R { ok: false, error: E { code: r.code, message: &r.message } });
+    out.push(b'\n');
+}
+
+/// Appends a `submit` reply.
+pub fn write_submitted(out: &mut Vec<u8>, id: u64, lsn: u64) {
+    let _ = writeln!(out, r#"{{"ok":true,"id":{id},"lsn":{lsn},"duplicate":false}}"#);
+}
+
+/// Appends a `submit_batch` reply: ids in request order, `lsn` of the first record (the others
+/// follow consecutively).
+pub fn write_batch(out: &mut Vec<u8>, ids: &[u64], lsn: u64) {
+    out.extend_from_slice(br#"{"ok":true,"ids":["#);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = write!(out, "{id}");
+    }
+    let _ = writeln!(out, r#"],"lsn":{lsn}}}"#);
+}
+
+/// Appends `{"ok":true, ...fields of v}\n` for a struct `v` that serializes to an object.
+pub fn write_ok_with<T: Serialize>(out: &mut Vec<u8>, v: &T) {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            let mut o = serde_json::Map::new();
+            o.insert("ok".into(), true.into());
+            o.append(&mut m);
+            let _ = serde_json::to_writer(&mut *out, &o);
+            out.push(b'\n');
+        }
+        _ => write_error(out, &Rejection::new(code::BAD_REQUEST, "internal: reply is not an object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(line: &str) -> &'static str {
+        Request::parse(line.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_each_op() {
+        assert!(matches!(Request::parse(br#"{"op":"hello"}"#), Ok(Request::Hello)));
+        assert!(matches!(Request::parse(br#"{"op":"status","id":7}"#), Ok(Request::Status(7))));
+        let Ok(Request::Submit(s)) =
+            Request::parse(br#"{"op":"submit","queue":"bulk","kind":"sleep","payload":{"ms":5},"delay_ms":10}"#)
+        else {
+            panic!("submit")
+        };
+        assert_eq!(s.spec().payload, r#"{"ms":5}"#);
+        assert_eq!(s.delay_ms, Some(10));
+        let Ok(Request::SubmitBatch(b)) =
+            Request::parse(br#"{"op":"submit_batch","jobs":[{"queue":"a","kind":"noop"},{"queue":"b","kind":"noop"}]}"#)
+        else {
+            panic!("batch")
+        };
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].spec().payload, "{}");
+    }
+
+    #[test]
+    fn errors_have_specific_codes() {
+        assert_eq!(code_of("not json"), code::INVALID_JSON);
+        assert_eq!(code_of("{\"op\":"), code::INVALID_JSON);
+        assert_eq!(code_of("\u{1}\u{2}garbage"), code::INVALID_JSON);
+        assert_eq!(code_of(r#"{"op":"fly"}"#), code::UNKNOWN_OP);
+        assert_eq!(code_of(r#"{"id":1}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"status","id":"seven"}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"status","id":-1}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"submit","queue":"q"}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"submit","queue":"q","kind":"k","dealy_ms":5}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"submit_batch","jobs":[]}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"[1,2]"#), code::BAD_REQUEST);
+        let msg = Request::parse(br#"{"op":"status","id":"x"}"#).unwrap_err().message;
+        assert!(msg.contains("invalid type"), "{msg}");
+    }
+
+    #[test]
+    fn replies_are_single_json_lines() {
+        let mut out = Vec::new();
+        write_submitted(&mut out, 7, 42);
+        write_batch(&mut out, &[1, 2], 9);
+        write_error(&mut out, &Rejection::new(code::BAD_REQUEST, "a \"quoted\"\nthing"));
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["id"], 7);
+        assert_eq!(lines[0]["duplicate"], false);
+        assert_eq!(lines[1]["ids"][1], 2);
+        assert_eq!(lines[2]["error"]["code"], "bad_request");
+        assert_eq!(lines.len(), 3);
+    }
+}

@@ -1,0 +1,594 @@
+//! [`Runtime`]: duejob embedded in a process. It owns the data directory, recovers the WAL,
+//! and runs the WAL thread, the dispatcher and the workers. The socket server ([`crate::server`])
+//! is a thin layer over the same [`Handle`].
+//!
+//! ```no_run
+//! use duejob::{JobContext, JobError, JobSpec, Runtime};
+//!
+//! let rt = Runtime::builder("./my-data")
+//!     .register("greet", |ctx: &JobContext<'_>| -> Result<(), JobError> {
+//!         println!("hello from job {}", ctx.id);
+//!         Ok(())
+//!     })
+//!     .start()?;
+//! let s = rt.submit(&JobSpec::new("default", "greet", "{}"))?;
+//! println!("job {} durable at LSN {}", s.id, s.lsn);
+//! rt.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use serde::Serialize;
+
+use crate::config::{Config, MAX_DURATION_MS};
+use crate::handlers::{Handler, Kinds};
+use crate::job::{now_ms, Job, JobRef};
+use crate::protocol::code;
+use crate::scheduler::dispatcher::{self};
+use crate::scheduler::{CancelRefused, JobInfo, Msg, SchedStats};
+use crate::wal::appender::Appender;
+use crate::wal::commit::{self, Acked, Append, RecordBatch, WalMsg};
+use crate::wal::io::{FileStorage, Storage};
+use crate::wal::record::Record;
+use crate::wal::stats::WalStats;
+use crate::wal::WalError;
+
+/// Runtime errors.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Configuration problem.
+    Config(String),
+    /// I/O on a path.
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    Locked(PathBuf),
+    /// The WAL failed or is corrupt.
+    Wal(WalError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(m) => write!(f, "configuration: {m}"),
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Locked(p) => write!(f, "data directory {} is in use by another duejob process", p.display()),
+            Error::Wal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Wal(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<WalError> for Error {
+    fn from(e: WalError) -> Error {
+        Error::Wal(e)
+    }
+}
+
+/// A request refused before anything was written: a protocol error code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Stable error code (see [`crate::protocol::code`]).
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Rejection {
+        Rejection { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// A job to submit (the fields of the protocol's `submit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobSpec<'a> {
+    /// Queue name.
+    pub queue: &'a str,
+    /// Kind name.
+    pub kind: &'a str,
+    /// Payload as JSON text.
+    pub payload: &'a str,
+    /// Idempotency key.
+    pub key: Option<&'a str>,
+    /// Deadline relative to when the job becomes ready (default: the queue's `due_in`).
+    pub due_in_ms: Option<u64>,
+    /// Delay before the job becomes ready.
+    pub delay_ms: Option<u64>,
+    /// Attempts allowed (default: the queue's).
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout (default: the queue's).
+    pub timeout_ms: Option<u64>,
+}
+
+impl<'a> JobSpec<'a> {
+    /// A job with defaults for everything but queue, kind and payload.
+    pub fn new(queue: &'a str, kind: &'a str, payload: &'a str) -> JobSpec<'a> {
+        JobSpec { queue, kind, payload, ..JobSpec::default() }
+    }
+}
+
+/// An accepted job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// Job id.
+    pub id: u64,
+    /// LSN of its WAL record.
+    pub lsn: u64,
+}
+
+/// WAL figures for `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct WalReport {
+    /// Sync mode in force.
+    pub sync: String,
+    /// Segments in `wal/`.
+    pub segments: u64,
+    /// Bytes appended since start.
+    pub bytes: u64,
+    /// Records appended since start.
+    pub records: u64,
+    /// Group commits since start.
+    pub groups: u64,
+    /// Mean records per group.
+    pub mean_group: f64,
+    /// Largest group.
+    pub max_group: u64,
+    /// fdatasync calls since start.
+    pub fsyncs: u64,
+    /// fdatasync latency upper bounds (µs): p50, p99.
+    pub fsync_p50_us: u64,
+    /// See `fsync_p50_us`.
+    pub fsync_p99_us: u64,
+}
+
+/// Everything `stats` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Scheduler figures.
+    #[serde(flatten)]
+    pub sched: SchedStats,
+    /// WAL figures.
+    pub wal: WalReport,
+}
+
+struct Inner {
+    cfg: Arc<Config>,
+    kinds: Arc<Kinds>,
+    next_id: AtomicU64,
+    wal_tx: Sender<WalMsg>,
+    sched_tx: Sender<Msg>,
+    wal_stats: Arc<WalStats>,
+    closing: AtomicBool,
+}
+
+/// A cloneable handle on a running runtime: what connections use.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+fn closed() -> Rejection {
+    Rejection::new(code::SHUTTING_DOWN, "the daemon is shutting down")
+}
+
+impl Handle {
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// The registered kinds.
+    pub fn kinds(&self) -> &Kinds {
+        &self.inner.kinds
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `n` consecutive job ids.
+    pub fn reserve_ids(&self, n: u64) -> u64 {
+        self.inner.next_id.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Validates a submit and builds the job (id from [`Handle::reserve_ids`]). Writes nothing.
+    pub fn prepare(&self, spec: &JobSpec<'_>, id: u64, now: u64) -> Result<Job, Rejection> {
+        let cfg = &self.inner.cfg;
+        let queue = cfg.queue_id(spec.queue).ok_or_else(|| {
+            let known: Vec<&str> = cfg.queues.iter().map(|q| q.name.as_str()).collect();
+            Rejection::new(code::UNKNOWN_QUEUE, format!("unknown queue {:?} (known: {})", spec.queue, known.join(", ")))
+        })?;
+        let kind = self.inner.kinds.id(spec.kind).ok_or_else(|| {
+            Rejection::new(
+                code::UNKNOWN_KIND,
+                format!("unknown kind {:?} (known: {})", spec.kind, self.inner.kinds.names().join(", ")),
+            )
+        })?;
+        if spec.key.is_some() {
+            return Err(Rejection::new(
+                code::UNSUPPORTED,
+                "idempotency keys are not supported by this version yet; submit without \"key\"",
+            ));
+        }
+        let dur = |name: &str, v: Option<u64>| -> Result<Option<u64>, Rejection> {
+            match v {
+                Some(ms) if ms > MAX_DURATION_MS => Err(Rejection::new(
+                    code::BAD_REQUEST,
+                    format!("{name} must be at most {MAX_DURATION_MS} (10 years)"),
+                )),
+                v => Ok(v),
+            }
+        };
+        let due_in = dur("due_in_ms", spec.due_in_ms)?;
+        let delay = dur("delay_ms", spec.delay_ms)?;
+        let q = &cfg.queues[queue as usize];
+        let timeout_ms = match dur("timeout_ms", spec.timeout_ms)? {
+            Some(0) => return Err(Rejection::new(code::BAD_REQUEST, "timeout_ms must be at least 1")),
+            Some(t) => Some(t),
+            None => q.timeout.map(|t| t.as_millis() as u64),
+        };
+        let max_attempts = match spec.max_attempts {
+            Some(0) | Some(1001..) => {
+                return Err(Rejection::new(code::BAD_REQUEST, "max_attempts must be between 1 and 1000"))
+            }
+            Some(n) => n,
+            None => q.max_attempts,
+        };
+        self.inner
+            .kinds
+            .handler(kind)
+            .validate(spec.payload)
+            .map_err(|m| Rejection::new(code::INVALID_PAYLOAD, m))?;
+        let run_at = delay.filter(|&d| d > 0).map(|d| now + d);
+        let deadline = run_at.unwrap_or(now) + due_in.unwrap_or(q.due_in.as_millis() as u64);
+        Ok(Job {
+            id,
+            queue,
+            kind,
+            payload: spec.payload.into(),
+            key: None,
+            submitted_at: now,
+            deadline,
+            run_at,
+            max_attempts,
+            timeout_ms,
+        })
+    }
+
+    /// Encodes a job's `submit` record into `batch`.
+    pub fn encode_submit(&self, job: &Job, batch: &mut RecordBatch) {
+        let q = &self.inner.cfg.queues[job.queue as usize].name;
+        let k = self.inner.kinds.name(job.kind);
+        batch.push(&Record::Submit(job.to_record(q, k)));
+    }
+
+    /// Sends records and their jobs to the WAL; `ack` hears the outcome.
+    pub fn append(
+        &self,
+        records: RecordBatch,
+        jobs: Vec<JobRef>,
+        ack: Sender<Acked>,
+    ) -> Result<(), Rejection> {
+        if self.is_closing() {
+            return Err(closed());
+        }
+        self.inner
+            .wal_tx
+            .send(WalMsg::Append(Append { records, jobs, ack: Some(ack) }))
+            .map_err(|_| closed())
+    }
+
+    /// Submits one job and waits until it is durable.
+    pub fn submit(&self, spec: &JobSpec<'_>) -> Result<Submitted, Rejection> {
+        let id = self.reserve_ids(1);
+        let job = self.prepare(spec, id, now_ms())?;
+        let mut batch = RecordBatch::new();
+        self.encode_submit(&job, &mut batch);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.append(batch, vec![Arc::new(job)], tx)?;
+        match rx.recv() {
+            Ok(Ok(lsn)) => Ok(Submitted { id, lsn }),
+            Ok(Err(e)) => Err(wal_rejection(&e)),
+            Err(_) => Err(closed()),
+        }
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Msg) -> Result<T, Rejection> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.sched_tx.send(make(tx)).map_err(|_| closed())?;
+        rx.recv().map_err(|_| closed())
+    }
+
+    /// A job's status and timeline, if known.
+    pub fn status(&self, id: u64) -> Result<Option<JobInfo>, Rejection> {
+        self.ask(|reply| Msg::Status { id, reply })
+    }
+
+    /// Scheduler and WAL figures.
+    pub fn stats(&self) -> Result<Stats, Rejection> {
+        let sched = self.ask(|reply| Msg::Stats { reply })?;
+        Ok(Stats { sched, wal: self.wal_report() })
+    }
+
+    fn wal_report(&self) -> WalReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.inner.wal_stats;
+        let groups = s.groups.load(Relaxed);
+        let records = s.records.load(Relaxed);
+        WalReport {
+            sync: self.inner.cfg.sync.to_string(),
+            segments: s.segments.load(Relaxed),
+            bytes: s.bytes.load(Relaxed),
+            records,
+            groups,
+            mean_group: if groups == 0 { 0.0 } else { records as f64 / groups as f64 },
+            max_group: s.max_group.load(Relaxed),
+            fsyncs: s.fsyncs.load(Relaxed),
+            fsync_p50_us: s.fsync_quantile_us(0.5),
+            fsync_p99_us: s.fsync_quantile_us(0.99),
+        }
+    }
+
+    /// Cancels a scheduled or ready job; returns once the cancel record is durable.
+    pub fn cancel(&self, id: u64) -> Result<(), Rejection> {
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        let refused = self.ask(|reply| Msg::Cancel { id, ack: ack_tx, reply })?;
+        match refused {
+            Ok(()) => match ack_rx.recv() {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(wal_rejection(&e)),
+                Err(_) => Err(closed()),
+            },
+            Err(CancelRefused::NotFound) => Err(Rejection::new(code::NOT_FOUND, format!("no job {id}"))),
+            Err(CancelRefused::NotCancellable(state)) => Err(Rejection::new(
+                code::NOT_CANCELLABLE,
+                format!("job {id} is {state}; only scheduled or ready jobs can be cancelled"),
+            )),
+        }
+    }
+}
+
+/// The rejection a client sees when the WAL could not make its records durable.
+pub fn wal_rejection(e: &WalError) -> Rejection {
+    match e {
+        WalError::Closed => closed(),
+        e => Rejection::new(code::WAL_FAILED, e.to_string()),
+    }
+}
+
+/// Builds a [`Runtime`].
+pub struct RuntimeBuilder {
+    data_dir: PathBuf,
+    config: Config,
+    kinds: Kinds,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl RuntimeBuilder {
+    /// Replaces the configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+    /// Sets the worker count (the default queues follow it).
+    pub fn workers(mut self, n: usize) -> Self {
+        let keep_queues = self.config.queues.clone();
+        let default_queues = Config::with_workers(self.config.workers).queues;
+        self.config.workers = n;
+        self.config.queues = if keep_queues == default_queues { Config::with_workers(n).queues } else { keep_queues };
+        self
+    }
+    /// Registers a kind.
+    pub fn register(mut self, name: &str, handler: impl Handler) -> Self {
+        self.kinds.register(name, Arc::new(handler));
+        self
+    }
+    /// Uses this storage for the WAL instead of `DATA/wal` (tests: in-memory, with faults).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Recovers the WAL and starts the threads.
+    pub fn start(self) -> Result<Runtime, Error> {
+        self.config.validate().map_err(Error::Config)?;
+        let (storage, lock): (Arc<dyn Storage>, Option<File>) = match self.storage {
+            Some(s) => (s, None),
+            None => {
+                let lock = lock_data_dir(&self.data_dir)?;
+                let wal = self.data_dir.join("wal");
+                create_private_dir(&wal)?;
+                (Arc::new(FileStorage::new(wal)), Some(lock))
+            }
+        };
+        let cfg = Arc::new(self.config);
+        let kinds = Arc::new(self.kinds);
+        let rec = crate::recovery::recover(storage.as_ref(), &cfg, &kinds)?;
+        log::info!(
+            "recovered {} records in {:.1} ms: {} live jobs, next id {}",
+            rec.records,
+            rec.elapsed.as_secs_f64() * 1000.0,
+            rec.recovered.live.len(),
+            rec.next_id
+        );
+        let wal_stats = Arc::new(WalStats::default());
+        let appender = Appender::open(storage, &rec.scan, cfg.segment_size, wal_stats.clone())?;
+        let (sched_tx, sched_rx) = crossbeam_channel::unbounded();
+        let (wal_tx, wal_rx) = crossbeam_channel::bounded(4096);
+        let to_sched = sched_tx.clone();
+        let wal_thread = commit::spawn(
+            appender,
+            cfg.sync,
+            wal_rx,
+            Box::new(move |jobs| {
+                let _ = to_sched.send(Msg::Jobs(jobs));
+            }),
+        );
+        if !rec.orphans.is_empty() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = wal_tx.send(WalMsg::Append(Append { records: rec.orphans, jobs: vec![], ack: Some(tx) }));
+            if let Ok(Err(e)) = rx.recv() {
+                log::error!("could not record jobs that can no longer run: {e}");
+            }
+        }
+        let dispatcher = dispatcher::spawn(
+            cfg.clone(),
+            kinds.clone(),
+            rec.recovered,
+            wal_tx.clone(),
+            sched_tx.clone(),
+            sched_rx,
+        );
+        log::info!(
+            "duejob runtime started: {} workers, sync {}, order {}, queues {}",
+            cfg.workers,
+            cfg.sync,
+            cfg.order.name(),
+            cfg.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>().join(",")
+        );
+        let inner = Arc::new(Inner {
+            next_id: AtomicU64::new(rec.next_id),
+            cfg,
+            kinds,
+            wal_tx,
+            sched_tx,
+            wal_stats,
+            closing: AtomicBool::new(false),
+        });
+        Ok(Runtime {
+            handle: Handle { inner },
+            threads: Some((dispatcher, wal_thread)),
+            _lock: lock,
+            data_dir: self.data_dir,
+        })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Io { path: dir.to_path_buf(), source })
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File, Error> {
+    create_private_dir(dir)?;
+    let path = dir.join("LOCK");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Io { path: path.clone(), source })?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked(dir.to_path_buf())),
+        Err(e) => Err(Error::Io { path, source: e.into() }),
+    }
+}
+
+/// duejob running in this process.
+pub struct Runtime {
+    handle: Handle,
+    threads: Option<(JoinHandle<()>, JoinHandle<()>)>,
+    _lock: Option<File>,
+    data_dir: PathBuf,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Runtime {
+    /// A builder with SPEC defaults and the built-in kinds.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            data_dir: data_dir.into(),
+            config: Config::with_workers(crate::config::default_workers()),
+            kinds: Kinds::builtin(),
+            storage: None,
+        }
+    }
+
+    /// A cloneable handle.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops: no new submits, running jobs get the configured grace period, everything written
+    /// is synced.
+    pub fn shutdown(mut self) {
+        let grace = self.handle.inner.cfg.shutdown_grace;
+        self.stop(grace);
+    }
+
+    /// Like [`Runtime::shutdown`] with an explicit grace period.
+    pub fn shutdown_within(mut self, grace: Duration) {
+        self.stop(grace);
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let Some((dispatcher, wal)) = self.threads.take() else { return };
+        let inner = &self.handle.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if inner.sched_tx.send(Msg::Shutdown { grace, reply: tx }).is_ok() {
+            let _ = rx.recv();
+        }
+        let _ = dispatcher.join();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if inner.wal_tx.send(WalMsg::Stop(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        let _ = wal.join();
+        log::info!("duejob runtime stopped");
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}

@@ -1,0 +1,74 @@
+//! Worker threads. Each worker parks on its own bounded(1) channel; the dispatcher sends it a job
+//! only when it is free, and the worker reports back on the dispatcher's channel.
+//!
+//! A handler panic is caught: the attempt counts as failed and the worker lives on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Done, Msg};
+use crate::config::Config;
+use crate::handlers::{JobContext, JobError, Kinds};
+use crate::job::JobRef;
+
+/// One job to run.
+pub struct Task {
+    /// The job.
+    pub job: JobRef,
+    /// Attempt number.
+    pub attempt: u32,
+}
+
+/// Starts worker `index`; returns its task sender and thread.
+pub fn spawn(
+    index: usize,
+    config: Arc<Config>,
+    kinds: Arc<Kinds>,
+    done: Sender<Msg>,
+) -> (Sender<Task>, JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let h = std::thread::Builder::new()
+        .name(format!("duejob-worker-{index}"))
+        .spawn(move || work(index, rx, &config, &kinds, &done))
+        .expect("spawn worker");
+    (tx, h)
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+fn work(index: usize, rx: Receiver<Task>, config: &Config, kinds: &Kinds, done: &Sender<Msg>) {
+    while let Ok(task) = rx.recv() {
+        let job = &task.job;
+        let ctx = JobContext {
+            id: job.id,
+            attempt: task.attempt,
+            queue: &config.queues[job.queue as usize].name,
+            payload: &job.payload,
+            timeout: job.timeout_ms.map(Duration::from_millis),
+        };
+        let t = Instant::now();
+        let result = match catch_unwind(AssertUnwindSafe(|| kinds.handler(job.kind).run(&ctx))) {
+            Ok(r) => r,
+            Err(p) => Err(JobError::new(format!("handler panicked: {}", panic_message(p.as_ref())))),
+        };
+        let msg = Msg::Done(Done {
+            worker: index,
+            id: job.id,
+            attempt: task.attempt,
+            result,
+            run_us: t.elapsed().as_micros() as u64,
+        });
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Appends records to the current segment, rotating to a new preallocated segment when full.
+//!
+//! The appender belongs to the group-commit thread. Records are encoded into one buffer
+//! ([`Appender::push`]) and reach the file in a single positioned write ([`Appender::write`]),
+//! then one fdatasync ([`Appender::sync`]). After any failed write or sync the appender is
+//! poisoned: every later call returns [`WalError::Failed`] (the kernel may have dropped the dirty
+//! pages, so a retried fsync could claim success for lost data).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::format::{
+    encode_record, segment_file_name, segment_salt, SegmentHeader, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use super::io::{SegmentFile, Storage};
+use super::reader::{LogScan, Tail};
+use super::stats::WalStats;
+use super::WalError;
+
+/// Default segment size.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+/// Appends to the log.
+pub struct Appender {
+    storage: Arc<dyn Storage>,
+    file: Box<dyn SegmentFile>,
+    name: String,
+    seq: u64,
+    salt: u32,
+    /// File offset where `buf` will be written.
+    offset: u64,
+    next_lsn: u64,
+    segment_size: u64,
+    buf: Vec<u8>,
+    /// Records in `buf`.
+    buffered: u64,
+    /// Bytes written since the last sync.
+    unsynced: bool,
+    failed: Option<String>,
+    stats: Arc<WalStats>,
+}
+
+impl Appender {
+    /// Opens the log for appending after `scan` (from [`super::reader::read_log`]) read it:
+    /// removes a segment whose creation was cut short, truncates and syncs a torn tail (logging a
+    /// warning with segment and offset), or creates the first segment of an empty log.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        scan: &LogScan,
+        segment_size: u64,
+        stats: Arc<WalStats>,
+    ) -> Result<Appender, WalError> {
+        let segment_size = segment_size.max(SEGMENT_HEADER_LEN as u64 + 4096);
+        let mut segments = scan.segments.clone();
+        if let Some(last) = segments.last() {
+            if last.tail == Tail::EmptySegment {
+                log::warn!(
+                    "WAL: removing segment {} whose creation was cut short (no records)",
+                    storage.location(&last.name)
+                );
+                storage.remove(&last.name).map_err(|e| WalError::io(storage.location(&last.name), e))?;
+                storage.sync_dir().map_err(|e| WalError::io(storage.location(""), e))?;
+                segments.pop();
+            }
+        }
+        let Some(last) = segments.last() else {
+            let file = create_segment(storage.as_ref(), 1, scan.next_lsn, segment_size)?;
+            stats.segments.store(1, Relaxed);
+            return Ok(Appender::with_file(storage, file, 1, SEGMENT_HEADER_LEN as u64, scan.next_lsn, segment_size, stats));
+        };
+        let loc = storage.location(&last.name);
+        let file = storage.open(&last.name, true).map_err(|e| WalError::io(loc.clone(), e))?;
+        if let Tail::Torn { offset, reason } = &last.tail {
+            log::warn!("WAL: torn tail in segment {loc} at offset {offset} ({reason}); truncating");
+            file.set_len(*offset).map_err(|e| WalError::io(loc.clone(), e))?;
+            file.allocate(segment_size.max(*offset)).map_err(|e| WalError::io(loc.clone(), e))?;
+            file.sync_data().map_err(|e| WalError::io(loc.clone(), e))?;
+        } else if file.len().map_err(|e| WalError::io(loc.clone(), e))? < segment_size {
+            file.allocate(segment_size).map_err(|e| WalError::io(loc.clone(), e))?;
+        }
+        stats.segments.store(segments.len() as u64, Relaxed);
+        Ok(Appender::with_file(storage, file, last.seq, last.end, scan.next_lsn, segment_size, stats))
+    }
+
+    fn with_file(
+        storage: Arc<dyn Storage>,
+        file: Box<dyn SegmentFile>,
+        seq: u64,
+        offset: u64,
+        next_lsn: u64,
+        segment_size: u64,
+        stats: Arc<WalStats>,
+    ) -> Appender {
+        Appender {
+            storage,
+            file,
+            name: segment_file_name(seq),
+            seq,
+            salt: segment_salt(seq),
+            offset,
+            next_lsn,
+            segment_size,
+            buf: Vec::with_capacity(1 << 20),
+            buffered: 0,
+            unsynced: false,
+            failed: None,
+            stats,
+        }
+    }
+
+    /// The LSN the next pushed record gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// Whether an earlier failure poisoned the appender.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    fn check(&self) -> Result<(), WalError> {
+        match &self.failed {
+            Some(why) => Err(WalError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: WalError) -> WalError {
+        log::error!("WAL: {e}; refusing further writes until restart");
+        self.failed = Some(e.to_string());
+        self.buf.clear();
+        self.buffered = 0;
+        e
+    }
+
+    /// Buffers one record and returns its LSN. Rotates to a new segment first when the record
+    /// would not fit (writing and syncing what is buffered for the old one).
+    pub fn push(&mut self, rtype: u8, schema: u8, body: &[u8]) -> Result<u64, WalError> {
+        self.check()?;
+        let size = (RECORD_HEADER_LEN + body.len()) as u64;
+        if self.offset + self.buf.len() as u64 + size > self.segment_size
+            && (self.offset + self.buf.len() as u64) > SEGMENT_HEADER_LEN as u64
+        {
+            self.write()?;
+            self.sync()?;
+            let next = self.seq + 1;
+            if let Err(e) = self.rotate(next) {
+                return Err(self.poison(e));
+            }
+        }
+        let lsn = self.next_lsn;
+        encode_record(&mut self.buf, rtype, schema, lsn, body, self.salt);
+        self.next_lsn += 1;
+        self.buffered += 1;
+        Ok(lsn)
+    }
+
+    /// Writes every buffered record with one positioned write.
+    pub fn write(&mut self) -> Result<(), WalError> {
+        self.check()?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_at(&self.buf, self.offset) {
+            let e = WalError::io(self.storage.location(&self.name), e);
+            return Err(self.poison(e));
+        }
+        self.stats.record_group(self.buffered, self.buf.len() as u64);
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        self.buffered = 0;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// fdatasyncs the current segment if anything was written since the last sync.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.check()?;
+        if !self.unsynced {
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        if let Err(e) = self.file.sync_data() {
+            let e = WalError::io(self.storage.location(&self.name), e);
+            return Err(self.poison(e));
+        }
+        self.stats.record_fsync(t.elapsed().as_micros() as u64);
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether written data awaits a sync.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    fn rotate(&mut self, seq: u64) -> Result<(), WalError> {
+        self.file = create_segment(self.storage.as_ref(), seq, self.next_lsn, self.segment_size)?;
+        self.name = segment_file_name(seq);
+        self.seq = seq;
+        self.salt = segment_salt(seq);
+        self.offset = SEGMENT_HEADER_LEN as u64;
+        self.unsynced = false;
+        self.stats.segments.fetch_add(1, Relaxed);
+        Ok(())
+    }
+}
+
+/// Creates segment `seq`: preallocates it, writes and syncs its header, then fsyncs the
+/// directory, so that no record can land in a segment whose name might vanish in a crash.
+fn create_segment(
+    storage: &dyn Storage,
+    seq: u64,
+    first_lsn: u64,
+    segment_size: u64,
+) -> Result<Box<dyn SegmentFile>, WalError> {
+    let name = segment_file_name(seq);
+    let loc = storage.location(&name);
+    let io = |e| WalError::io(loc.clone(), e);
+    let file = storage.create(&name).map_err(io)?;
+    file.allocate(segment_size).map_err(io)?;
+    file.write_at(&SegmentHeader { seq, first_lsn }.encode(), 0).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    storage.sync_dir().map_err(|e| WalError::io(storage.location(""), e))?;
+    log::debug!("WAL: new segment {loc} from LSN {first_lsn}");
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::io::{Fault, MemStorage};
+    use crate::wal::reader::read_log;
+    use crate::wal::record::{rtype, Cancel, Record, SCHEMA};
+
+    fn body(id: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        Record::Cancel(Cancel { id, at: 1 }).encode_into(&mut b);
+        b
+    }
+
+    fn ids(storage: &MemStorage) -> (Vec<u64>, LogScan) {
+        let mut ids = Vec::new();
+        let scan = read_log(storage, &mut |r| {
+            ids.push(r.record.job_id());
+            Ok(())
+        })
+        .unwrap();
+        (ids, scan)
+    }
+
+    fn open(s: &MemStorage, size: u64) -> Appender {
+        let (_, scan) = ids(s);
+        Appender::open(Arc::new(s.clone()), &scan, size, Arc::default()).unwrap()
+    }
+
+    #[test]
+    fn rotates_and_reads_back_in_order() {
+        let s = MemStorage::new();
+        let mut a = open(&s, 8192);
+        for i in 0..1000 {
+            a.push(rtype::CANCEL, SCHEMA, &body(i)).unwrap();
+            if i % 7 == 0 {
+                a.write().unwrap();
+                a.sync().unwrap();
+            }
+        }
+        a.write().unwrap();
+        a.sync().unwrap();
+        let (got, scan) = ids(&s);
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        assert!(scan.segments.len() >= 4, "rotated into {} segments", scan.segments.len());
+        assert_eq!(scan.next_lsn, 1001);
+        // Reopen and keep appending: LSNs continue.
+        let mut a = open(&s, 8192);
+        assert_eq!(a.push(rtype::CANCEL, SCHEMA, &body(1000)).unwrap(), 1001);
+        a.write().unwrap();
+        a.sync().unwrap();
+        assert_eq!(ids(&s).0.len(), 1001);
+    }
+
+    #[test]
+    fn a_failed_sync_poisons_the_appender() {
+        // ops 0-3 create segment 1 (create, header write, sync, dir sync); write=4, sync=5.
+        let s = MemStorage::with_fault(Fault::IoErrorAt(5));
+        let mut a = open(&s, 1 << 20);
+        a.push(rtype::CANCEL, SCHEMA, &body(1)).unwrap();
+        a.write().unwrap();
+        assert!(matches!(a.sync(), Err(WalError::Io { .. })));
+        assert!(matches!(a.push(rtype::CANCEL, SCHEMA, &body(2)), Err(WalError::Failed(_))));
+        assert!(matches!(a.write(), Err(WalError::Failed(_))));
+        assert!(a.failed().is_some());
+    }
+
+    #[test]
+    fn enospc_on_write_is_reported_and_sticky() {
+        let s = MemStorage::with_fault(Fault::NoSpaceAt(4));
+        let mut a = open(&s, 1 << 20);
+        a.push(rtype::CANCEL, SCHEMA, &body(1)).unwrap();
+        let e = a.write().unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        assert!(matches!(a.sync(), Err(WalError::Failed(_))));
+    }
+}

@@ -1,0 +1,440 @@
+//! The storage seam of the WAL: every byte the WAL reads or writes goes through [`Storage`] and
+//! [`SegmentFile`].
+//!
+//! [`FileStorage`] is the real thing (a `wal/` directory of preallocated segment files).
+//! [`MemStorage`] keeps segments in memory and, per instance, can cut the power at the Nth
+//! write/sync, fail one operation with ENOSPC or EIO, and then produce the image a disk would hold
+//! after the cut (synced bytes, plus optionally part of what was written but not synced). Tests use
+//! it to check crash consistency without global fail-points, so they run in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// One open segment file.
+pub trait SegmentFile: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `off`; returns how many were read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `off`.
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Makes written data durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Current file length.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves space up to `len` bytes (reads as zeros).
+    fn allocate(&self, len: u64) -> io::Result<()>;
+}
+
+/// A directory of segment files.
+pub trait Storage: Send + Sync {
+    /// Names of the files in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Creates a new file (fails if it exists), open for reading and writing.
+    fn create(&self, name: &str) -> io::Result<Box<dyn SegmentFile>>;
+    /// Opens an existing file, for writing too when `write` is true.
+    fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn SegmentFile>>;
+    /// Removes a file.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes the directory's entries durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
+    /// A human-readable location of `name`, for messages.
+    fn location(&self, name: &str) -> String;
+}
+
+/// Segment files in a real directory.
+#[derive(Debug, Clone)]
+pub struct FileStorage {
+    dir: PathBuf,
+}
+
+impl FileStorage {
+    /// Storage over `dir` (which must exist).
+    pub fn new(dir: impl Into<PathBuf>) -> FileStorage {
+        FileStorage { dir: dir.into() }
+    }
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+struct RealFile(File);
+
+impl SegmentFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        loop {
+            match self.0.read_at(buf, off) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, off)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(&self.0, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => Ok(()),
+            // Filesystems without fallocate: a sparse extension still reads as zeros.
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                if self.len()? < len {
+                    self.0.set_len(len)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            if let Some(n) = entry?.file_name().to_str() {
+                names.push(n.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn create(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.dir.join(name))?;
+        Ok(Box::new(RealFile(f)))
+    }
+    fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn SegmentFile>> {
+        let f = OpenOptions::new().read(true).write(write).open(self.dir.join(name))?;
+        Ok(Box::new(RealFile(f)))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.dir.join(name))
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+    fn location(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Power is cut before operation N (0-based) runs: it and everything after fail with EIO, and
+    /// [`MemStorage::crash_image`] gives what the disk holds.
+    PowerCutAt(u64),
+    /// Operation N fails with ENOSPC; the storage keeps working afterwards.
+    NoSpaceAt(u64),
+    /// Operation N fails with EIO; the storage keeps working afterwards.
+    IoErrorAt(u64),
+}
+
+#[derive(Default, Clone)]
+struct MemFile {
+    /// What survives a power cut.
+    durable: Vec<u8>,
+    /// What reads see now.
+    current: Vec<u8>,
+    /// Writes since the last sync, in order, for torn images.
+    unsynced: Vec<(u64, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct MemState {
+    files: BTreeMap<String, MemFile>,
+    /// Names whose directory entry is durable.
+    durable_names: BTreeSet<String>,
+    ops: u64,
+    fault: Option<Fault>,
+    powered_off: bool,
+}
+
+/// In-memory segments with per-instance fault injection (tests and benchmarks).
+///
+/// A mutex guards the state: this backend is for tests, where the WAL writer is its only user.
+#[derive(Clone, Default)]
+pub struct MemStorage {
+    state: Arc<Mutex<MemState>>,
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()).with_context(what)
+}
+
+trait WithContext {
+    fn with_context(self, what: &str) -> io::Error;
+}
+impl WithContext for io::Error {
+    fn with_context(self, what: &str) -> io::Error {
+        io::Error::new(self.kind(), format!("{what}: {self}"))
+    }
+}
+
+impl MemStorage {
+    /// Empty storage without faults.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// Empty storage that will hit `fault`.
+    pub fn with_fault(fault: Fault) -> MemStorage {
+        let s = MemStorage::default();
+        s.state.lock().expect("mem storage").fault = Some(fault);
+        s
+    }
+
+    /// Number of counted operations (writes, syncs, creates, directory syncs) so far.
+    pub fn ops(&self) -> u64 {
+        self.state.lock().expect("mem storage").ops
+    }
+
+    /// The disk after the power cut: synced bytes of every file whose directory entry was synced,
+    /// plus the first `torn_bytes` bytes of the writes that were not yet synced (in write order).
+    pub fn crash_image(&self, torn_bytes: usize) -> MemStorage {
+        let st = self.state.lock().expect("mem storage");
+        let mut out = MemState::default();
+        for name in &st.durable_names {
+            let Some(f) = st.files.get(name) else { continue };
+            let mut data = f.durable.clone();
+            let mut budget = torn_bytes;
+            for (off, w) in &f.unsynced {
+                if budget == 0 {
+                    break;
+                }
+                let n = budget.min(w.len());
+                write_into(&mut data, *off, &w[..n]);
+                budget -= n;
+            }
+            out.files.insert(
+                name.clone(),
+                MemFile { durable: data.clone(), current: data, unsynced: Vec::new() },
+            );
+            out.durable_names.insert(name.clone());
+        }
+        MemStorage { state: Arc::new(Mutex::new(out)) }
+    }
+
+    /// A copy of a file's current bytes (tests poke at it).
+    pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.state.lock().expect("mem storage").files.get(name).map(|f| f.current.clone())
+    }
+
+    /// Replaces a file's bytes, durably (tests corrupt segments with it).
+    pub fn set_file_bytes(&self, name: &str, bytes: Vec<u8>) {
+        let mut st = self.state.lock().expect("mem storage");
+        st.durable_names.insert(name.to_string());
+        st.files.insert(
+            name.to_string(),
+            MemFile { durable: bytes.clone(), current: bytes, unsynced: Vec::new() },
+        );
+    }
+
+    /// Counts one operation and applies the fault plan to it.
+    fn op(&self, st: &mut MemState, what: &str) -> io::Result<()> {
+        if st.powered_off {
+            return Err(eio(&format!("{what} after power cut")));
+        }
+        let n = st.ops;
+        st.ops += 1;
+        match st.fault {
+            Some(Fault::PowerCutAt(k)) if n >= k => {
+                st.powered_off = true;
+                Err(eio(&format!("{what}: power cut")))
+            }
+            Some(Fault::NoSpaceAt(k)) if n == k => Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::NOSPC.raw_os_error(),
+            )
+            .with_context(what)),
+            Some(Fault::IoErrorAt(k)) if n == k => Err(eio(what)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn write_into(data: &mut Vec<u8>, off: u64, buf: &[u8]) {
+    let end = off as usize + buf.len();
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[off as usize..end].copy_from_slice(buf);
+}
+
+struct MemHandle {
+    storage: MemStorage,
+    name: String,
+    write: bool,
+}
+
+impl MemHandle {
+    fn with<R>(&self, f: impl FnOnce(&mut MemState, &str) -> io::Result<R>) -> io::Result<R> {
+        let mut st = self.storage.state.lock().expect("mem storage");
+        f(&mut st, &self.name)
+    }
+    fn check_write(&self) -> io::Result<()> {
+        if self.write {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only"))
+        }
+    }
+}
+
+fn file<'a>(st: &'a mut MemState, name: &str) -> io::Result<&'a mut MemFile> {
+    st.files
+        .get_mut(name)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name}: removed")))
+}
+
+impl SegmentFile for MemHandle {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.with(|st, name| {
+            let f = file(st, name)?;
+            let start = (off as usize).min(f.current.len());
+            let n = buf.len().min(f.current.len() - start);
+            buf[..n].copy_from_slice(&f.current[start..start + n]);
+            Ok(n)
+        })
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.check_write()?;
+        let s = self.storage.clone();
+        self.with(|st, name| {
+            s.op(st, "write")?;
+            let f = file(st, name)?;
+            write_into(&mut f.current, off, buf);
+            f.unsynced.push((off, buf.to_vec()));
+            Ok(())
+        })
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        let s = self.storage.clone();
+        self.with(|st, name| {
+            s.op(st, "fdatasync")?;
+            let f = file(st, name)?;
+            f.durable = f.current.clone();
+            f.unsynced.clear();
+            Ok(())
+        })
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.with(|st, name| Ok(file(st, name)?.current.len() as u64))
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check_write()?;
+        let s = self.storage.clone();
+        self.with(|st, name| {
+            s.op(st, "truncate")?;
+            let f = file(st, name)?;
+            f.current.resize(len as usize, 0);
+            // Size changes are metadata: modelled as durable with the next sync only.
+            f.unsynced.push((len, Vec::new()));
+            Ok(())
+        })
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.check_write()?;
+        self.with(|st, name| {
+            let f = file(st, name)?;
+            if (f.current.len() as u64) < len {
+                f.current.resize(len as usize, 0);
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Storage for MemStorage {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.state.lock().expect("mem storage").files.keys().cloned().collect())
+    }
+    fn create(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
+        {
+            let mut st = self.state.lock().expect("mem storage");
+            self.op(&mut st, "create")?;
+            if st.files.contains_key(name) {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+            }
+            st.files.insert(name.to_string(), MemFile::default());
+        }
+        Ok(Box::new(MemHandle { storage: self.clone(), name: name.to_string(), write: true }))
+    }
+    fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn SegmentFile>> {
+        if !self.state.lock().expect("mem storage").files.contains_key(name) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
+        }
+        Ok(Box::new(MemHandle { storage: self.clone(), name: name.to_string(), write }))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let mut st = self.state.lock().expect("mem storage");
+        self.op(&mut st, "remove")?;
+        st.files.remove(name);
+        st.durable_names.remove(name);
+        Ok(())
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        let mut st = self.state.lock().expect("mem storage");
+        self.op(&mut st, "fsync dir")?;
+        st.durable_names = st.files.keys().cloned().collect();
+        Ok(())
+    }
+    fn location(&self, name: &str) -> String {
+        format!("mem:{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_image_keeps_only_synced_bytes_and_synced_names() {
+        let s = MemStorage::new();
+        let f = s.create("a").unwrap();
+        s.sync_dir().unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_at(b" world", 5).unwrap();
+        let g = s.create("b").unwrap();
+        g.write_at(b"x", 0).unwrap();
+        g.sync_data().unwrap();
+        let img = s.crash_image(0);
+        assert_eq!(img.file_bytes("a").unwrap(), b"hello");
+        assert!(img.file_bytes("b").is_none(), "unsynced directory entry vanishes");
+        let torn = s.crash_image(3);
+        assert_eq!(torn.file_bytes("a").unwrap(), b"hello wo");
+    }
+
+    #[test]
+    fn faults_hit_the_named_operation() {
+        let s = MemStorage::with_fault(Fault::NoSpaceAt(1));
+        let f = s.create("a").unwrap();
+        let e = f.write_at(b"x", 0).unwrap_err();
+        assert!(e.to_string().contains("write"), "{e}");
+        assert!(e.to_string().contains("No space left"), "{e}");
+        f.write_at(b"x", 0).unwrap();
+        let p = MemStorage::with_fault(Fault::PowerCutAt(2));
+        let f = p.create("a").unwrap();
+        f.write_at(b"x", 0).unwrap();
+        assert!(f.sync_data().is_err());
+        assert!(f.write_at(b"y", 1).is_err(), "stays off after the cut");
+    }
+}

@@ -1,1 +1,143 @@
-//! CLI
+//! The command line: argument definitions (clap) and dispatch to the subcommands.
+//! `src/main.rs` only calls [`main_with_args`].
+
+mod client_cmds;
+pub mod fmt;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Boxed error for the command line.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// duejob: a durable, deadline-ordered job runner for one box.
+#[derive(Debug, Parser)]
+#[command(name = "duejob", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of every client subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOpts {
+    /// Daemon socket.
+    #[arg(long, env = "DUEJOB_SOCKET", default_value = "./duejob-data/duejob.sock")]
+    pub socket: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve(serve::ServeArgs),
+    /// Submit a job; prints its id.
+    Submit(client_cmds::SubmitArgs),
+    /// Show a job's state and timeline.
+    Status {
+        /// Job id.
+        id: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show per-queue and WAL figures.
+    Stats {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Cancel a scheduled or ready job.
+    Cancel {
+        /// Job id.
+        id: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Offline WAL tools (read-only; safe while the daemon runs).
+    #[command(subcommand)]
+    Wal(WalCommand),
+    /// Demo: a bulk flood with notifications overtaking it, against plain FIFO.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// List queues with their limits and depths.
+    List {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// Check every segment and record; exit 0 only when the log is sound.
+    Verify {
+        /// Data directory (holds wal/).
+        data: PathBuf,
+    },
+    /// Summarize segments, LSN and time ranges, record counts, jobs by state and queue.
+    Inspect {
+        /// Data directory.
+        data: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records, one per line.
+    Dump(crate::waltool::DumpArgs),
+}
+
+/// Parses `args` and runs the subcommand. Returns the process exit code.
+pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let default_log = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log))
+        .format_timestamp_millis()
+        .try_init();
+    let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Submit(a) => client_cmds::submit(a),
+        Command::Status { id, opts } => client_cmds::status(id, &opts),
+        Command::Stats { opts } => client_cmds::stats(&opts),
+        Command::Cancel { id, opts } => client_cmds::cancel(id, &opts),
+        Command::Queue(QueueCommand::List { opts }) => client_cmds::queue_list(&opts),
+        Command::Wal(WalCommand::Verify { data }) => return crate::waltool::verify(&data),
+        Command::Wal(WalCommand::Inspect { data, json }) => crate::waltool::inspect(&data, json),
+        Command::Wal(WalCommand::Dump(a)) => crate::waltool::dump(&a),
+        Command::Demo(a) => crate::demo::run(&a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) if is_broken_pipe(e.as_ref()) => 0,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("duejob: error: {msg}");
+            1
+        }
+    }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}

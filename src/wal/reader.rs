@@ -115,13 +115,60 @@ pub fn read_log(
             ));
         }
         let file = storage.open(name, false).map_err(|e| WalError::io(storage.location(name), e))?;
-        let s = scan_segment(storage, file.as_ref(), name, *seq, scan.next_lsn, is_last, visit)?;
+        let s = scan_segment(storage, file.as_ref(), name, *seq, Some(scan.next_lsn), is_last, visit)?;
         if let Some(l) = s.last_lsn {
             scan.next_lsn = l + 1;
         }
         scan.segments.push(s);
     }
     Ok(scan)
+}
+
+/// Checks every segment, going on past a damaged one (from the next segment's own header), and
+/// returns what the log holds plus every problem found. Used by `duejob wal verify`.
+pub fn verify_log(storage: &dyn Storage) -> (LogScan, Vec<WalError>) {
+    let mut problems = Vec::new();
+    let mut scan = LogScan { segments: Vec::new(), next_lsn: 1 };
+    let segs = match list_segments(storage) {
+        Ok(s) => s,
+        Err(e) => return (scan, vec![e]),
+    };
+    let mut expected = Some(1);
+    for (i, (seq, name)) in segs.iter().enumerate() {
+        let is_last = i + 1 == segs.len();
+        if i > 0 && *seq != segs[i - 1].0 + 1 {
+            problems.push(WalError::corrupt(
+                storage.location(name),
+                0,
+                format!("segment sequence gap: {} follows {}", seq, segs[i - 1].0),
+            ));
+            expected = None;
+        }
+        let file = match storage.open(name, false) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(WalError::io(storage.location(name), e));
+                expected = None;
+                continue;
+            }
+        };
+        match scan_segment(storage, file.as_ref(), name, *seq, expected, is_last, &mut |_| Ok(())) {
+            Ok(s) => {
+                scan.next_lsn = match s.last_lsn {
+                    Some(l) => l + 1,
+                    None if s.first_lsn > 0 => s.first_lsn,
+                    None => scan.next_lsn,
+                };
+                expected = Some(scan.next_lsn);
+                scan.segments.push(s);
+            }
+            Err(e) => {
+                problems.push(e);
+                expected = None;
+            }
+        }
+    }
+    (scan, problems)
 }
 
 /// A sliding read window over one file.
@@ -202,7 +249,7 @@ fn scan_segment(
     file: &dyn SegmentFile,
     name: &str,
     seq: u64,
-    expected_lsn: u64,
+    expected_lsn: Option<u64>,
     is_last: bool,
     visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
 ) -> Result<SegmentScan, WalError> {
@@ -242,17 +289,17 @@ fn scan_segment(
             format!("header names segment {} but the file is segment {seq}", header.seq),
         ));
     }
-    if header.first_lsn != expected_lsn {
+    if let Some(expected) = expected_lsn.filter(|&e| e != header.first_lsn) {
         return Err(WalError::corrupt(
             loc,
             24,
-            format!("segment starts at LSN {} but LSN {expected_lsn} was expected", header.first_lsn),
+            format!("segment starts at LSN {} but LSN {expected} was expected", header.first_lsn),
         ));
     }
     scan.first_lsn = header.first_lsn;
     let salt = segment_salt(seq);
     let mut off = SEGMENT_HEADER_LEN as u64;
-    let mut lsn = expected_lsn;
+    let mut lsn = header.first_lsn;
     loop {
         let problem = match check_record(&mut w, off, salt).map_err(io_err)? {
             Check::End => break,

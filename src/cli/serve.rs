@@ -1,0 +1,72 @@
+//! `duejob serve`: the daemon. SIGINT/SIGTERM stop accepting, let running jobs finish within the
+//! grace period and exit 0; a second signal exits at once (nothing acknowledged is lost either
+//! way: acknowledgements follow fdatasync).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::Args;
+
+use super::CliResult;
+use crate::config::{default_workers, Config};
+use crate::runtime::Runtime;
+use crate::wal::SyncMode;
+
+/// `serve` arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory (WAL, socket, lock).
+    #[arg(long, default_value = "./duejob-data")]
+    data: PathBuf,
+    /// TOML config file (queues, workers, sync, allow_uids; see docs/config.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Worker threads (default: CPU count, at least 4).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// WAL sync mode: always, batch:MS or never.
+    #[arg(long)]
+    sync: Option<String>,
+    /// Socket path (default DATA/duejob.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+pub fn run(a: ServeArgs) -> CliResult {
+    let mut cfg = match &a.config {
+        Some(p) => Config::from_file(p, a.workers)?,
+        None => Config::with_workers(a.workers.unwrap_or_else(default_workers)),
+    };
+    if let Some(s) = &a.sync {
+        cfg.sync = SyncMode::parse(s)?;
+    }
+    cfg.validate()?;
+    let grace = cfg.shutdown_grace;
+    let rt = Runtime::builder(&a.data).config(cfg).start()?;
+    let socket = a.socket.clone().unwrap_or_else(|| a.data.join("duejob.sock"));
+    let server = crate::server::serve(rt.handle(), &socket)?;
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let signals = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) >= 1 {
+            eprintln!("duejob: second signal: exiting now (acknowledged jobs are safe in the WAL)");
+            std::process::exit(130);
+        }
+        let _ = tx.try_send(());
+    })?;
+    log::info!(
+        "duejob serving: data {}, socket {}, sync {}, {} workers",
+        a.data.display(),
+        socket.display(),
+        rt.config().sync,
+        rt.config().workers
+    );
+    let _ = rx.recv();
+    log::info!(
+        "signal received: no new connections; running jobs get {} s (a second signal exits at once)",
+        grace.as_secs()
+    );
+    server.stop();
+    rt.shutdown();
+    Ok(())
+}

@@ -140,9 +140,16 @@ impl Client {
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
         let s = UnixStream::connect(path).map_err(|e| {
-            ClientError::Io(std::io::Error::new(e.kind(), format!("cannot connect to {}: {e}", path.display())))
+            ClientError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot connect to {}: {e}", path.display()),
+            ))
         })?;
-        Ok(Client { reader: BufReader::new(s.try_clone()?), writer: s, line: String::new() })
+        Ok(Client {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            line: String::new(),
+        })
     }
 
     /// Sends one raw line (a newline is added) without waiting (pipelining).
@@ -163,7 +170,8 @@ impl Client {
                 "the daemon closed the connection",
             )));
         }
-        serde_json::from_str(&self.line).map_err(|e| ClientError::Protocol(format!("{e}: {}", self.line.trim())))
+        serde_json::from_str(&self.line)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {}", self.line.trim())))
     }
 
     /// Sends a request and returns the reply; an `ok: false` reply becomes [`ClientError::Server`].
@@ -203,7 +211,8 @@ impl Client {
 
     /// Cancels a scheduled or ready job.
     pub fn cancel(&mut self, id: u64) -> Result<(), ClientError> {
-        self.request(&serde_json::json!({"op": "cancel", "id": id})).map(|_| ())
+        self.request(&serde_json::json!({"op": "cancel", "id": id}))
+            .map(|_| ())
     }
 }
 
@@ -214,7 +223,10 @@ pub fn check(v: Value) -> Result<Value, ClientError> {
     }
     let e = &v["error"];
     match (e["code"].as_str(), e["message"].as_str()) {
-        (Some(c), Some(m)) => Err(ClientError::Server { code: c.into(), message: m.into() }),
+        (Some(c), Some(m)) => Err(ClientError::Server {
+            code: c.into(),
+            message: m.into(),
+        }),
         _ => Err(ClientError::Protocol(v.to_string())),
     }
 }

@@ -100,7 +100,10 @@ pub struct Config {
 
 /// Default worker count: CPU count, at least 4 (SPEC §2).
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(4)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(4)
 }
 
 impl Config {
@@ -135,7 +138,9 @@ impl Config {
     /// Parses TOML config text.
     pub fn from_toml(text: &str, workers_override: Option<usize>) -> Result<Config, String> {
         let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        let workers = workers_override.or(f.workers).unwrap_or_else(default_workers);
+        let workers = workers_override
+            .or(f.workers)
+            .unwrap_or_else(default_workers);
         let mut c = Config::with_workers(workers);
         if let Some(s) = &f.sync {
             c.sync = SyncMode::parse(s)?;
@@ -188,7 +193,10 @@ impl Config {
     /// Checks the numbers fit together.
     pub fn validate(&self) -> Result<(), String> {
         if self.workers == 0 || self.workers > 4096 {
-            return Err(format!("workers must be between 1 and 4096, not {}", self.workers));
+            return Err(format!(
+                "workers must be between 1 and 4096, not {}",
+                self.workers
+            ));
         }
         if self.queues.is_empty() {
             return Err("at least one queue is needed".into());
@@ -200,7 +208,10 @@ impl Config {
         for q in &self.queues {
             if q.name.is_empty()
                 || q.name.len() > 64
-                || !q.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                || !q
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
                 return Err(format!(
                     "queue name {:?}: use 1-64 letters, digits, '_' or '-'",
@@ -232,7 +243,10 @@ impl Config {
 
     /// Queue id by name.
     pub fn queue_id(&self, name: &str) -> Option<u16> {
-        self.queues.iter().position(|q| q.name == name).map(|i| i as u16)
+        self.queues
+            .iter()
+            .position(|q| q.name == name)
+            .map(|i| i as u16)
     }
 }
 
@@ -278,17 +292,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid duration {s:?}: expected a number and a unit, like 30s"));
+        return Err(format!(
+            "invalid duration {s:?}: expected a number and a unit, like 30s"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: number too large"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
     let ms_per = match unit {
         "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        "" => return Err(format!("invalid duration {s:?}: add a unit (ms, s, m, h or d)")),
-        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h or d)")),
+        "" => {
+            return Err(format!(
+                "invalid duration {s:?}: add a unit (ms, s, m, h or d)"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h or d)"
+            ))
+        }
     };
     let ms = n
         .checked_mul(ms_per)
@@ -327,12 +353,18 @@ mod tests {
         assert_eq!(c.queue_id("mail"), Some(0));
         assert_eq!(c.queues[1].max_workers, 2);
         assert_eq!(c.queues[0].lend_limit, Duration::from_millis(100));
-        assert!(Config::from_toml("bogus = 1", None).unwrap_err().contains("unknown field"));
-        assert!(Config::from_toml("workers = 2\n[queues.a]\nreserved = 3\n", None)
+        assert!(Config::from_toml("bogus = 1", None)
             .unwrap_err()
-            .contains("reserved exceeds"));
+            .contains("unknown field"));
+        assert!(
+            Config::from_toml("workers = 2\n[queues.a]\nreserved = 3\n", None)
+                .unwrap_err()
+                .contains("reserved exceeds")
+        );
         assert!(Config::from_toml("[queues.a]\ndue_in = \"10 parsecs\"\n", None).is_err());
-        assert!(Config::from_toml("[queues.\"a b\"]\n", None).unwrap_err().contains("queue name"));
+        assert!(Config::from_toml("[queues.\"a b\"]\n", None)
+            .unwrap_err()
+            .contains("queue name"));
     }
 
     #[test]

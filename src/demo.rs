@@ -44,11 +44,21 @@ pub struct DemoRun {
 }
 
 fn count(stats: &Stats, queue: &str, state: &str) -> u64 {
-    stats.sched.queues.get(queue).and_then(|q| q.states.get(state)).copied().unwrap_or(0)
+    stats
+        .sched
+        .queues
+        .get(queue)
+        .and_then(|q| q.states.get(state))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Runs the scenario once under `order` and returns the figures.
-pub fn run_once(a: &DemoArgs, order: Order, progress: bool) -> Result<DemoRun, Box<dyn std::error::Error>> {
+pub fn run_once(
+    a: &DemoArgs,
+    order: Order,
+    progress: bool,
+) -> Result<DemoRun, Box<dyn std::error::Error>> {
     let dir = tempfile::Builder::new().prefix("duejob-demo-").tempdir()?;
     let mut cfg = Config::with_workers(a.workers);
     cfg.order = order;
@@ -110,7 +120,10 @@ pub fn run_once(a: &DemoArgs, order: Order, progress: bool) -> Result<DemoRun, B
             next_report = now + Duration::from_millis(200);
         }
         let wake = next_note.min(next_report);
-        std::thread::sleep(wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
+        std::thread::sleep(
+            wake.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50)),
+        );
     }
 }
 
@@ -125,16 +138,43 @@ pub fn run(a: &DemoArgs) -> CliResult {
     let fifo = run_once(a, Order::Fifo, true)?;
     let mut out = std::io::stdout().lock();
     writeln!(out)?;
-    writeln!(out, "{:<34} {:>18} {:>14}", "wait for a worker", "deadline (duejob)", "plain FIFO")?;
+    writeln!(
+        out,
+        "{:<34} {:>18} {:>14}",
+        "wait for a worker", "deadline (duejob)", "plain FIFO"
+    )?;
     for q in ["notifications", "bulk"] {
-        let (e, f) = (&edf.stats.sched.queues[q].wait_ms, &fifo.stats.sched.queues[q].wait_ms);
-        for (label, ev, fv) in [("p50", e.p50, f.p50), ("p99", e.p99, f.p99), ("max", e.max, f.max)] {
-            writeln!(out, "{:<34} {:>18} {:>14}", format!("{q} wait {label}"), millis(ev), millis(fv))?;
+        let (e, f) = (
+            &edf.stats.sched.queues[q].wait_ms,
+            &fifo.stats.sched.queues[q].wait_ms,
+        );
+        for (label, ev, fv) in [
+            ("p50", e.p50, f.p50),
+            ("p99", e.p99, f.p99),
+            ("max", e.max, f.max),
+        ] {
+            writeln!(
+                out,
+                "{:<34} {:>18} {:>14}",
+                format!("{q} wait {label}"),
+                millis(ev),
+                millis(fv)
+            )?;
         }
     }
     let misses = |r: &DemoRun| r.stats.sched.queues["notifications"].deadline_misses;
-    writeln!(out, "{:<34} {:>18} {:>14}", "notifications sent", edf.notifications, fifo.notifications)?;
-    writeln!(out, "{:<34} {:>18} {:>14}", "notification deadlines missed", misses(&edf), misses(&fifo))?;
+    writeln!(
+        out,
+        "{:<34} {:>18} {:>14}",
+        "notifications sent", edf.notifications, fifo.notifications
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>18} {:>14}",
+        "notification deadlines missed",
+        misses(&edf),
+        misses(&fifo)
+    )?;
     writeln!(
         out,
         "{:<34} {:>18} {:>14}",

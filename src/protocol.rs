@@ -215,7 +215,9 @@ impl<'a> Request<'a> {
             }
             other => Err(Rejection::new(
                 code::UNKNOWN_OP,
-                format!("unknown op {other:?} (hello, submit, submit_batch, status, stats, cancel)"),
+                format!(
+                    "unknown op {other:?} (hello, submit, submit_batch, status, stats, cancel)"
+                ),
             )),
         }
     }
@@ -237,13 +239,25 @@ pub fn write_error(out: &mut Vec<u8>, r: &Rejection) {
         ok: bool,
         error: E<'a>,
     }
-    let _ = serde_json::to_writer(&mut *out, &R { ok: false, error: E { code: r.code, message: &r.message } });
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &R {
+            ok: false,
+            error: E {
+                code: r.code,
+                message: &r.message,
+            },
+        },
+    );
     out.push(b'\n');
 }
 
 /// Appends a `submit` reply.
 pub fn write_submitted(out: &mut Vec<u8>, id: u64, lsn: u64) {
-    let _ = writeln!(out, r#"{{"ok":true,"id":{id},"lsn":{lsn},"duplicate":false}}"#);
+    let _ = writeln!(
+        out,
+        r#"{{"ok":true,"id":{id},"lsn":{lsn},"duplicate":false}}"#
+    );
 }
 
 /// Appends a `submit_batch` reply: ids in request order, `lsn` of the first record (the others
@@ -269,7 +283,10 @@ pub fn write_ok_with<T: Serialize>(out: &mut Vec<u8>, v: &T) {
             let _ = serde_json::to_writer(&mut *out, &o);
             out.push(b'\n');
         }
-        _ => write_error(out, &Rejection::new(code::BAD_REQUEST, "internal: reply is not an object")),
+        _ => write_error(
+            out,
+            &Rejection::new(code::BAD_REQUEST, "internal: reply is not an object"),
+        ),
     }
 }
 
@@ -283,11 +300,17 @@ mod tests {
 
     #[test]
     fn parses_each_op() {
-        assert!(matches!(Request::parse(br#"{"op":"hello"}"#), Ok(Request::Hello)));
-        assert!(matches!(Request::parse(br#"{"op":"status","id":7}"#), Ok(Request::Status(7))));
-        let Ok(Request::Submit(s)) =
-            Request::parse(br#"{"op":"submit","queue":"bulk","kind":"sleep","payload":{"ms":5},"delay_ms":10}"#)
-        else {
+        assert!(matches!(
+            Request::parse(br#"{"op":"hello"}"#),
+            Ok(Request::Hello)
+        ));
+        assert!(matches!(
+            Request::parse(br#"{"op":"status","id":7}"#),
+            Ok(Request::Status(7))
+        ));
+        let Ok(Request::Submit(s)) = Request::parse(
+            br#"{"op":"submit","queue":"bulk","kind":"sleep","payload":{"ms":5},"delay_ms":10}"#,
+        ) else {
             panic!("submit")
         };
         assert_eq!(s.spec().payload, r#"{"ms":5}"#);
@@ -308,13 +331,24 @@ mod tests {
         assert_eq!(code_of("\u{1}\u{2}garbage"), code::INVALID_JSON);
         assert_eq!(code_of(r#"{"op":"fly"}"#), code::UNKNOWN_OP);
         assert_eq!(code_of(r#"{"id":1}"#), code::BAD_REQUEST);
-        assert_eq!(code_of(r#"{"op":"status","id":"seven"}"#), code::BAD_REQUEST);
+        assert_eq!(
+            code_of(r#"{"op":"status","id":"seven"}"#),
+            code::BAD_REQUEST
+        );
         assert_eq!(code_of(r#"{"op":"status","id":-1}"#), code::BAD_REQUEST);
         assert_eq!(code_of(r#"{"op":"submit","queue":"q"}"#), code::BAD_REQUEST);
-        assert_eq!(code_of(r#"{"op":"submit","queue":"q","kind":"k","dealy_ms":5}"#), code::BAD_REQUEST);
-        assert_eq!(code_of(r#"{"op":"submit_batch","jobs":[]}"#), code::BAD_REQUEST);
+        assert_eq!(
+            code_of(r#"{"op":"submit","queue":"q","kind":"k","dealy_ms":5}"#),
+            code::BAD_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"op":"submit_batch","jobs":[]}"#),
+            code::BAD_REQUEST
+        );
         assert_eq!(code_of(r#"[1,2]"#), code::BAD_REQUEST);
-        let msg = Request::parse(br#"{"op":"status","id":"x"}"#).unwrap_err().message;
+        let msg = Request::parse(br#"{"op":"status","id":"x"}"#)
+            .unwrap_err()
+            .message;
         assert!(msg.contains("invalid type"), "{msg}");
     }
 
@@ -323,9 +357,15 @@ mod tests {
         let mut out = Vec::new();
         write_submitted(&mut out, 7, 42);
         write_batch(&mut out, &[1, 2], 9);
-        write_error(&mut out, &Rejection::new(code::BAD_REQUEST, "a \"quoted\"\nthing"));
+        write_error(
+            &mut out,
+            &Rejection::new(code::BAD_REQUEST, "a \"quoted\"\nthing"),
+        );
         let text = String::from_utf8(out).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["id"], 7);
         assert_eq!(lines[0]["duplicate"], false);
         assert_eq!(lines[1]["ids"][1], 2);

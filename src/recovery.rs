@@ -83,7 +83,11 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             Record::Submit(s) => {
                 max_id = max_id.max(s.id);
                 if jobs.contains_key(&s.id) {
-                    log::error!("recovery: job {} submitted twice (LSN {}); keeping the first", s.id, r.lsn);
+                    log::error!(
+                        "recovery: job {} submitted twice (LSN {}); keeping the first",
+                        s.id,
+                        r.lsn
+                    );
                     return Ok(());
                 }
                 jobs.insert(
@@ -123,7 +127,11 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             Record::Finish(f) => {
                 if let Some(j) = jobs.get_mut(&f.id).filter(|j| !j.state.is_terminal()) {
                     if f.attempt != j.attempt {
-                        log::warn!("recovery: ignoring stale finish of job {} attempt {}", f.id, f.attempt);
+                        log::warn!(
+                            "recovery: ignoring stale finish of job {} attempt {}",
+                            f.id,
+                            f.attempt
+                        );
                         return Ok(());
                     }
                     if let Some(a) = j.attempts.last_mut().filter(|a| a.number == f.attempt) {
@@ -161,7 +169,10 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             recovered.done.push(done_job(id, j));
         }
     }
-    let mut live: Vec<(u64, RJob)> = jobs.into_iter().filter(|(_, j)| !j.state.is_terminal()).collect();
+    let mut live: Vec<(u64, RJob)> = jobs
+        .into_iter()
+        .filter(|(_, j)| !j.state.is_terminal())
+        .collect();
     live.sort_unstable_by_key(|(id, _)| *id);
     let now = crate::job::now_ms();
     for (id, mut j) in live {
@@ -182,7 +193,11 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
                 attempt: j.attempt,
                 at: now,
                 state: state_code::DEAD,
-                outcome: Outcome::Failed { reason, exit_code: None, output_tail: String::new() },
+                outcome: Outcome::Failed {
+                    reason,
+                    exit_code: None,
+                    output_tail: String::new(),
+                },
             };
             orphans.push(&Record::Finish(f));
             j.state = State::Dead;
@@ -202,7 +217,11 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
         };
-        recovered.live.push(LiveJob { job: Arc::new(job), attempt: j.attempt, attempts: j.attempts });
+        recovered.live.push(LiveJob {
+            job: Arc::new(job),
+            attempt: j.attempt,
+            attempts: j.attempts,
+        });
     }
     Ok(Recovery {
         scan,

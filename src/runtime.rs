@@ -64,7 +64,11 @@ impl std::fmt::Display for Error {
         match self {
             Error::Config(m) => write!(f, "configuration: {m}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::Locked(p) => write!(f, "data directory {} is in use by another duejob process", p.display()),
+            Error::Locked(p) => write!(
+                f,
+                "data directory {} is in use by another duejob process",
+                p.display()
+            ),
             Error::Wal(e) => write!(f, "{e}"),
         }
     }
@@ -98,7 +102,10 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection.
     pub fn new(code: &'static str, message: impl Into<String>) -> Rejection {
-        Rejection { code, message: message.into() }
+        Rejection {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -134,7 +141,12 @@ pub struct JobSpec<'a> {
 impl<'a> JobSpec<'a> {
     /// A job with defaults for everything but queue, kind and payload.
     pub fn new(queue: &'a str, kind: &'a str, payload: &'a str) -> JobSpec<'a> {
-        JobSpec { queue, kind, payload, ..JobSpec::default() }
+        JobSpec {
+            queue,
+            kind,
+            payload,
+            ..JobSpec::default()
+        }
     }
 }
 
@@ -228,12 +240,23 @@ impl Handle {
         let cfg = &self.inner.cfg;
         let queue = cfg.queue_id(spec.queue).ok_or_else(|| {
             let known: Vec<&str> = cfg.queues.iter().map(|q| q.name.as_str()).collect();
-            Rejection::new(code::UNKNOWN_QUEUE, format!("unknown queue {:?} (known: {})", spec.queue, known.join(", ")))
+            Rejection::new(
+                code::UNKNOWN_QUEUE,
+                format!(
+                    "unknown queue {:?} (known: {})",
+                    spec.queue,
+                    known.join(", ")
+                ),
+            )
         })?;
         let kind = self.inner.kinds.id(spec.kind).ok_or_else(|| {
             Rejection::new(
                 code::UNKNOWN_KIND,
-                format!("unknown kind {:?} (known: {})", spec.kind, self.inner.kinds.names().join(", ")),
+                format!(
+                    "unknown kind {:?} (known: {})",
+                    spec.kind,
+                    self.inner.kinds.names().join(", ")
+                ),
             )
         })?;
         if spec.key.is_some() {
@@ -255,13 +278,21 @@ impl Handle {
         let delay = dur("delay_ms", spec.delay_ms)?;
         let q = &cfg.queues[queue as usize];
         let timeout_ms = match dur("timeout_ms", spec.timeout_ms)? {
-            Some(0) => return Err(Rejection::new(code::BAD_REQUEST, "timeout_ms must be at least 1")),
+            Some(0) => {
+                return Err(Rejection::new(
+                    code::BAD_REQUEST,
+                    "timeout_ms must be at least 1",
+                ))
+            }
             Some(t) => Some(t),
             None => q.timeout.map(|t| t.as_millis() as u64),
         };
         let max_attempts = match spec.max_attempts {
             Some(0) | Some(1001..) => {
-                return Err(Rejection::new(code::BAD_REQUEST, "max_attempts must be between 1 and 1000"))
+                return Err(Rejection::new(
+                    code::BAD_REQUEST,
+                    "max_attempts must be between 1 and 1000",
+                ))
             }
             Some(n) => n,
             None => q.max_attempts,
@@ -306,7 +337,11 @@ impl Handle {
         }
         self.inner
             .wal_tx
-            .send(WalMsg::Append(Append { records, jobs, ack: Some(ack) }))
+            .send(WalMsg::Append(Append {
+                records,
+                jobs,
+                ack: Some(ack),
+            }))
             .map_err(|_| closed())
     }
 
@@ -339,7 +374,10 @@ impl Handle {
     /// Scheduler and WAL figures.
     pub fn stats(&self) -> Result<Stats, Rejection> {
         let sched = self.ask(|reply| Msg::Stats { reply })?;
-        Ok(Stats { sched, wal: self.wal_report() })
+        Ok(Stats {
+            sched,
+            wal: self.wal_report(),
+        })
     }
 
     fn wal_report(&self) -> WalReport {
@@ -353,7 +391,11 @@ impl Handle {
             bytes: s.bytes.load(Relaxed),
             records,
             groups,
-            mean_group: if groups == 0 { 0.0 } else { records as f64 / groups as f64 },
+            mean_group: if groups == 0 {
+                0.0
+            } else {
+                records as f64 / groups as f64
+            },
             max_group: s.max_group.load(Relaxed),
             fsyncs: s.fsyncs.load(Relaxed),
             fsync_p50_us: s.fsync_quantile_us(0.5),
@@ -364,14 +406,20 @@ impl Handle {
     /// Cancels a scheduled or ready job; returns once the cancel record is durable.
     pub fn cancel(&self, id: u64) -> Result<(), Rejection> {
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        let refused = self.ask(|reply| Msg::Cancel { id, ack: ack_tx, reply })?;
+        let refused = self.ask(|reply| Msg::Cancel {
+            id,
+            ack: ack_tx,
+            reply,
+        })?;
         match refused {
             Ok(()) => match ack_rx.recv() {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(wal_rejection(&e)),
                 Err(_) => Err(closed()),
             },
-            Err(CancelRefused::NotFound) => Err(Rejection::new(code::NOT_FOUND, format!("no job {id}"))),
+            Err(CancelRefused::NotFound) => {
+                Err(Rejection::new(code::NOT_FOUND, format!("no job {id}")))
+            }
             Err(CancelRefused::NotCancellable(state)) => Err(Rejection::new(
                 code::NOT_CANCELLABLE,
                 format!("job {id} is {state}; only scheduled or ready jobs can be cancelled"),
@@ -407,7 +455,11 @@ impl RuntimeBuilder {
         let keep_queues = self.config.queues.clone();
         let default_queues = Config::with_workers(self.config.workers).queues;
         self.config.workers = n;
-        self.config.queues = if keep_queues == default_queues { Config::with_workers(n).queues } else { keep_queues };
+        self.config.queues = if keep_queues == default_queues {
+            Config::with_workers(n).queues
+        } else {
+            keep_queues
+        };
         self
     }
     /// Registers a kind.
@@ -458,7 +510,11 @@ impl RuntimeBuilder {
         );
         if !rec.orphans.is_empty() {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            let _ = wal_tx.send(WalMsg::Append(Append { records: rec.orphans, jobs: vec![], ack: Some(tx) }));
+            let _ = wal_tx.send(WalMsg::Append(Append {
+                records: rec.orphans,
+                jobs: vec![],
+                ack: Some(tx),
+            }));
             if let Ok(Err(e)) = rx.recv() {
                 log::error!("could not record jobs that can no longer run: {e}");
             }
@@ -476,7 +532,11 @@ impl RuntimeBuilder {
             cfg.workers,
             cfg.sync,
             cfg.order.name(),
-            cfg.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>().join(",")
+            cfg.queues
+                .iter()
+                .map(|q| q.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         );
         let inner = Arc::new(Inner {
             next_id: AtomicU64::new(rec.next_id),
@@ -502,7 +562,10 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| Error::Io { path: dir.to_path_buf(), source })
+        .map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, Error> {
@@ -513,11 +576,17 @@ fn lock_data_dir(dir: &Path) -> Result<File, Error> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| Error::Io { path: path.clone(), source })?;
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(f),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked(dir.to_path_buf())),
-        Err(e) => Err(Error::Io { path, source: e.into() }),
+        Err(e) => Err(Error::Io {
+            path,
+            source: e.into(),
+        }),
     }
 }
 
@@ -570,11 +639,17 @@ impl Runtime {
     }
 
     fn stop(&mut self, grace: Duration) {
-        let Some((dispatcher, wal)) = self.threads.take() else { return };
+        let Some((dispatcher, wal)) = self.threads.take() else {
+            return;
+        };
         let inner = &self.handle.inner;
         inner.closing.store(true, Ordering::SeqCst);
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if inner.sched_tx.send(Msg::Shutdown { grace, reply: tx }).is_ok() {
+        if inner
+            .sched_tx
+            .send(Msg::Shutdown { grace, reply: tx })
+            .is_ok()
+        {
             let _ = rx.recv();
         }
         let _ = dispatcher.join();

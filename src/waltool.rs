@@ -26,13 +26,20 @@ pub fn wal_dir(data: &Path) -> Result<PathBuf, String> {
     }
     if data.is_dir() {
         let has_segments = std::fs::read_dir(data)
-            .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".wal")))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+            })
             .unwrap_or(false);
         if has_segments {
             return Ok(data.to_path_buf());
         }
     }
-    Err(format!("{} holds no WAL (expected {}/wal)", data.display(), data.display()))
+    Err(format!(
+        "{} holds no WAL (expected {}/wal)",
+        data.display(),
+        data.display()
+    ))
 }
 
 /// `wal verify`: prints a summary, every problem (segment and offset) on stderr; returns the exit
@@ -57,7 +64,12 @@ pub fn verify(data: &Path) -> i32 {
             dir.join(name).display()
         );
     }
-    let last = scan.segments.iter().rev().find_map(|s| s.last_lsn).unwrap_or(0);
+    let last = scan
+        .segments
+        .iter()
+        .rev()
+        .find_map(|s| s.last_lsn)
+        .unwrap_or(0);
     println!(
         "{}: {} segments, {} records, last LSN {last}, {} problem(s)",
         dir.display(),
@@ -147,7 +159,10 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
         }
         Ok(())
     })?;
-    let mut ins = Inspection { records_by_type: by_type, ..Default::default() };
+    let mut ins = Inspection {
+        records_by_type: by_type,
+        ..Default::default()
+    };
     for seg in &scan.segments {
         let mut s = segs.remove(&seg.seq).unwrap_or_default();
         s.name = seg.name.clone();
@@ -155,14 +170,20 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
         s.file_len = seg.file_len;
         s.tail = match &seg.tail {
             Tail::Clean => "clean".into(),
-            Tail::Torn { offset, reason } => format!("incomplete record at offset {offset}: {reason}"),
+            Tail::Torn { offset, reason } => {
+                format!("incomplete record at offset {offset}: {reason}")
+            }
             Tail::EmptySegment => "header not yet written".into(),
         };
         ins.segments.push(s);
     }
     let mut add = |q: u16, state: &str, n: u64| {
         *ins.jobs_by_state.entry(state.into()).or_default() += n;
-        *ins.jobs_by_queue.entry(queues[q as usize].clone()).or_default().entry(state.into()).or_default() += n;
+        *ins.jobs_by_queue
+            .entry(queues[q as usize].clone())
+            .or_default()
+            .entry(state.into())
+            .or_default() += n;
     };
     for (q, state) in live.values() {
         add(*q, state, 1);
@@ -186,7 +207,11 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
             (Some(a), Some(b)) => format!("{} .. {}", time(a), time(b)),
             _ => String::new(),
         };
-        writeln!(out, "  {}  {} records  {lsns}  {times}  {}/{} bytes  tail {}", s.name, s.records, s.bytes_used, s.file_len, s.tail)?;
+        writeln!(
+            out,
+            "  {}  {} records  {lsns}  {times}  {}/{} bytes  tail {}",
+            s.name, s.records, s.bytes_used, s.file_len, s.tail
+        )?;
     }
     writeln!(out, "records by type:")?;
     for (t, n) in &ins.records_by_type {
@@ -267,7 +292,9 @@ pub fn dump(a: &DumpArgs) -> CliResult {
                 time: t,
                 record: record_json(&r.record),
             };
-            serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from).and_then(|_| writeln!(out))
+            serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|_| writeln!(out))
         } else {
             writeln!(
                 out,

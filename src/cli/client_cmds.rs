@@ -46,7 +46,11 @@ pub struct SubmitArgs {
 
 fn ms(arg: &Option<String>, name: &str) -> Result<Option<u64>, String> {
     arg.as_deref()
-        .map(|s| parse_duration(s).map(|d| d.as_millis() as u64).map_err(|e| format!("--{name}: {e}")))
+        .map(|s| {
+            parse_duration(s)
+                .map(|d| d.as_millis() as u64)
+                .map_err(|e| format!("--{name}: {e}"))
+        })
         .transpose()
 }
 
@@ -64,7 +68,9 @@ pub fn submit(a: SubmitArgs) -> CliResult {
         (None, true) => return Err("give --kind, or a program after `--` for an exec job".into()),
     };
     let payload: Value = match (&a.payload, a.program.is_empty()) {
-        (Some(p), _) => serde_json::from_str(p).map_err(|e| format!("--payload is not valid JSON: {e}"))?,
+        (Some(p), _) => {
+            serde_json::from_str(p).map_err(|e| format!("--payload is not valid JSON: {e}"))?
+        }
         (None, false) => serde_json::json!({ "argv": a.program }),
         (None, true) => serde_json::json!({}),
     };
@@ -96,7 +102,11 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     }
     let j: crate::scheduler::JobInfo = serde_json::from_value(reply["job"].clone())?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "job {}  queue {}  kind {}  state {}", j.id, j.queue, j.kind, j.state)?;
+    writeln!(
+        out,
+        "job {}  queue {}  kind {}  state {}",
+        j.id, j.queue, j.kind, j.state
+    )?;
     writeln!(out, "  submitted {}", time(j.submitted_at))?;
     if let Some(r) = j.run_at {
         writeln!(out, "  run at    {}", time(r))?;
@@ -105,7 +115,14 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     for a in &j.attempts {
         let end = a.ended_at.map(time).unwrap_or_else(|| "-".into());
         let outcome = a.outcome.as_deref().unwrap_or("running");
-        writeln!(out, "  attempt {}: {} .. {}  {}", a.number, time(a.started_at), end, outcome)?;
+        writeln!(
+            out,
+            "  attempt {}: {} .. {}  {}",
+            a.number,
+            time(a.started_at),
+            end,
+            outcome
+        )?;
         if let Some(e) = &a.error {
             writeln!(out, "    error: {e}")?;
         }
@@ -129,11 +146,24 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
     }
     let s: crate::runtime::Stats = serde_json::from_value(reply)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "workers {} (busy {}), order {}", s.sched.workers, s.sched.busy, s.sched.order)?;
+    writeln!(
+        out,
+        "workers {} (busy {}), order {}",
+        s.sched.workers, s.sched.busy, s.sched.order
+    )?;
     writeln!(
         out,
         "{:<16} {:>8} {:>8} {:>8} {:>10} {:>6} {:>9} {:>9} {:>9} {:>7}",
-        "queue", "ready", "running", "sched", "succeeded", "dead", "wait p50", "wait p99", "slack", "missed"
+        "queue",
+        "ready",
+        "running",
+        "sched",
+        "succeeded",
+        "dead",
+        "wait p50",
+        "wait p99",
+        "slack",
+        "missed"
     )?;
     for (name, q) in &s.sched.queues {
         let st = |k: &str| q.states.get(k).copied().unwrap_or(0);
@@ -148,7 +178,9 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
             st("dead"),
             millis(q.wait_ms.p50),
             millis(q.wait_ms.p99),
-            q.slack_ms.map(|s| millis(s as f64)).unwrap_or_else(|| "-".into()),
+            q.slack_ms
+                .map(|s| millis(s as f64))
+                .unwrap_or_else(|| "-".into()),
             q.deadline_misses
         )?;
     }
@@ -191,7 +223,11 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
         return print_json(&v);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<16} {:>8} {:>12} {:>9} {:>8} {:>8}", "queue", "due_in", "max_workers", "reserved", "ready", "running")?;
+    writeln!(
+        out,
+        "{:<16} {:>8} {:>12} {:>9} {:>8} {:>8}",
+        "queue", "due_in", "max_workers", "reserved", "ready", "running"
+    )?;
     for (name, q) in &s.sched.queues {
         let st = |k: &str| q.states.get(k).copied().unwrap_or(0);
         writeln!(

@@ -34,7 +34,9 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
     }
-    let bad = || format!("invalid time {s:?}: use ms since the epoch, 2026-01-31 or 2026-01-31T12:00:00Z");
+    let bad = || {
+        format!("invalid time {s:?}: use ms since the epoch, 2026-01-31 or 2026-01-31T12:00:00Z")
+    };
     let (date, rest) = s.split_once('T').unwrap_or((s, ""));
     let parts: Vec<&str> = date.split('-').collect();
     if parts.len() != 3 {
@@ -50,7 +52,10 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
     if !rest.is_empty() {
         let t = rest.strip_suffix('Z').ok_or_else(bad)?;
         let (hms, frac) = t.split_once('.').unwrap_or((t, "0"));
-        let hms: Vec<i64> = hms.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+        let hms: Vec<i64> = hms
+            .split(':')
+            .map(|p| p.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
         if hms.len() != 3 || hms[0] > 23 || hms[1] > 59 || hms[2] > 60 {
             return Err(bad());
         }
@@ -80,7 +85,11 @@ pub fn millis(ms: f64) -> String {
     } else if ms < 60_000.0 {
         format!("{:.1}s", ms / 1000.0)
     } else if ms < 3_600_000.0 {
-        format!("{}m{:02}s", (ms / 60_000.0) as u64, ((ms % 60_000.0) / 1000.0) as u64)
+        format!(
+            "{}m{:02}s",
+            (ms / 60_000.0) as u64,
+            ((ms % 60_000.0) / 1000.0) as u64
+        )
     } else {
         format!("{:.1}h", ms / 3_600_000.0)
     }
@@ -94,7 +103,10 @@ mod tests {
     fn times_round_trip() {
         assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(parse_time("2023-11-14T22:13:20.123Z"), Ok(1_700_000_000_123));
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.123Z"),
+            Ok(1_700_000_000_123)
+        );
         assert_eq!(parse_time("2024-02-29"), Ok(1_709_164_800_000));
         assert_eq!(parse_time("1700000000123"), Ok(1_700_000_000_123));
         assert!(parse_time("yesterday").is_err());

@@ -24,7 +24,11 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct ClientOpts {
     /// Daemon socket.
-    #[arg(long, env = "DUEJOB_SOCKET", default_value = "./duejob-data/duejob.sock")]
+    #[arg(
+        long,
+        env = "DUEJOB_SOCKET",
+        default_value = "./duejob-data/duejob.sock"
+    )]
     pub socket: PathBuf,
     /// Print machine-readable JSON.
     #[arg(long)]
@@ -107,9 +111,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log))
-        .format_timestamp_millis()
-        .try_init();
+    let _ =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log))
+            .format_timestamp_millis()
+            .try_init();
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Submit(a) => client_cmds::submit(a),
@@ -139,5 +144,6 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
 }
 
 fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }

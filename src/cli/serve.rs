@@ -43,7 +43,10 @@ pub fn run(a: ServeArgs) -> CliResult {
     cfg.validate()?;
     let grace = cfg.shutdown_grace;
     let rt = Runtime::builder(&a.data).config(cfg).start()?;
-    let socket = a.socket.clone().unwrap_or_else(|| a.data.join("duejob.sock"));
+    let socket = a
+        .socket
+        .clone()
+        .unwrap_or_else(|| a.data.join("duejob.sock"));
     let server = crate::server::serve(rt.handle(), &socket)?;
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let signals = AtomicUsize::new(0);

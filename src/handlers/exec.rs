@@ -53,7 +53,10 @@ impl ExecPayload {
                 return Err(format!("exec payload: invalid environment variable {k:?}"));
             }
         }
-        if p.cwd.as_deref().is_some_and(|c| c.is_empty() || c.contains('\0')) {
+        if p.cwd
+            .as_deref()
+            .is_some_and(|c| c.is_empty() || c.contains('\0'))
+        {
             return Err("exec payload: cwd must be a non-empty path".into());
         }
         Ok(p)
@@ -135,7 +138,10 @@ pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
                 if done_rx.recv_timeout(t).is_err_and(|e| e.is_timeout()) {
                     timed_out.store(true, Ordering::SeqCst);
                     signal_group(pgid, rustix::process::Signal::TERM);
-                    if done_rx.recv_timeout(KILL_GRACE).is_err_and(|e| e.is_timeout()) {
+                    if done_rx
+                        .recv_timeout(KILL_GRACE)
+                        .is_err_and(|e| e.is_timeout())
+                    {
                         signal_group(pgid, rustix::process::Signal::KILL);
                     }
                 }
@@ -145,7 +151,11 @@ pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
         drop(done_tx);
         // Whatever the program left behind in its group goes with it (and closes the pipes).
         signal_group(pgid, rustix::process::Signal::KILL);
-        (status, out.join().unwrap_or_default(), err.join().unwrap_or_default())
+        (
+            status,
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        )
     });
     let status = status.map_err(|e| JobError::new(format!("waiting for the program: {e}")))?;
     let mut tail = String::from_utf8_lossy(&out).into_owned();
@@ -172,7 +182,11 @@ pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
         (None, Some(s)) => format!("killed by signal {s}"),
         _ => "ended abnormally".to_string(),
     };
-    Err(JobError { reason, exit_code: status.code(), output_tail: tail })
+    Err(JobError {
+        reason,
+        exit_code: status.code(),
+        output_tail: tail,
+    })
 }
 
 #[cfg(test)]
@@ -180,22 +194,36 @@ mod tests {
     use super::*;
 
     fn payload(argv: &[&str]) -> ExecPayload {
-        ExecPayload { argv: argv.iter().map(|s| s.to_string()).collect(), env: BTreeMap::new(), cwd: None }
+        ExecPayload {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+        }
     }
 
     #[test]
     fn payload_validation() {
         assert!(ExecPayload::parse(r#"{"argv":["true"]}"#).is_ok());
-        assert!(ExecPayload::parse(r#"{"argv":[]}"#).unwrap_err().contains("name a program"));
-        assert!(ExecPayload::parse(r#"{"argv":"true"}"#).unwrap_err().contains("invalid type"));
+        assert!(ExecPayload::parse(r#"{"argv":[]}"#)
+            .unwrap_err()
+            .contains("name a program"));
+        assert!(ExecPayload::parse(r#"{"argv":"true"}"#)
+            .unwrap_err()
+            .contains("invalid type"));
         assert!(ExecPayload::parse(r#"{"argv":["a"],"env":{"A=B":"c"}}"#).is_err());
-        assert!(ExecPayload::parse(r#"{"argv":["a"],"shell":true}"#).unwrap_err().contains("unknown field"));
+        assert!(ExecPayload::parse(r#"{"argv":["a"],"shell":true}"#)
+            .unwrap_err()
+            .contains("unknown field"));
     }
 
     #[test]
     fn exit_status_env_and_output_tail() {
         assert_eq!(run(&payload(&["true"]), None), Ok(()));
-        let e = run(&payload(&["sh", "-c", "echo out; echo err >&2; exit 3"]), None).unwrap_err();
+        let e = run(
+            &payload(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(e.exit_code, Some(3));
         assert_eq!(e.reason, "exited with status 3");
         assert_eq!(e.output_tail, "out\n--- stderr ---\nerr\n");
@@ -216,9 +244,16 @@ mod tests {
     #[test]
     fn timeout_kills_the_group() {
         let t0 = std::time::Instant::now();
-        let e = run(&payload(&["sh", "-c", "sleep 30 & sleep 30"]), Some(Duration::from_millis(200)))
-            .unwrap_err();
-        assert!(e.reason.starts_with("timed out after 200 ms"), "{}", e.reason);
+        let e = run(
+            &payload(&["sh", "-c", "sleep 30 & sleep 30"]),
+            Some(Duration::from_millis(200)),
+        )
+        .unwrap_err();
+        assert!(
+            e.reason.starts_with("timed out after 200 ms"),
+            "{}",
+            e.reason
+        );
         // Outcome, not timing: the grandchild holding the pipe is gone, or we would still wait.
         assert!(t0.elapsed() < Duration::from_secs(25));
     }

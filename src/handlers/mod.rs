@@ -40,7 +40,11 @@ pub struct JobError {
 impl JobError {
     /// A failure with just a reason.
     pub fn new(reason: impl Into<String>) -> JobError {
-        JobError { reason: reason.into(), exit_code: None, output_tail: String::new() }
+        JobError {
+            reason: reason.into(),
+            exit_code: None,
+            output_tail: String::new(),
+        }
     }
 }
 
@@ -157,7 +161,8 @@ struct SleepPayload {
 }
 
 fn sleep_ms(payload: &str) -> Result<u64, String> {
-    let p: SleepPayload = serde_json::from_str(payload).map_err(|e| format!("sleep payload: {e}"))?;
+    let p: SleepPayload =
+        serde_json::from_str(payload).map_err(|e| format!("sleep payload: {e}"))?;
     if p.ms > MAX_SLEEP_MS {
         return Err(format!("sleep payload: ms must be at most {MAX_SLEEP_MS}"));
     }
@@ -174,7 +179,10 @@ impl Handler for Sleep {
         match ctx.timeout {
             Some(t) if t < d => {
                 std::thread::sleep(t);
-                Err(JobError::new(format!("timed out after {} ms", t.as_millis())))
+                Err(JobError::new(format!(
+                    "timed out after {} ms",
+                    t.as_millis()
+                )))
             }
             _ => {
                 std::thread::sleep(d);
@@ -193,8 +201,12 @@ mod tests {
         assert_eq!(sleep_ms(r#"{"ms":5}"#), Ok(5));
         assert!(sleep_ms(r#"{"ms":-5}"#).is_err());
         assert!(sleep_ms(r#"{"ms":"5"}"#).is_err());
-        assert!(sleep_ms(r#"{"ms":5,"x":1}"#).unwrap_err().contains("unknown field"));
-        assert!(sleep_ms(r#"{"ms":999999999999}"#).unwrap_err().contains("at most"));
+        assert!(sleep_ms(r#"{"ms":5,"x":1}"#)
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(sleep_ms(r#"{"ms":999999999999}"#)
+            .unwrap_err()
+            .contains("at most"));
     }
 
     #[test]
@@ -202,9 +214,18 @@ mod tests {
         let mut k = Kinds::builtin();
         assert_eq!(k.id("exec"), Some(2));
         assert_eq!(k.name(1), "sleep");
-        k.register("mine", Arc::new(|_: &JobContext<'_>| -> Result<(), JobError> { Err("no".into()) }));
+        k.register(
+            "mine",
+            Arc::new(|_: &JobContext<'_>| -> Result<(), JobError> { Err("no".into()) }),
+        );
         let id = k.id("mine").unwrap();
-        let ctx = JobContext { id: 1, attempt: 1, queue: "q", payload: "{}", timeout: None };
+        let ctx = JobContext {
+            id: 1,
+            attempt: 1,
+            queue: "q",
+            payload: "{}",
+            timeout: None,
+        };
         assert_eq!(k.handler(id).run(&ctx), Err(JobError::new("no")));
         assert_eq!(k.id("missing"), None);
     }

@@ -194,8 +194,16 @@ pub fn spawn(
     }
     let n = cfg.queues.len();
     let mut d = Dispatcher {
-        queue_names: cfg.queues.iter().map(|q| Arc::from(q.name.as_str())).collect(),
-        kind_names: kinds.names().iter().map(|k| Arc::from(k.as_str())).collect(),
+        queue_names: cfg
+            .queues
+            .iter()
+            .map(|q| Arc::from(q.name.as_str()))
+            .collect(),
+        kind_names: kinds
+            .names()
+            .iter()
+            .map(|k| Arc::from(k.as_str()))
+            .collect(),
         jobs: HashMap::new(),
         history: HashMap::new(),
         history_order: VecDeque::new(),
@@ -240,7 +248,16 @@ impl Dispatcher {
     fn admit(&mut self, job: JobRef, attempt: u32, attempts: Vec<AttemptInfo>, now: u64) {
         let (id, q, run_at) = (job.id, job.queue, job.run_at);
         self.counts[q as usize][State::Ready.index()] += 1;
-        self.jobs.insert(id, Entry { job, state: State::Ready, attempt, attempts, ready_at_us: 0 });
+        self.jobs.insert(
+            id,
+            Entry {
+                job,
+                state: State::Ready,
+                attempt,
+                attempts,
+                ready_at_us: 0,
+            },
+        );
         match run_at {
             Some(at) if at > now => {
                 self.set_state(id, State::Scheduled);
@@ -373,7 +390,11 @@ impl Dispatcher {
                 break;
             }
             self.timers.pop();
-            if self.jobs.get(&id).is_some_and(|e| e.state == State::Scheduled) {
+            if self
+                .jobs
+                .get(&id)
+                .is_some_and(|e| e.state == State::Scheduled)
+            {
                 self.set_state(id, State::Ready);
                 self.push_ready(id);
             }
@@ -419,8 +440,15 @@ impl Dispatcher {
             if pick.borrowed {
                 fig.borrowed += 1;
             }
-            self.records.push(&Record::Start(Start { id: pick.id, attempt: e.attempt, at: now }));
-            let task = Task { job: e.job.clone(), attempt: e.attempt };
+            self.records.push(&Record::Start(Start {
+                id: pick.id,
+                attempt: e.attempt,
+                at: now,
+            }));
+            let task = Task {
+                job: e.job.clone(),
+                attempt: e.attempt,
+            };
             // A free worker's channel is empty, so this never blocks.
             if self.workers[worker].send(task).is_err() {
                 log::error!("worker {worker} is gone");
@@ -431,7 +459,11 @@ impl Dispatcher {
     fn finished(&mut self, d: Done) {
         self.free.push(d.worker);
         let Some(e) = self.jobs.get(&d.id) else {
-            log::warn!("ignoring completion of job {} attempt {}: job no longer live", d.id, d.attempt);
+            log::warn!(
+                "ignoring completion of job {} attempt {}: job no longer live",
+                d.id,
+                d.attempt
+            );
             return;
         };
         if e.state != State::Running || e.attempt != d.attempt {
@@ -466,8 +498,18 @@ impl Dispatcher {
                 )
             }
         };
-        let code = if state == State::Succeeded { state_code::SUCCEEDED } else { state_code::DEAD };
-        let rec = Finish { id: d.id, attempt: d.attempt, at: now, state: code, outcome };
+        let code = if state == State::Succeeded {
+            state_code::SUCCEEDED
+        } else {
+            state_code::DEAD
+        };
+        let rec = Finish {
+            id: d.id,
+            attempt: d.attempt,
+            at: now,
+            state: code,
+            outcome,
+        };
         self.records.push(&Record::Finish(rec.clone()));
         let e = self.jobs.get_mut(&d.id).expect("live job");
         if let Some(a) = e.attempts.last_mut() {
@@ -509,7 +551,11 @@ impl Dispatcher {
         self.history.insert(done.id, done);
     }
 
-    fn cancel(&mut self, id: u64, ack: Sender<crate::wal::commit::Acked>) -> Result<(), CancelRefused> {
+    fn cancel(
+        &mut self,
+        id: u64,
+        ack: Sender<crate::wal::commit::Acked>,
+    ) -> Result<(), CancelRefused> {
         let state = match self.jobs.get(&id) {
             Some(e) => e.state,
             None => {
@@ -539,8 +585,16 @@ impl Dispatcher {
         }
     }
 
-    fn send_records(&mut self, records: RecordBatch, ack: Option<Sender<crate::wal::commit::Acked>>) {
-        let msg = WalMsg::Append(Append { records, jobs: Vec::new(), ack });
+    fn send_records(
+        &mut self,
+        records: RecordBatch,
+        ack: Option<Sender<crate::wal::commit::Acked>>,
+    ) {
+        let msg = WalMsg::Append(Append {
+            records,
+            jobs: Vec::new(),
+            ack,
+        });
         if self.wal.send(msg).is_err() {
             log::error!("dispatcher: the WAL has stopped; state changes are no longer recorded");
         }
@@ -571,8 +625,10 @@ impl Dispatcher {
     fn stats(&mut self) -> SchedStats {
         let now = now_ms();
         let now_us = self.now_us();
-        let mut totals: std::collections::BTreeMap<String, u64> =
-            State::ALL.iter().map(|s| (s.name().to_string(), 0)).collect();
+        let mut totals: std::collections::BTreeMap<String, u64> = State::ALL
+            .iter()
+            .map(|s| (s.name().to_string(), 0))
+            .collect();
         let mut queues = std::collections::BTreeMap::new();
         for (q, qc) in self.cfg.queues.iter().enumerate() {
             let mut states = std::collections::BTreeMap::new();
@@ -584,7 +640,9 @@ impl Dispatcher {
             let jobs = &self.jobs;
             let head = self
                 .ready
-                .head(q as u16, &mut |id| jobs.get(&id).is_some_and(|e| e.state == State::Ready))
+                .head(q as u16, &mut |id| {
+                    jobs.get(&id).is_some_and(|e| e.state == State::Ready)
+                })
                 .and_then(|(_, id)| jobs.get(&id));
             let fig = &self.figures[q];
             queues.insert(
@@ -619,7 +677,11 @@ pub fn apply_finish(a: &mut AttemptInfo, f: &Finish) {
     a.ended_at = Some(f.at);
     match &f.outcome {
         Outcome::Succeeded => a.outcome = Some("succeeded".into()),
-        Outcome::Failed { reason, exit_code, output_tail } => {
+        Outcome::Failed {
+            reason,
+            exit_code,
+            output_tail,
+        } => {
             a.outcome = Some("failed".into());
             a.error = Some(reason.clone());
             a.exit_code = *exit_code;

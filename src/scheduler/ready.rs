@@ -59,7 +59,11 @@ impl ReadySet {
     /// An empty set for queues with these limits.
     pub fn new(order: Order, limits: Vec<Limits>) -> ReadySet {
         let queues = limits.iter().map(|_| QueueSet::default()).collect();
-        ReadySet { order, limits, queues }
+        ReadySet {
+            order,
+            limits,
+            queues,
+        }
     }
 
     /// Adds a ready job with its rank (see the module doc).
@@ -111,8 +115,13 @@ impl ReadySet {
         let heads: Vec<Option<(u64, u64)>> = (0..n as u16).map(|q| self.head(q, live)).collect();
         let mut best: Option<(u64, u64, u16, bool)> = None;
         let enforce_reservations = self.order == Order::Deadline;
-        let unmet = |s: &ReadySet, r: usize| s.limits[r].reserved.saturating_sub(s.queues[r].running);
-        let total_unmet: usize = if enforce_reservations { (0..n).map(|r| unmet(self, r)).sum() } else { 0 };
+        let unmet =
+            |s: &ReadySet, r: usize| s.limits[r].reserved.saturating_sub(s.queues[r].running);
+        let total_unmet: usize = if enforce_reservations {
+            (0..n).map(|r| unmet(self, r)).sum()
+        } else {
+            0
+        };
         for q in 0..n {
             let Some((rank, id)) = heads[q] else { continue };
             if self.queues[q].running >= self.limits[q].max_workers {
@@ -142,7 +151,11 @@ impl ReadySet {
         let q = &mut self.queues[queue as usize];
         q.heap.pop();
         q.running += 1;
-        Some(Pick { queue, id, borrowed })
+        Some(Pick {
+            queue,
+            id,
+            borrowed,
+        })
     }
 }
 
@@ -153,12 +166,19 @@ mod tests {
     use std::collections::HashSet;
 
     fn lim(max_workers: usize, reserved: usize, lend_limit_ms: u64) -> Limits {
-        Limits { max_workers, reserved, lend_limit_ms }
+        Limits {
+            max_workers,
+            reserved,
+            lend_limit_ms,
+        }
     }
 
     /// notifications (reserved 1, lend 300 ms), default, bulk, on 4 workers.
     fn spec_set() -> ReadySet {
-        ReadySet::new(Order::Deadline, vec![lim(4, 1, 300), lim(4, 0, 3000), lim(4, 0, 36_000)])
+        ReadySet::new(
+            Order::Deadline,
+            vec![lim(4, 1, 300), lim(4, 0, 3000), lim(4, 0, 36_000)],
+        )
     }
 
     fn all_live(_: u64) -> bool {
@@ -226,7 +246,8 @@ mod tests {
         s.push(0, 2, 11);
         s.push(1, 3, 12);
         let order: Vec<u64> =
-            std::iter::from_fn(|| s.pick(4, &mut all_live, &mut |_, _| None).map(|p| p.id)).collect();
+            std::iter::from_fn(|| s.pick(4, &mut all_live, &mut |_, _| None).map(|p| p.id))
+                .collect();
         assert_eq!(order, [10, 11, 12]);
     }
 

@@ -58,7 +58,10 @@ fn work(index: usize, rx: Receiver<Task>, config: &Config, kinds: &Kinds, done: 
         let t = Instant::now();
         let result = match catch_unwind(AssertUnwindSafe(|| kinds.handler(job.kind).run(&ctx))) {
             Ok(r) => r,
-            Err(p) => Err(JobError::new(format!("handler panicked: {}", panic_message(p.as_ref())))),
+            Err(p) => Err(JobError::new(format!(
+                "handler panicked: {}",
+                panic_message(p.as_ref())
+            ))),
         };
         let msg = Msg::Done(Done {
             worker: index,

@@ -72,11 +72,16 @@ pub(crate) fn serve_connection(stream: UnixStream, handle: Handle) {
     let _ = writer.join();
 }
 
-fn read_requests(mut stream: UnixStream, handle: &Handle, groups: &Sender<Group>, ack: &Sender<Acked>) {
+fn read_requests(
+    mut stream: UnixStream,
+    handle: &Handle,
+    groups: &Sender<Group>,
+    ack: &Sender<Acked>,
+) {
     let mut lines = LineReader::new(handle.config().max_line);
     let mut burst = Burst::default();
     loop {
-        match lines.next() {
+        match lines.next_line() {
             Line::Complete(range) => {
                 let line = &lines.buf()[range];
                 if line.iter().all(u8::is_ascii_whitespace) {
@@ -99,7 +104,10 @@ fn read_requests(mut stream: UnixStream, handle: &Handle, groups: &Sender<Group>
                 match lines.fill(&mut stream) {
                     Ok(0) => {
                         if lines.pending() > 0 {
-                            log::debug!("connection closed mid-line ({} bytes dropped)", lines.pending());
+                            log::debug!(
+                                "connection closed mid-line ({} bytes dropped)",
+                                lines.pending()
+                            );
                         }
                         return;
                     }
@@ -126,7 +134,13 @@ fn ready_slot(write: impl FnOnce(&mut Vec<u8>)) -> Slot {
     Slot::Ready(out)
 }
 
-fn handle_line(line: &[u8], handle: &Handle, burst: &mut Burst, groups: &Sender<Group>, ack: &Sender<Acked>) {
+fn handle_line(
+    line: &[u8],
+    handle: &Handle,
+    burst: &mut Burst,
+    groups: &Sender<Group>,
+    ack: &Sender<Acked>,
+) {
     let req = match Request::parse(line) {
         Ok(r) => r,
         Err(e) => {
@@ -167,7 +181,10 @@ fn handle_line(line: &[u8], handle: &Handle, burst: &mut Burst, groups: &Sender<
                 match handle.prepare(&f.spec(), first + i as u64, now) {
                     Ok(j) => built.push(j),
                     Err(e) => {
-                        burst.slots.push(error_slot(&Rejection::new(e.code, format!("jobs[{i}]: {}", e.message))));
+                        burst.slots.push(error_slot(&Rejection::new(
+                            e.code,
+                            format!("jobs[{i}]: {}", e.message),
+                        )));
                         return;
                     }
                 }
@@ -214,7 +231,12 @@ fn handle_line(line: &[u8], handle: &Handle, burst: &mut Burst, groups: &Sender<
     }
 }
 
-fn build(handle: &Handle, f: &SubmitFields<'_>, id: u64, burst: &mut Burst) -> Result<(), Rejection> {
+fn build(
+    handle: &Handle,
+    f: &SubmitFields<'_>,
+    id: u64,
+    burst: &mut Burst,
+) -> Result<(), Rejection> {
     let job = handle.prepare(&f.spec(), id, now_ms())?;
     handle.encode_submit(&job, &mut burst.records);
     burst.jobs.push(Arc::new(job));
@@ -236,7 +258,10 @@ fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sende
                     *s = error_slot(&e);
                 }
             }
-            let _ = groups.send(Group { slots, awaits_wal: false });
+            let _ = groups.send(Group {
+                slots,
+                awaits_wal: false,
+            });
             return;
         }
     }
@@ -304,7 +329,11 @@ fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Ack
     }
 }
 
-fn write_group(out: &mut BufWriter<UnixStream>, g: Group, ack: Option<Acked>) -> std::io::Result<()> {
+fn write_group(
+    out: &mut BufWriter<UnixStream>,
+    g: Group,
+    ack: Option<Acked>,
+) -> std::io::Result<()> {
     let mut lsn = match &ack {
         Some(Ok(l)) => *l,
         _ => 0,

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read};
 
-/// What [`LineReader::next`] found.
+/// What [`LineReader::next_line`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
     /// A complete line (without `\n`); the range indexes [`LineReader::buf`].
@@ -28,7 +28,13 @@ const INITIAL: usize = 64 << 10;
 impl LineReader {
     /// A reader accepting lines of at most `max` bytes.
     pub fn new(max: usize) -> LineReader {
-        LineReader { buf: vec![0; INITIAL.min(max + 1)], start: 0, end: 0, max, discarding: false }
+        LineReader {
+            buf: vec![0; INITIAL.min(max + 1)],
+            start: 0,
+            end: 0,
+            max,
+            discarding: false,
+        }
     }
 
     /// The buffer that [`Line::Complete`] ranges index.
@@ -42,7 +48,7 @@ impl LineReader {
     }
 
     /// The next buffered line, if any.
-    pub fn next(&mut self) -> Line {
+    pub fn next_line(&mut self) -> Line {
         loop {
             let avail = &self.buf[self.start..self.end];
             match avail.iter().position(|&b| b == b'\n') {
@@ -83,10 +89,13 @@ impl LineReader {
         }
         if self.end == self.buf.len() {
             // Grow only while a line under the cap could still need it. A buffer of max + 1 bytes
-            // without a newline has already been turned into TooLong by next().
+            // without a newline has already been turned into TooLong by next_line().
             let new = (self.buf.len() * 2).min(self.max + 1);
             if new <= self.buf.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "fill() before next()"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "fill() before next_line()",
+                ));
             }
             self.buf.resize(new, 0);
         }
@@ -112,8 +121,10 @@ mod tests {
         let mut src = input;
         let mut out = Vec::new();
         loop {
-            match r.next() {
-                Line::Complete(range) => out.push(Ok(String::from_utf8_lossy(&r.buf()[range]).into_owned())),
+            match r.next_line() {
+                Line::Complete(range) => {
+                    out.push(Ok(String::from_utf8_lossy(&r.buf()[range]).into_owned()))
+                }
                 Line::TooLong => out.push(Err("too long")),
                 Line::NeedMore => {
                     if r.fill(&mut src).unwrap() == 0 {
@@ -145,7 +156,7 @@ mod tests {
         let mut src: &[u8] = &big;
         let mut reported = 0;
         for _ in 0..2000 {
-            match r.next() {
+            match r.next_line() {
                 Line::TooLong => reported += 1,
                 Line::Complete(_) => panic!("no newline was sent"),
                 Line::NeedMore => {

@@ -30,16 +30,25 @@ pub struct Server {
 
 /// Binds `path` (mode 0600) and serves `handle` on it.
 pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(Error::Config(format!("another daemon is listening on {}", path.display())));
+            return Err(Error::Config(format!(
+                "another daemon is listening on {}",
+                path.display()
+            )));
         }
         std::fs::remove_file(path).map_err(io)?;
     }
     let tmp = path.with_extension(format!("sock.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    let listener = UnixListener::bind(&tmp).map_err(|source| Error::Io {
+        path: tmp.clone(),
+        source,
+    })?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     log::info!("listening on {}", path.display());
@@ -49,7 +58,11 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
         .name("duejob-accept".into())
         .spawn(move || accept_loop(listener, handle, stop2))
         .expect("spawn accept thread");
-    Ok(Server { path: path.to_path_buf(), stop, thread: Some(thread) })
+    Ok(Server {
+        path: path.to_path_buf(),
+        stop,
+        thread: Some(thread),
+    })
 }
 
 impl Server {
@@ -108,7 +121,13 @@ fn accept_loop(listener: UnixListener, handle: Handle, stop: Arc<AtomicBool>) {
         };
         if !handle.config().allow_uids.contains(&uid) {
             log::warn!("refused connection from uid {uid} (not in allow_uids)");
-            refuse(stream, Rejection::new(code::FORBIDDEN, format!("uid {uid} may not use this daemon")));
+            refuse(
+                stream,
+                Rejection::new(
+                    code::FORBIDDEN,
+                    format!("uid {uid} may not use this daemon"),
+                ),
+            );
             continue;
         }
         if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
@@ -117,10 +136,12 @@ fn accept_loop(listener: UnixListener, handle: Handle, stop: Arc<AtomicBool>) {
         }
         open.fetch_add(1, Ordering::SeqCst);
         let (h, o) = (handle.clone(), open.clone());
-        let spawned = std::thread::Builder::new().name("duejob-conn".into()).spawn(move || {
-            conn::serve_connection(stream, h);
-            o.fetch_sub(1, Ordering::SeqCst);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("duejob-conn".into())
+            .spawn(move || {
+                conn::serve_connection(stream, h);
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
         if let Err(e) = spawned {
             log::error!("cannot start a connection thread: {e}");
             open.fetch_sub(1, Ordering::SeqCst);

@@ -59,28 +59,53 @@ impl Appender {
                     "WAL: removing segment {} whose creation was cut short (no records)",
                     storage.location(&last.name)
                 );
-                storage.remove(&last.name).map_err(|e| WalError::io(storage.location(&last.name), e))?;
-                storage.sync_dir().map_err(|e| WalError::io(storage.location(""), e))?;
+                storage
+                    .remove(&last.name)
+                    .map_err(|e| WalError::io(storage.location(&last.name), e))?;
+                storage
+                    .sync_dir()
+                    .map_err(|e| WalError::io(storage.location(""), e))?;
                 segments.pop();
             }
         }
         let Some(last) = segments.last() else {
             let file = create_segment(storage.as_ref(), 1, scan.next_lsn, segment_size)?;
             stats.segments.store(1, Relaxed);
-            return Ok(Appender::with_file(storage, file, 1, SEGMENT_HEADER_LEN as u64, scan.next_lsn, segment_size, stats));
+            return Ok(Appender::with_file(
+                storage,
+                file,
+                1,
+                SEGMENT_HEADER_LEN as u64,
+                scan.next_lsn,
+                segment_size,
+                stats,
+            ));
         };
         let loc = storage.location(&last.name);
-        let file = storage.open(&last.name, true).map_err(|e| WalError::io(loc.clone(), e))?;
+        let file = storage
+            .open(&last.name, true)
+            .map_err(|e| WalError::io(loc.clone(), e))?;
         if let Tail::Torn { offset, reason } = &last.tail {
             log::warn!("WAL: torn tail in segment {loc} at offset {offset} ({reason}); truncating");
-            file.set_len(*offset).map_err(|e| WalError::io(loc.clone(), e))?;
-            file.allocate(segment_size.max(*offset)).map_err(|e| WalError::io(loc.clone(), e))?;
+            file.set_len(*offset)
+                .map_err(|e| WalError::io(loc.clone(), e))?;
+            file.allocate(segment_size.max(*offset))
+                .map_err(|e| WalError::io(loc.clone(), e))?;
             file.sync_data().map_err(|e| WalError::io(loc.clone(), e))?;
-        } else if file.len().map_err(|e| WalError::io(loc.clone(), e))? < segment_size {
-            file.allocate(segment_size).map_err(|e| WalError::io(loc.clone(), e))?;
+        } else if file.size().map_err(|e| WalError::io(loc.clone(), e))? < segment_size {
+            file.allocate(segment_size)
+                .map_err(|e| WalError::io(loc.clone(), e))?;
         }
         stats.segments.store(segments.len() as u64, Relaxed);
-        Ok(Appender::with_file(storage, file, last.seq, last.end, scan.next_lsn, segment_size, stats))
+        Ok(Appender::with_file(
+            storage,
+            file,
+            last.seq,
+            last.end,
+            scan.next_lsn,
+            segment_size,
+            stats,
+        ))
     }
 
     fn with_file(
@@ -166,7 +191,8 @@ impl Appender {
             let e = WalError::io(self.storage.location(&self.name), e);
             return Err(self.poison(e));
         }
-        self.stats.record_group(self.buffered, self.buf.len() as u64);
+        self.stats
+            .record_group(self.buffered, self.buf.len() as u64);
         self.offset += self.buf.len() as u64;
         self.buf.clear();
         self.buffered = 0;
@@ -220,9 +246,12 @@ fn create_segment(
     let io = |e| WalError::io(loc.clone(), e);
     let file = storage.create(&name).map_err(io)?;
     file.allocate(segment_size).map_err(io)?;
-    file.write_at(&SegmentHeader { seq, first_lsn }.encode(), 0).map_err(io)?;
+    file.write_at(&SegmentHeader { seq, first_lsn }.encode(), 0)
+        .map_err(io)?;
     file.sync_data().map_err(io)?;
-    storage.sync_dir().map_err(|e| WalError::io(storage.location(""), e))?;
+    storage
+        .sync_dir()
+        .map_err(|e| WalError::io(storage.location(""), e))?;
     log::debug!("WAL: new segment {loc} from LSN {first_lsn}");
     Ok(file)
 }
@@ -270,7 +299,11 @@ mod tests {
         a.sync().unwrap();
         let (got, scan) = ids(&s);
         assert_eq!(got, (0..1000).collect::<Vec<_>>());
-        assert!(scan.segments.len() >= 4, "rotated into {} segments", scan.segments.len());
+        assert!(
+            scan.segments.len() >= 4,
+            "rotated into {} segments",
+            scan.segments.len()
+        );
         assert_eq!(scan.next_lsn, 1001);
         // Reopen and keep appending: LSNs continue.
         let mut a = open(&s, 8192);
@@ -288,7 +321,10 @@ mod tests {
         a.push(rtype::CANCEL, SCHEMA, &body(1)).unwrap();
         a.write().unwrap();
         assert!(matches!(a.sync(), Err(WalError::Io { .. })));
-        assert!(matches!(a.push(rtype::CANCEL, SCHEMA, &body(2)), Err(WalError::Failed(_))));
+        assert!(matches!(
+            a.push(rtype::CANCEL, SCHEMA, &body(2)),
+            Err(WalError::Failed(_))
+        ));
         assert!(matches!(a.write(), Err(WalError::Failed(_))));
         assert!(a.failed().is_some());
     }

@@ -40,7 +40,8 @@ impl RecordBatch {
     pub fn push(&mut self, rec: &Record<'_>) {
         let start = self.bytes.len();
         rec.encode_into(&mut self.bytes);
-        self.entries.push((rec.rtype(), (self.bytes.len() - start) as u32));
+        self.entries
+            .push((rec.rtype(), (self.bytes.len() - start) as u32));
     }
     /// Number of records.
     pub fn len(&self) -> usize {
@@ -98,7 +99,16 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("duejob-wal".into())
-        .spawn(move || CommitLoop { appender, mode, rx, on_durable, last_sync: Instant::now() }.run())
+        .spawn(move || {
+            CommitLoop {
+                appender,
+                mode,
+                rx,
+                on_durable,
+                last_sync: Instant::now(),
+            }
+            .run()
+        })
         .expect("spawn WAL thread")
 }
 
@@ -158,7 +168,9 @@ impl CommitLoop {
     fn next_message(&mut self) -> Option<WalMsg> {
         loop {
             let deadline = match self.mode {
-                SyncMode::Batch(every) if self.appender.has_unsynced() => Some(self.last_sync + every),
+                SyncMode::Batch(every) if self.appender.has_unsynced() => {
+                    Some(self.last_sync + every)
+                }
                 _ => None,
             };
             let Some(deadline) = deadline else {
@@ -234,9 +246,13 @@ mod tests {
     use crate::wal::reader::read_log;
     use crate::wal::record::Cancel;
 
-    fn start(storage: &MemStorage, mode: SyncMode) -> (Sender<WalMsg>, Receiver<Vec<JobRef>>, JoinHandle<()>) {
+    fn start(
+        storage: &MemStorage,
+        mode: SyncMode,
+    ) -> (Sender<WalMsg>, Receiver<Vec<JobRef>>, JoinHandle<()>) {
         let scan = read_log(storage, &mut |_| Ok(())).unwrap();
-        let app = Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
+        let app =
+            Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
         let (jtx, jrx) = crossbeam_channel::unbounded();
         let h = spawn(app, mode, rx, Box::new(move |j| jtx.send(j).unwrap()));
@@ -258,8 +274,12 @@ mod tests {
         let mut acks = Vec::new();
         for i in 0..50u64 {
             let (atx, arx) = crossbeam_channel::bounded(1);
-            tx.send(WalMsg::Append(Append { records: cancel_batch(i * 3..i * 3 + 3), jobs: vec![], ack: Some(atx) }))
-                .unwrap();
+            tx.send(WalMsg::Append(Append {
+                records: cancel_batch(i * 3..i * 3 + 3),
+                jobs: vec![],
+                ack: Some(atx),
+            }))
+            .unwrap();
             acks.push(arx);
         }
         let lsns: Vec<u64> = acks.iter().map(|r| r.recv().unwrap().unwrap()).collect();
@@ -286,12 +306,22 @@ mod tests {
         let (tx, jobs, h) = start(&storage, SyncMode::Always);
         for _ in 0..2 {
             let (atx, arx) = crossbeam_channel::bounded(1);
-            tx.send(WalMsg::Append(Append { records: cancel_batch(0..1), jobs: vec![], ack: Some(atx) }))
-                .unwrap();
+            tx.send(WalMsg::Append(Append {
+                records: cancel_batch(0..1),
+                jobs: vec![],
+                ack: Some(atx),
+            }))
+            .unwrap();
             let e = arx.recv().unwrap().unwrap_err();
-            assert!(matches!(*e, WalError::Io { .. } | WalError::Failed(_)), "{e}");
+            assert!(
+                matches!(*e, WalError::Io { .. } | WalError::Failed(_)),
+                "{e}"
+            );
         }
-        assert!(jobs.try_recv().is_err(), "no job is handed on after a failure");
+        assert!(
+            jobs.try_recv().is_err(),
+            "no job is handed on after a failure"
+        );
         drop(tx);
         h.join().unwrap();
     }

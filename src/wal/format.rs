@@ -100,7 +100,9 @@ impl SegmentHeader {
             return Err(HeaderProblem::Empty);
         }
         if b[..8] != MAGIC {
-            return Err(HeaderProblem::Corrupt("bad magic (not a duejob WAL segment)".into()));
+            return Err(HeaderProblem::Corrupt(
+                "bad magic (not a duejob WAL segment)".into(),
+            ));
         }
         let crc = u32_at(b, OFF_HEADER_CRC);
         if crc32c::crc32c(&b[..OFF_HEADER_CRC]) != crc {
@@ -109,16 +111,23 @@ impl SegmentHeader {
             if v > FORMAT_VERSION {
                 return Err(HeaderProblem::NewerVersion(v));
             }
-            return Err(HeaderProblem::Corrupt("segment header checksum mismatch".into()));
+            return Err(HeaderProblem::Corrupt(
+                "segment header checksum mismatch".into(),
+            ));
         }
         let v = u16_at(b, OFF_VERSION);
         if v > FORMAT_VERSION {
             return Err(HeaderProblem::NewerVersion(v));
         }
         if v == 0 || u16_at(b, OFF_HEADER_LEN) as usize != SEGMENT_HEADER_LEN {
-            return Err(HeaderProblem::Corrupt(format!("bad version {v} or header length")));
+            return Err(HeaderProblem::Corrupt(format!(
+                "bad version {v} or header length"
+            )));
         }
-        Ok(SegmentHeader { seq: u64_at(b, OFF_SEQ), first_lsn: u64_at(b, OFF_FIRST_LSN) })
+        Ok(SegmentHeader {
+            seq: u64_at(b, OFF_SEQ),
+            first_lsn: u64_at(b, OFF_FIRST_LSN),
+        })
     }
 }
 
@@ -202,20 +211,32 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_rejections() {
-        let h = SegmentHeader { seq: 3, first_lsn: 99 };
+        let h = SegmentHeader {
+            seq: 3,
+            first_lsn: 99,
+        };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         assert_eq!(SegmentHeader::decode(&b[..10]), Err(HeaderProblem::Empty));
         assert_eq!(SegmentHeader::decode(&[0u8; 40]), Err(HeaderProblem::Empty));
         let mut bad = b;
         bad[20] ^= 1;
-        assert!(matches!(SegmentHeader::decode(&bad), Err(HeaderProblem::Corrupt(_))));
+        assert!(matches!(
+            SegmentHeader::decode(&bad),
+            Err(HeaderProblem::Corrupt(_))
+        ));
         let mut newer = b;
         newer[8] = 2;
-        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderProblem::NewerVersion(2)));
+        assert_eq!(
+            SegmentHeader::decode(&newer),
+            Err(HeaderProblem::NewerVersion(2))
+        );
         let mut magic = b;
         magic[4] = b'\n';
-        assert!(matches!(SegmentHeader::decode(&magic), Err(HeaderProblem::Corrupt(_))));
+        assert!(matches!(
+            SegmentHeader::decode(&magic),
+            Err(HeaderProblem::Corrupt(_))
+        ));
     }
 
     #[test]

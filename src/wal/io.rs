@@ -23,7 +23,7 @@ pub trait SegmentFile: Send + Sync {
     /// Makes written data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
     /// Current file length.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Truncates or extends the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves space up to `len` bytes (reads as zeros).
@@ -80,7 +80,7 @@ impl SegmentFile for RealFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -91,7 +91,7 @@ impl SegmentFile for RealFile {
             Ok(()) => Ok(()),
             // Filesystems without fallocate: a sparse extension still reads as zeros.
             Err(rustix::io::Errno::OPNOTSUPP) => {
-                if self.len()? < len {
+                if self.size()? < len {
                     self.0.set_len(len)?;
                 }
                 Ok(())
@@ -122,7 +122,10 @@ impl Storage for FileStorage {
         Ok(Box::new(RealFile(f)))
     }
     fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn SegmentFile>> {
-        let f = OpenOptions::new().read(true).write(write).open(self.dir.join(name))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(self.dir.join(name))?;
         Ok(Box::new(RealFile(f)))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
@@ -213,7 +216,9 @@ impl MemStorage {
         let st = self.state.lock().expect("mem storage");
         let mut out = MemState::default();
         for name in &st.durable_names {
-            let Some(f) = st.files.get(name) else { continue };
+            let Some(f) = st.files.get(name) else {
+                continue;
+            };
             let mut data = f.durable.clone();
             let mut budget = torn_bytes;
             for (off, w) in &f.unsynced {
@@ -226,16 +231,27 @@ impl MemStorage {
             }
             out.files.insert(
                 name.clone(),
-                MemFile { durable: data.clone(), current: data, unsynced: Vec::new() },
+                MemFile {
+                    durable: data.clone(),
+                    current: data,
+                    unsynced: Vec::new(),
+                },
             );
             out.durable_names.insert(name.clone());
         }
-        MemStorage { state: Arc::new(Mutex::new(out)) }
+        MemStorage {
+            state: Arc::new(Mutex::new(out)),
+        }
     }
 
     /// A copy of a file's current bytes (tests poke at it).
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.state.lock().expect("mem storage").files.get(name).map(|f| f.current.clone())
+        self.state
+            .lock()
+            .expect("mem storage")
+            .files
+            .get(name)
+            .map(|f| f.current.clone())
     }
 
     /// Replaces a file's bytes, durably (tests corrupt segments with it).
@@ -244,7 +260,11 @@ impl MemStorage {
         st.durable_names.insert(name.to_string());
         st.files.insert(
             name.to_string(),
-            MemFile { durable: bytes.clone(), current: bytes, unsynced: Vec::new() },
+            MemFile {
+                durable: bytes.clone(),
+                current: bytes,
+                unsynced: Vec::new(),
+            },
         );
     }
 
@@ -293,7 +313,10 @@ impl MemHandle {
         if self.write {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only"))
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ))
         }
     }
 }
@@ -335,7 +358,7 @@ impl SegmentFile for MemHandle {
             Ok(())
         })
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|st, name| Ok(file(st, name)?.current.len() as u64))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -364,24 +387,48 @@ impl SegmentFile for MemHandle {
 
 impl Storage for MemStorage {
     fn list(&self) -> io::Result<Vec<String>> {
-        Ok(self.state.lock().expect("mem storage").files.keys().cloned().collect())
+        Ok(self
+            .state
+            .lock()
+            .expect("mem storage")
+            .files
+            .keys()
+            .cloned()
+            .collect())
     }
     fn create(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
         {
             let mut st = self.state.lock().expect("mem storage");
             self.op(&mut st, "create")?;
             if st.files.contains_key(name) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    name.to_string(),
+                ));
             }
             st.files.insert(name.to_string(), MemFile::default());
         }
-        Ok(Box::new(MemHandle { storage: self.clone(), name: name.to_string(), write: true }))
+        Ok(Box::new(MemHandle {
+            storage: self.clone(),
+            name: name.to_string(),
+            write: true,
+        }))
     }
     fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn SegmentFile>> {
-        if !self.state.lock().expect("mem storage").files.contains_key(name) {
+        if !self
+            .state
+            .lock()
+            .expect("mem storage")
+            .files
+            .contains_key(name)
+        {
             return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
         }
-        Ok(Box::new(MemHandle { storage: self.clone(), name: name.to_string(), write }))
+        Ok(Box::new(MemHandle {
+            storage: self.clone(),
+            name: name.to_string(),
+            write,
+        }))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
         let mut st = self.state.lock().expect("mem storage");
@@ -418,7 +465,10 @@ mod tests {
         g.sync_data().unwrap();
         let img = s.crash_image(0);
         assert_eq!(img.file_bytes("a").unwrap(), b"hello");
-        assert!(img.file_bytes("b").is_none(), "unsynced directory entry vanishes");
+        assert!(
+            img.file_bytes("b").is_none(),
+            "unsynced directory entry vanishes"
+        );
         let torn = s.crash_image(3);
         assert_eq!(torn.file_bytes("a").unwrap(), b"hello wo");
     }

@@ -36,12 +36,12 @@ impl SyncMode {
             "always" => Ok(SyncMode::Always),
             "never" => Ok(SyncMode::Never),
             _ => {
-                let ms = s
-                    .strip_prefix("batch:")
-                    .ok_or_else(|| format!("unknown sync mode {s:?} (always, batch:MS or never)"))?;
-                let ms: u64 = ms
-                    .parse()
-                    .map_err(|_| format!("sync mode {s:?}: MS must be a whole number of milliseconds"))?;
+                let ms = s.strip_prefix("batch:").ok_or_else(|| {
+                    format!("unknown sync mode {s:?} (always, batch:MS or never)")
+                })?;
+                let ms: u64 = ms.parse().map_err(|_| {
+                    format!("sync mode {s:?}: MS must be a whole number of milliseconds")
+                })?;
                 if ms == 0 || ms > 60_000 {
                     return Err(format!("sync mode {s:?}: MS must be between 1 and 60000"));
                 }
@@ -99,7 +99,11 @@ impl WalError {
         WalError::Io { path, source }
     }
     pub(crate) fn corrupt(segment: String, offset: u64, detail: String) -> WalError {
-        WalError::Corrupt { segment, offset, detail }
+        WalError::Corrupt {
+            segment,
+            offset,
+            detail,
+        }
     }
 }
 
@@ -107,8 +111,15 @@ impl fmt::Display for WalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WalError::Io { path, source } => write!(f, "I/O error on {path}: {source}"),
-            WalError::Corrupt { segment, offset, detail } => {
-                write!(f, "corrupt WAL: segment {segment} at offset {offset}: {detail}")
+            WalError::Corrupt {
+                segment,
+                offset,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "corrupt WAL: segment {segment} at offset {offset}: {detail}"
+                )
             }
             WalError::NewerVersion { segment, what } => write!(
                 f,
@@ -138,11 +149,16 @@ mod tests {
     #[test]
     fn sync_modes_parse() {
         assert_eq!(SyncMode::parse("always"), Ok(SyncMode::Always));
-        assert_eq!(SyncMode::parse("batch:5"), Ok(SyncMode::Batch(Duration::from_millis(5))));
+        assert_eq!(
+            SyncMode::parse("batch:5"),
+            Ok(SyncMode::Batch(Duration::from_millis(5)))
+        );
         assert_eq!(SyncMode::parse("never"), Ok(SyncMode::Never));
         assert!(SyncMode::parse("batch:").is_err());
         assert!(SyncMode::parse("batch:0").is_err());
-        assert!(SyncMode::parse("sometimes").unwrap_err().contains("unknown sync mode"));
+        assert!(SyncMode::parse("sometimes")
+            .unwrap_err()
+            .contains("unknown sync mode"));
         assert_eq!(SyncMode::parse("batch:20").unwrap().to_string(), "batch:20");
     }
 }

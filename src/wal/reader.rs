@@ -88,9 +88,13 @@ impl LogScan {
 
 /// Lists segment files in sequence order; other files are ignored.
 pub fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, WalError> {
-    let names = storage.list().map_err(|e| WalError::io(storage.location(""), e))?;
-    let mut segs: Vec<(u64, String)> =
-        names.into_iter().filter_map(|n| parse_segment_file_name(&n).map(|s| (s, n))).collect();
+    let names = storage
+        .list()
+        .map_err(|e| WalError::io(storage.location(""), e))?;
+    let mut segs: Vec<(u64, String)> = names
+        .into_iter()
+        .filter_map(|n| parse_segment_file_name(&n).map(|s| (s, n)))
+        .collect();
     segs.sort();
     Ok(segs)
 }
@@ -104,7 +108,10 @@ pub fn read_log(
     visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
 ) -> Result<LogScan, WalError> {
     let segs = list_segments(storage)?;
-    let mut scan = LogScan { segments: Vec::new(), next_lsn: 1 };
+    let mut scan = LogScan {
+        segments: Vec::new(),
+        next_lsn: 1,
+    };
     for (i, (seq, name)) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
         if i > 0 && *seq != segs[i - 1].0 + 1 {
@@ -114,8 +121,18 @@ pub fn read_log(
                 format!("segment sequence gap: {} follows {}", seq, segs[i - 1].0),
             ));
         }
-        let file = storage.open(name, false).map_err(|e| WalError::io(storage.location(name), e))?;
-        let s = scan_segment(storage, file.as_ref(), name, *seq, Some(scan.next_lsn), is_last, visit)?;
+        let file = storage
+            .open(name, false)
+            .map_err(|e| WalError::io(storage.location(name), e))?;
+        let s = scan_segment(
+            storage,
+            file.as_ref(),
+            name,
+            *seq,
+            Some(scan.next_lsn),
+            is_last,
+            visit,
+        )?;
         if let Some(l) = s.last_lsn {
             scan.next_lsn = l + 1;
         }
@@ -128,7 +145,10 @@ pub fn read_log(
 /// returns what the log holds plus every problem found. Used by `duejob wal verify`.
 pub fn verify_log(storage: &dyn Storage) -> (LogScan, Vec<WalError>) {
     let mut problems = Vec::new();
-    let mut scan = LogScan { segments: Vec::new(), next_lsn: 1 };
+    let mut scan = LogScan {
+        segments: Vec::new(),
+        next_lsn: 1,
+    };
     let segs = match list_segments(storage) {
         Ok(s) => s,
         Err(e) => return (scan, vec![e]),
@@ -152,7 +172,15 @@ pub fn verify_log(storage: &dyn Storage) -> (LogScan, Vec<WalError>) {
                 continue;
             }
         };
-        match scan_segment(storage, file.as_ref(), name, *seq, expected, is_last, &mut |_| Ok(())) {
+        match scan_segment(
+            storage,
+            file.as_ref(),
+            name,
+            *seq,
+            expected,
+            is_last,
+            &mut |_| Ok(()),
+        ) {
             Ok(s) => {
                 scan.next_lsn = match s.last_lsn {
                     Some(l) => l + 1,
@@ -185,7 +213,9 @@ impl<'f> Window<'f> {
     fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
         let have = off >= self.start && off + n as u64 <= self.start + self.buf.len() as u64;
         if !have {
-            let want = n.max(WINDOW).min((self.file_len.saturating_sub(off)) as usize);
+            let want = n
+                .max(WINDOW)
+                .min((self.file_len.saturating_sub(off)) as usize);
             self.buf.resize(want, 0);
             let mut got = 0;
             while got < want {
@@ -210,14 +240,21 @@ enum Check<'b> {
     Bad(String),
 }
 
-fn check_record<'w>(w: &'w mut Window<'_>, off: u64, salt: u32) -> Result<Check<'w>, std::io::Error> {
+fn check_record<'w>(
+    w: &'w mut Window<'_>,
+    off: u64,
+    salt: u32,
+) -> Result<Check<'w>, std::io::Error> {
     let file_len = w.file_len;
     let hb = w.get(off, RECORD_HEADER_LEN)?;
     if hb.len() < RECORD_HEADER_LEN {
         return Ok(if hb.iter().all(|&b| b == 0) {
             Check::End
         } else {
-            Check::Bad(format!("record header cut short ({} of 20 bytes)", hb.len()))
+            Check::Bad(format!(
+                "record header cut short ({} of 20 bytes)",
+                hb.len()
+            ))
         });
     }
     let hbytes: [u8; RECORD_HEADER_LEN] = hb.try_into().expect("20 bytes");
@@ -226,7 +263,10 @@ fn check_record<'w>(w: &'w mut Window<'_>, off: u64, salt: u32) -> Result<Check<
         return Ok(Check::End);
     }
     if h.body_len == 0 || h.body_len > MAX_BODY {
-        return Ok(Check::Bad(format!("record length {} out of range", h.body_len)));
+        return Ok(Check::Bad(format!(
+            "record length {} out of range",
+            h.body_len
+        )));
     }
     let body_end = off + RECORD_HEADER_LEN as u64 + h.body_len as u64;
     if body_end > file_len {
@@ -239,7 +279,10 @@ fn check_record<'w>(w: &'w mut Window<'_>, off: u64, salt: u32) -> Result<Check<
     let body = &whole[RECORD_HEADER_LEN..];
     let crc = record_crc(&hbytes, body, salt);
     if crc != h.crc {
-        return Ok(Check::Bad(format!("checksum mismatch (stored {:08x}, computed {crc:08x})", h.crc)));
+        return Ok(Check::Bad(format!(
+            "checksum mismatch (stored {:08x}, computed {crc:08x})",
+            h.crc
+        )));
     }
     Ok(Check::Valid(h, body))
 }
@@ -255,8 +298,13 @@ fn scan_segment(
 ) -> Result<SegmentScan, WalError> {
     let loc = storage.location(name);
     let io_err = |e| WalError::io(loc.clone(), e);
-    let file_len = file.len().map_err(io_err)?;
-    let mut w = Window { file, buf: Vec::new(), start: 0, file_len };
+    let file_len = file.size().map_err(io_err)?;
+    let mut w = Window {
+        file,
+        buf: Vec::new(),
+        start: 0,
+        file_len,
+    };
     let hb = w.get(0, SEGMENT_HEADER_LEN).map_err(io_err)?.to_vec();
     let mut scan = SegmentScan {
         name: name.to_string(),
@@ -279,21 +327,30 @@ fn scan_segment(
         }
         Err(HeaderProblem::Corrupt(d)) => return Err(WalError::corrupt(loc, 0, d)),
         Err(HeaderProblem::NewerVersion(v)) => {
-            return Err(WalError::NewerVersion { segment: loc, what: format!("format version {v}") })
+            return Err(WalError::NewerVersion {
+                segment: loc,
+                what: format!("format version {v}"),
+            })
         }
     };
     if header.seq != seq {
         return Err(WalError::corrupt(
             loc,
             16,
-            format!("header names segment {} but the file is segment {seq}", header.seq),
+            format!(
+                "header names segment {} but the file is segment {seq}",
+                header.seq
+            ),
         ));
     }
     if let Some(expected) = expected_lsn.filter(|&e| e != header.first_lsn) {
         return Err(WalError::corrupt(
             loc,
             24,
-            format!("segment starts at LSN {} but LSN {expected} was expected", header.first_lsn),
+            format!(
+                "segment starts at LSN {} but LSN {expected} was expected",
+                header.first_lsn
+            ),
         ));
     }
     scan.first_lsn = header.first_lsn;
@@ -312,12 +369,20 @@ fn scan_segment(
                         segment: format!("{loc} at offset {off}"),
                         what: format!("record type {rtype} schema {schema}"),
                     },
-                    DecodeProblem::Invalid(d) => {
-                        WalError::corrupt(loc.clone(), off, format!("record body does not decode: {d}"))
-                    }
+                    DecodeProblem::Invalid(d) => WalError::corrupt(
+                        loc.clone(),
+                        off,
+                        format!("record body does not decode: {d}"),
+                    ),
                 })?;
                 let size = RECORD_HEADER_LEN as u32 + h.body_len;
-                visit(&RecordView { segment: seq, offset: off, lsn, size, record })?;
+                visit(&RecordView {
+                    segment: seq,
+                    offset: off,
+                    lsn,
+                    size,
+                    record,
+                })?;
                 scan.records += 1;
                 scan.last_lsn = Some(lsn);
                 lsn += 1;
@@ -328,7 +393,10 @@ fn scan_segment(
         };
         // A bad record. In the last segment it is a torn tail unless a valid record follows it.
         if is_last && !followed_by_valid_record(&mut w, off, salt).map_err(io_err)? {
-            scan.tail = Tail::Torn { offset: off, reason: problem };
+            scan.tail = Tail::Torn {
+                offset: off,
+                reason: problem,
+            };
             break;
         }
         return Err(WalError::corrupt(loc, off, problem));

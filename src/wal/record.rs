@@ -237,7 +237,11 @@ mod tests {
         prop_oneof![
             Just(Outcome::Succeeded),
             (".{0,40}", proptest::option::of(any::<i32>()), ".{0,40}").prop_map(
-                |(reason, exit_code, output_tail)| Outcome::Failed { reason, exit_code, output_tail }
+                |(reason, exit_code, output_tail)| Outcome::Failed {
+                    reason,
+                    exit_code,
+                    output_tail
+                }
             ),
         ]
     }
@@ -272,7 +276,12 @@ mod tests {
     #[test]
     fn start_layout_matches_the_doc() {
         let mut buf = Vec::new();
-        Record::Start(Start { id: 7, attempt: 1, at: 1_700_000_000_000 }).encode_into(&mut buf);
+        Record::Start(Start {
+            id: 7,
+            attempt: 1,
+            at: 1_700_000_000_000,
+        })
+        .encode_into(&mut buf);
         assert_eq!(
             buf,
             [7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x00, 0x68, 0xE5, 0xCF, 0x8B, 0x01, 0, 0]
@@ -284,8 +293,23 @@ mod tests {
         let mut buf = Vec::new();
         Record::Cancel(Cancel { id: 1, at: 2 }).encode_into(&mut buf);
         buf.push(0);
-        assert!(matches!(Record::decode(rtype::CANCEL, SCHEMA, &buf), Err(DecodeProblem::Invalid(_))));
-        assert_eq!(Record::decode(9, SCHEMA, &buf), Err(DecodeProblem::Unknown { rtype: 9, schema: 1 }));
-        assert_eq!(Record::decode(1, 2, &buf), Err(DecodeProblem::Unknown { rtype: 1, schema: 2 }));
+        assert!(matches!(
+            Record::decode(rtype::CANCEL, SCHEMA, &buf),
+            Err(DecodeProblem::Invalid(_))
+        ));
+        assert_eq!(
+            Record::decode(9, SCHEMA, &buf),
+            Err(DecodeProblem::Unknown {
+                rtype: 9,
+                schema: 1
+            })
+        );
+        assert_eq!(
+            Record::decode(1, 2, &buf),
+            Err(DecodeProblem::Unknown {
+                rtype: 1,
+                schema: 2
+            })
+        );
     }
 }

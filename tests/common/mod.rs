@@ -1,0 +1,235 @@
+//! Shared helpers for integration tests: the real `duejob` binary in a temp dir, talked to over
+//! its socket. Every daemon a test starts is killed when its [`Daemon`] drops, also on panic.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_duejob");
+
+/// A daemon process with its own data directory.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    extra: Vec<String>,
+    starts: u32,
+}
+
+impl Daemon {
+    /// Starts a daemon in `dir` with `extra` serve arguments.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            child: None,
+            log: dir.join("daemon-0.log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        };
+        d.restart();
+        d
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.data().join("duejob.sock")
+    }
+
+    /// Spawns the process without waiting for the socket.
+    pub fn spawn(&mut self) -> &mut Child {
+        assert!(self.child.is_none(), "daemon already running");
+        self.starts += 1;
+        self.log = self.dir.join(format!("daemon-{}.log", self.starts));
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data")
+            .arg(self.data())
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start duejob");
+        self.child = Some(child);
+        self.child.as_mut().unwrap()
+    }
+
+    /// (Re)starts and waits until the socket answers `hello`.
+    pub fn restart(&mut self) {
+        self.spawn();
+        let t = Instant::now();
+        loop {
+            if let Ok(mut c) = Conn::connect(&self.socket()) {
+                if c.call(r#"{"op":"hello"}"#)["ok"] == true {
+                    return;
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited at start ({st}):\n{}", self.log_text());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "daemon did not start:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself (e.g. a failed start).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let t = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            if t.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!("daemon did not exit within {limit:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn::connect(&self.socket()).expect("connect")
+    }
+
+    /// Polls `stats` until no job is scheduled, ready, running or retrying.
+    pub fn wait_idle(&self, limit: Duration) -> Value {
+        let mut c = self.conn();
+        let t = Instant::now();
+        loop {
+            let s = c.call(r#"{"op":"stats"}"#);
+            let t2 = &s["totals"];
+            let busy: u64 = ["scheduled", "ready", "running", "retrying"]
+                .iter()
+                .map(|k| t2[k].as_u64().unwrap())
+                .sum();
+            if busy == 0 {
+                return s;
+            }
+            assert!(t.elapsed() < limit, "still busy after {limit:?}: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A raw protocol connection.
+pub struct Conn {
+    pub w: UnixStream,
+    pub r: BufReader<UnixStream>,
+}
+
+impl Conn {
+    pub fn connect(path: &Path) -> std::io::Result<Conn> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Conn {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).unwrap();
+        self.w.write_all(b"\n").unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.r.read_line(&mut line).expect("read reply");
+        assert!(n > 0, "connection closed");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line:?}"))
+    }
+
+    pub fn call(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.recv()
+    }
+
+    /// True when the daemon closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.r.read(&mut b), Ok(0))
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("duejob-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Runs the CLI; returns (status, stdout, stderr).
+pub fn cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("DUEJOB_SOCKET")
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Bytes of every file under `dir`, by path.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() {
+            out.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}

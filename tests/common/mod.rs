@@ -35,6 +35,32 @@ impl Daemon {
         d
     }
 
+    /// Spawns a daemon without waiting for it to serve (for daemons expected to fail or refuse).
+    pub fn start_in_unchecked(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            child: None,
+            log: dir.join("daemon-0.log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            starts: 100,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Waits until the socket accepts connections.
+    pub fn wait_for_socket(&mut self) {
+        let t = Instant::now();
+        while UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no socket:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -1,0 +1,263 @@
+//! The daemon as a user meets it: socket permissions and the uid allow-list, signals, the CLI.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::{cli, tempdir, Daemon, BIN};
+use serde_json::Value;
+
+#[test]
+fn socket_is_private_and_peers_are_checked_against_the_allow_list() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let dmode = std::fs::metadata(d.data()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dmode, 0o700, "data dir mode {dmode:o}");
+
+    // Another uid cannot even connect (only checkable when the test runs as root).
+    if rustix::process::getuid().is_root() {
+        let out = std::process::Command::new(BIN)
+            .args(["stats", "--socket", d.socket().to_str().unwrap()])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+
+    // A daemon whose allow-list leaves us out answers `forbidden` and closes.
+    let dir2 = tempdir();
+    let cfg = dir2.path().join("duejob.toml");
+    std::fs::write(&cfg, "allow_uids = [4242]\n").unwrap();
+    let mut d2 = Daemon::start_in_unchecked(
+        dir2.path(),
+        &["--config", cfg.to_str().unwrap(), "--workers", "2"],
+    );
+    d2.wait_for_socket();
+    let mut c = d2.conn();
+    let v = c.recv();
+    assert_eq!(v["error"]["code"], "forbidden", "{v}");
+    assert!(c.closed());
+    assert!(d2.log_text().contains("refused connection from uid"));
+}
+
+#[test]
+fn sigterm_lets_running_jobs_finish_and_exits_zero() {
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mut c = d.conn();
+    let id = c.call(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":400}}"#)
+        ["id"]
+        .as_u64()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while c.call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"]["state"] != "running" {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = d.stop();
+    assert!(st.success(), "exit {st}: {}", d.log_text());
+    assert!(!d.socket().exists(), "socket removed on exit");
+    d.restart();
+    let v = d.conn().call(&format!(r#"{{"op":"status","id":{id}}}"#));
+    assert_eq!(
+        v["job"]["state"], "succeeded",
+        "finished within the grace period: {v}"
+    );
+    assert_eq!(v["job"]["attempts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn second_signal_exits_at_once_and_the_interrupted_job_runs_again() {
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mut c = d.conn();
+    let id = c.call(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":60000}}"#)
+        ["id"]
+        .as_u64()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while c.call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"]["state"] != "running" {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.signal(rustix::process::Signal::TERM);
+    std::thread::sleep(Duration::from_millis(200));
+    d.signal(rustix::process::Signal::INT);
+    let st = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(130), "{}", d.log_text());
+    d.restart();
+    let j = d.conn().call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"].clone();
+    // The interrupted attempt is counted, and the job runs again.
+    assert_eq!(j["attempts"][0]["outcome"], "interrupted", "{j}");
+    assert!(j["state"] == "running" || j["state"] == "ready", "{j}");
+}
+
+#[test]
+fn cli_submit_status_stats_queue_list_and_errors() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let sock = d.socket();
+    let s = sock.to_str().unwrap();
+    let marker = dir.path().join("ran.txt");
+    let (st, out, err) = cli(&[
+        "submit",
+        "--socket",
+        s,
+        "--queue",
+        "notifications",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo hi > {}", marker.display()),
+    ]);
+    assert!(st.success(), "{err}");
+    let id: u64 = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("submit prints the id: {out:?}"));
+    d.wait_idle(Duration::from_secs(30));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "hi\n");
+    let (st, out, _) = cli(&["status", "--socket", s, &id.to_string()]);
+    assert!(st.success());
+    assert!(
+        out.contains("state succeeded") && out.contains("attempt 1"),
+        "{out}"
+    );
+    let (st, out, _) = cli(&["status", "--socket", s, "--json", &id.to_string()]);
+    assert!(st.success());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "exec");
+
+    // A failing program ends dead with its exit status and output tail.
+    let (_, out, _) = cli(&[
+        "submit",
+        "--socket",
+        s,
+        "--queue",
+        "default",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 4",
+    ]);
+    let bad: u64 = out.trim().parse().unwrap();
+    d.wait_idle(Duration::from_secs(30));
+    let (_, out, _) = cli(&["status", "--socket", s, "--json", &bad.to_string()]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "dead");
+    assert_eq!(v["attempts"][0]["exit_code"], 4);
+    assert_eq!(v["attempts"][0]["output_tail"], "--- stderr ---\noops\n");
+
+    let (st, out, _) = cli(&["stats", "--socket", s]);
+    assert!(
+        st.success() && out.contains("notifications") && out.contains("WAL: sync always"),
+        "{out}"
+    );
+    let (st, out, _) = cli(&["queue", "list", "--socket", s]);
+    assert!(
+        st.success() && out.contains("bulk") && out.contains("reserved"),
+        "{out}"
+    );
+    let (st, out, _) = cli(&[
+        "submit", "--socket", s, "--queue", "bulk", "--kind", "noop", "--delay", "1h", "--json",
+    ]);
+    assert!(st.success());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let (st, out, _) = cli(&["cancel", "--socket", s, &v["id"].to_string()]);
+    assert!(st.success() && out.contains("cancelled"), "{out}");
+
+    // Errors: one clear line on stderr, non-zero exit.
+    for (args, needle) in [
+        (
+            vec!["submit", "--socket", s, "--queue", "nope", "--kind", "noop"],
+            "unknown queue",
+        ),
+        (
+            vec![
+                "submit",
+                "--socket",
+                s,
+                "--queue",
+                "bulk",
+                "--kind",
+                "noop",
+                "--delay",
+                "5 parsecs",
+            ],
+            "--delay",
+        ),
+        (
+            vec![
+                "submit",
+                "--socket",
+                s,
+                "--queue",
+                "bulk",
+                "--kind",
+                "noop",
+                "--payload",
+                "{oops",
+            ],
+            "--payload",
+        ),
+        (vec!["status", "--socket", s, "99999"], "no job 99999"),
+        (
+            vec!["stats", "--socket", "/nonexistent/duejob.sock"],
+            "cannot connect",
+        ),
+    ] {
+        let (st, _, err) = cli(&args);
+        assert!(!st.success(), "{args:?}");
+        assert!(
+            err.starts_with("duejob: error: ")
+                && err.contains(needle)
+                && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    // DUEJOB_SOCKET is honoured.
+    let out = std::process::Command::new(BIN)
+        .args(["stats", "--json"])
+        .env("DUEJOB_SOCKET", s)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for sub in [
+        &["serve"][..],
+        &["submit"],
+        &["status"],
+        &["stats"],
+        &["cancel"],
+        &["queue", "list"],
+        &["wal", "verify"],
+        &["wal", "inspect"],
+        &["wal", "dump"],
+        &["demo"],
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let (st, out, _) = cli(&args);
+        assert!(st.success() && out.contains("Usage"), "{args:?}");
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let dir = tempdir();
+    let _d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mut d2 = Daemon::start_in_unchecked(dir.path(), &["--workers", "2"]);
+    let st = d2.wait_exit(Duration::from_secs(30));
+    assert!(!st.success());
+    assert!(
+        d2.log_text().contains("in use by another duejob process"),
+        "{}",
+        d2.log_text()
+    );
+}

@@ -200,6 +200,27 @@ impl<'a> Record<'a> {
         type_name(self.rtype())
     }
 
+    /// A copy that borrows nothing.
+    pub fn into_owned(self) -> Record<'static> {
+        match self {
+            Record::Submit(s) => Record::Submit(Submit {
+                id: s.id,
+                queue: s.queue.into_owned().into(),
+                kind: s.kind.into_owned().into(),
+                payload: s.payload.into_owned().into(),
+                key: s.key.map(|k| k.into_owned().into()),
+                submitted_at: s.submitted_at,
+                deadline: s.deadline,
+                run_at: s.run_at,
+                max_attempts: s.max_attempts,
+                timeout_ms: s.timeout_ms,
+            }),
+            Record::Start(s) => Record::Start(s),
+            Record::Finish(f) => Record::Finish(f),
+            Record::Cancel(c) => Record::Cancel(c),
+        }
+    }
+
     /// Appends the encoded body to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         match self {

@@ -159,15 +159,17 @@ impl Daemon {
 
     /// Polls `stats` until no job is scheduled, ready, running or retrying.
     pub fn wait_idle(&self, limit: Duration) -> Value {
+        self.wait_until_none(&["scheduled", "ready", "running", "retrying"], limit)
+    }
+
+    /// Polls `stats` until no job is in any of `states`.
+    pub fn wait_until_none(&self, states: &[&str], limit: Duration) -> Value {
         let mut c = self.conn();
         let t = Instant::now();
         loop {
             let s = c.call(r#"{"op":"stats"}"#);
             let t2 = &s["totals"];
-            let busy: u64 = ["scheduled", "ready", "running", "retrying"]
-                .iter()
-                .map(|k| t2[k].as_u64().unwrap())
-                .sum();
+            let busy: u64 = states.iter().map(|k| t2[k].as_u64().unwrap()).sum();
             if busy == 0 {
                 return s;
             }

@@ -1,0 +1,123 @@
+//! Golden WAL segments lock the on-disk format: `tests/golden/v1/` was written by format version 1
+//! and must keep reading to the same records, and today's writer must produce the same bytes.
+//! Regenerate (only when deliberately changing the format, with a new version number):
+//! `cargo test --test golden_wal -- --ignored`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use duejob::wal::appender::Appender;
+use duejob::wal::io::{FileStorage, MemStorage};
+use duejob::wal::reader::read_log;
+use duejob::wal::record::{state_code, Cancel, Finish, Outcome, Record, Start, Submit, SCHEMA};
+
+const SEG: &str = "00000000000000000001.wal";
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1/wal")
+}
+
+fn records() -> Vec<Record<'static>> {
+    let t = 1_764_000_000_000;
+    vec![
+        Record::Submit(Submit {
+            id: 1,
+            queue: "notifications".into(),
+            kind: "exec".into(),
+            payload: r#"{"argv":["echo","hi"]}"#.into(),
+            key: None,
+            submitted_at: t,
+            deadline: t + 30_000,
+            run_at: None,
+            max_attempts: 1,
+            timeout_ms: Some(5000),
+        }),
+        Record::Submit(Submit {
+            id: 2,
+            queue: "bulk".into(),
+            kind: "sleep".into(),
+            payload: r#"{"ms":10}"#.into(),
+            key: Some("sync-2026-11".into()),
+            submitted_at: t + 1,
+            deadline: t + 7_200_001,
+            run_at: Some(t + 3_600_001),
+            max_attempts: 3,
+            timeout_ms: None,
+        }),
+        Record::Start(Start {
+            id: 1,
+            attempt: 1,
+            at: t + 2,
+        }),
+        Record::Finish(Finish {
+            id: 1,
+            attempt: 1,
+            at: t + 9,
+            state: state_code::SUCCEEDED,
+            outcome: Outcome::Succeeded,
+        }),
+        Record::Cancel(Cancel { id: 2, at: t + 10 }),
+        Record::Finish(Finish {
+            id: 3,
+            attempt: 2,
+            at: t + 11,
+            state: state_code::DEAD,
+            outcome: Outcome::Failed {
+                reason: "exited with status 4".into(),
+                exit_code: Some(4),
+                output_tail: "oops\n".into(),
+            },
+        }),
+    ]
+}
+
+/// The segment today's writer produces for [`records`].
+fn written_today() -> Vec<u8> {
+    let mem = MemStorage::new();
+    let scan = read_log(&mem, &mut |_| Ok(())).unwrap();
+    let mut a = Appender::open(Arc::new(mem.clone()), &scan, 0, Arc::default()).unwrap();
+    for r in records() {
+        let mut body = Vec::new();
+        r.encode_into(&mut body);
+        a.push(r.rtype(), SCHEMA, &body).unwrap();
+    }
+    a.write().unwrap();
+    a.sync().unwrap();
+    mem.file_bytes(SEG).unwrap()
+}
+
+#[test]
+fn golden_v1_segment_still_reads() {
+    let storage = FileStorage::new(golden_dir());
+    let mut got = Vec::new();
+    let scan = read_log(&storage, &mut |r| {
+        got.push((r.lsn, r.record.clone().into_owned()));
+        Ok(())
+    })
+    .expect("golden segment reads");
+    let want: Vec<(u64, Record<'static>)> = records()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (i as u64 + 1, r))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(scan.next_lsn, 7);
+    assert!(scan.torn_tail().is_none());
+}
+
+#[test]
+fn todays_writer_produces_the_golden_bytes() {
+    let golden = std::fs::read(golden_dir().join(SEG)).unwrap();
+    assert_eq!(
+        written_today(),
+        golden,
+        "the on-disk format changed: bump FORMAT_VERSION and add a new golden set"
+    );
+}
+
+#[test]
+#[ignore = "regenerates the golden files"]
+fn regenerate() {
+    std::fs::create_dir_all(golden_dir()).unwrap();
+    std::fs::write(golden_dir().join(SEG), written_today()).unwrap();
+}

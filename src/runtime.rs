@@ -235,8 +235,9 @@ impl Handle {
         self.inner.next_id.fetch_add(n, Ordering::Relaxed)
     }
 
-    /// Validates a submit and builds the job (id from [`Handle::reserve_ids`]). Writes nothing.
-    pub fn prepare(&self, spec: &JobSpec<'_>, id: u64, now: u64) -> Result<Job, Rejection> {
+    /// Validates a submit and builds the job with id 0 (the caller assigns one from
+    /// [`Handle::reserve_ids`] once everything it submits together is valid). Writes nothing.
+    pub fn prepare(&self, spec: &JobSpec<'_>, now: u64) -> Result<Job, Rejection> {
         let cfg = &self.inner.cfg;
         let queue = cfg.queue_id(spec.queue).ok_or_else(|| {
             let known: Vec<&str> = cfg.queues.iter().map(|q| q.name.as_str()).collect();
@@ -305,7 +306,7 @@ impl Handle {
         let run_at = delay.filter(|&d| d > 0).map(|d| now + d);
         let deadline = run_at.unwrap_or(now) + due_in.unwrap_or(q.due_in.as_millis() as u64);
         Ok(Job {
-            id,
+            id: 0,
             queue,
             kind,
             payload: spec.payload.into(),
@@ -347,8 +348,9 @@ impl Handle {
 
     /// Submits one job and waits until it is durable.
     pub fn submit(&self, spec: &JobSpec<'_>) -> Result<Submitted, Rejection> {
-        let id = self.reserve_ids(1);
-        let job = self.prepare(spec, id, now_ms())?;
+        let mut job = self.prepare(spec, now_ms())?;
+        job.id = self.reserve_ids(1);
+        let id = job.id;
         let mut batch = RecordBatch::new();
         self.encode_submit(&job, &mut batch);
         let (tx, rx) = crossbeam_channel::bounded(1);

@@ -18,7 +18,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::lines::{Line, LineReader};
 use crate::job::{now_ms, JobRef};
-use crate::protocol::{self, code, Request, SubmitFields};
+use crate::protocol::{self, code, Request};
 use crate::runtime::{wal_rejection, Handle, Rejection};
 use crate::wal::commit::{Acked, RecordBatch};
 
@@ -165,20 +165,16 @@ fn handle_line(
                 },
             )
         })),
-        Request::Submit(f) => {
-            let id = handle.reserve_ids(1);
-            match build(handle, &f, id, burst) {
-                Ok(()) => burst.slots.push(Slot::Submit(id)),
-                Err(e) => burst.slots.push(error_slot(&e)),
-            }
-        }
+        Request::Submit(f) => match handle.prepare(&f.spec(), now_ms()) {
+            Ok(job) => push_jobs(handle, burst, std::iter::once(job), false),
+            Err(e) => burst.slots.push(error_slot(&e)),
+        },
         Request::SubmitBatch(jobs) => {
-            let first = handle.reserve_ids(jobs.len() as u64);
             // All or nothing: validate every job before encoding any.
             let now = now_ms();
             let mut built = Vec::with_capacity(jobs.len());
             for (i, f) in jobs.iter().enumerate() {
-                match handle.prepare(&f.spec(), first + i as u64, now) {
+                match handle.prepare(&f.spec(), now) {
                     Ok(j) => built.push(j),
                     Err(e) => {
                         burst.slots.push(error_slot(&Rejection::new(
@@ -189,12 +185,7 @@ fn handle_line(
                     }
                 }
             }
-            let ids = built.iter().map(|j| j.id).collect();
-            for j in built {
-                handle.encode_submit(&j, &mut burst.records);
-                burst.jobs.push(Arc::new(j));
-            }
-            burst.slots.push(Slot::Batch(ids));
+            push_jobs(handle, burst, built.into_iter(), true);
         }
         Request::Status(id) => {
             let slot = match handle.status(id) {
@@ -231,16 +222,28 @@ fn handle_line(
     }
 }
 
-fn build(
+/// Gives valid jobs their ids, encodes their records into the burst and queues their reply.
+fn push_jobs(
     handle: &Handle,
-    f: &SubmitFields<'_>,
-    id: u64,
     burst: &mut Burst,
-) -> Result<(), Rejection> {
-    let job = handle.prepare(&f.spec(), id, now_ms())?;
-    handle.encode_submit(&job, &mut burst.records);
-    burst.jobs.push(Arc::new(job));
-    Ok(())
+    jobs: impl ExactSizeIterator<Item = crate::job::Job>,
+    batch: bool,
+) {
+    let first = handle.reserve_ids(jobs.len() as u64);
+    let mut ids = Vec::with_capacity(if batch { jobs.len() } else { 0 });
+    for (i, mut job) in jobs.enumerate() {
+        job.id = first + i as u64;
+        if batch {
+            ids.push(job.id);
+        }
+        handle.encode_submit(&job, &mut burst.records);
+        burst.jobs.push(Arc::new(job));
+    }
+    burst.slots.push(if batch {
+        Slot::Batch(ids)
+    } else {
+        Slot::Submit(first)
+    });
 }
 
 fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sender<Acked>) {

@@ -368,6 +368,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../docs/config.md");
+        let start = doc.find("```toml\n").expect("toml block") + 8;
+        let end = start + doc[start..].find("```").expect("block end");
+        let c = Config::from_toml(&doc[start..end], None).unwrap();
+        assert_eq!(c.workers, 8);
+        assert_eq!(c.queues.len(), 2);
+        assert_eq!(c.queues[1].name, "notifications");
+        assert_eq!(c.queues[1].timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.allow_uids, [1000, 0]);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));

@@ -261,3 +261,114 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
         d2.log_text()
     );
 }
+
+/// True once `pid` has exited (gone, or a zombie nobody has reaped yet).
+fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_for_file(path: &std::path::Path) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if s.ends_with('\n') {
+                return s.trim().to_string();
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{} never written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn exec_timeout_kills_the_whole_process_group() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let pidfile = dir.path().join("grandchild.pid");
+    let script = format!("sleep 30 & echo $! > {}; sleep 30", pidfile.display());
+    let req = serde_json::json!({"op":"submit","queue":"default","kind":"exec","timeout_ms":200,
+        "payload":{"argv":["sh","-c",script]}});
+    let mut c = d.conn();
+    let id = c.call(&req.to_string())["id"].as_u64().unwrap();
+    let grandchild = wait_for_file(&pidfile);
+    d.wait_idle(Duration::from_secs(30));
+    let j = c.call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"].clone();
+    assert_eq!(j["state"], "dead", "{j}");
+    let err = j["attempts"][0]["error"].as_str().unwrap();
+    assert!(err.starts_with("timed out after 200 ms"), "{err}");
+    let t = std::time::Instant::now();
+    while !process_gone(&grandchild) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "process {grandchild} survived the timeout"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn shutdown_after_the_grace_period_ends_running_exec_jobs() {
+    let dir = tempdir();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(&cfg, "shutdown_grace = \"300ms\"\n").unwrap();
+    let mut d = Daemon::start_in(
+        dir.path(),
+        &["--workers", "2", "--config", cfg.to_str().unwrap()],
+    );
+    let pidfile = dir.path().join("job.pid");
+    let req = serde_json::json!({"op":"submit","queue":"default","kind":"exec",
+        "payload":{"argv":["sh","-c", format!("echo $$ > {}; exec sleep 60", pidfile.display())]}});
+    let id = d.conn().call(&req.to_string())["id"].as_u64().unwrap();
+    let pid = wait_for_file(&pidfile);
+    let st = d.stop();
+    assert!(st.success(), "{}", d.log_text());
+    assert!(
+        d.log_text()
+            .contains("still running after the grace period"),
+        "{}",
+        d.log_text()
+    );
+    let t = std::time::Instant::now();
+    while !process_gone(&pid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "exec job process {pid} outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // It was not finished, so it runs again after restart (at least once).
+    let _ = std::fs::remove_file(&pidfile);
+    d.restart();
+    wait_for_file(&pidfile);
+    let j = d.conn().call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"].clone();
+    assert_eq!(j["attempts"][0]["outcome"], "interrupted", "{j}");
+    assert_eq!(j["attempts"].as_array().unwrap().len(), 2, "{j}");
+}
+
+/// Regression: recovered jobs used to wait for the next message to reach the dispatcher, so after a
+/// restart with no new traffic they never ran.
+#[test]
+fn recovered_jobs_run_after_restart_without_new_traffic() {
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let marker = dir.path().join("ran.txt");
+    // Delayed by 1.5 s, so it is still pending when the daemon is killed.
+    let req = serde_json::json!({"op":"submit","queue":"default","kind":"exec","delay_ms":1500,
+        "payload":{"argv":["sh","-c", format!("echo ran > {}", marker.display())]}});
+    assert_eq!(d.conn().call(&req.to_string())["ok"], true);
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(1600));
+    d.restart();
+    // No request at all reaches the dispatcher from here on: the job must run by itself.
+    assert_eq!(wait_for_file(&marker), "ran");
+}

@@ -7,11 +7,12 @@
 //! exits, whatever it left running in its group is killed too, so no job outlives its attempt.
 //! The last [`TAIL_BYTES`] of stdout and of stderr are kept with the attempt.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -63,8 +64,12 @@ impl ExecPayload {
     }
 }
 
-/// The `exec` handler.
-pub struct Exec;
+/// The `exec` handler. It remembers the process groups it has running, so that a shutdown can
+/// end them ([`Handler::abort_running`]); the set is touched only when a program starts or ends.
+#[derive(Default)]
+pub struct Exec {
+    running: Mutex<HashSet<i32>>,
+}
 
 impl Handler for Exec {
     fn validate(&self, payload: &str) -> Result<(), String> {
@@ -73,7 +78,19 @@ impl Handler for Exec {
 
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
         let p = ExecPayload::parse(ctx.payload)?;
-        run(&p, ctx.timeout)
+        run_tracked(&p, ctx.timeout, Some(&self.running))
+    }
+
+    fn abort_running(&self) {
+        let groups: Vec<i32> = self
+            .running
+            .lock()
+            .map(|g| g.iter().copied().collect())
+            .unwrap_or_default();
+        for pgid in groups {
+            log::warn!("killing process group {pgid} of an exec job still running at shutdown");
+            signal_group(pgid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -107,6 +124,14 @@ fn signal_group(pgid: i32, sig: rustix::process::Signal) {
 
 /// Runs the program; see the module doc.
 pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
+    run_tracked(p, timeout, None)
+}
+
+fn run_tracked(
+    p: &ExecPayload,
+    timeout: Option<Duration>,
+    running: Option<&Mutex<HashSet<i32>>>,
+) -> Result<(), JobError> {
     let mut cmd = Command::new(&p.argv[0]);
     cmd.args(&p.argv[1..])
         .env_clear()
@@ -125,6 +150,16 @@ pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
         .spawn()
         .map_err(|e| JobError::new(format!("cannot start {:?}: {e}", p.argv[0])))?;
     let pgid = child.id() as i32;
+    let track = |add: bool| {
+        if let Some(Ok(mut set)) = running.map(|m| m.lock()) {
+            if add {
+                set.insert(pgid);
+            } else {
+                set.remove(&pgid);
+            }
+        }
+    };
+    track(true);
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let timed_out = AtomicBool::new(false);
@@ -151,6 +186,7 @@ pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
         drop(done_tx);
         // Whatever the program left behind in its group goes with it (and closes the pipes).
         signal_group(pgid, rustix::process::Signal::KILL);
+        track(false);
         (
             status,
             out.join().unwrap_or_default(),

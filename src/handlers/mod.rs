@@ -68,6 +68,9 @@ pub trait Handler: Send + Sync + 'static {
     }
     /// Runs one attempt. A panic counts as a failed attempt; the worker survives.
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError>;
+    /// Called when the daemon stops while attempts of this kind still run after the grace
+    /// period: end them now (`exec` kills their process groups). They run again after restart.
+    fn abort_running(&self) {}
 }
 
 impl<F> Handler for F
@@ -103,7 +106,7 @@ impl Kinds {
         let mut k = Kinds::empty();
         k.register("noop", Arc::new(Noop));
         k.register("sleep", Arc::new(Sleep));
-        k.register("exec", Arc::new(exec::Exec));
+        k.register("exec", Arc::new(exec::Exec::default()));
         k
     }
 
@@ -131,6 +134,13 @@ impl Kinds {
     /// Handler of a kind index.
     pub fn handler(&self, id: u16) -> &Arc<dyn Handler> {
         &self.handlers[id as usize]
+    }
+
+    /// Tells every kind to end its running attempts (shutdown after the grace period).
+    pub fn abort_running(&self) {
+        for h in &self.handlers {
+            h.abort_running();
+        }
     }
 
     /// All names, in index order.

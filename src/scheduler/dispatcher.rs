@@ -139,6 +139,7 @@ const BURST: usize = 4096;
 /// The dispatcher's state. Built by [`spawn`].
 pub struct Dispatcher {
     cfg: Arc<Config>,
+    kinds: Arc<Kinds>,
     queue_names: Vec<Arc<str>>,
     kind_names: Vec<Arc<str>>,
     jobs: HashMap<u64, Entry>,
@@ -222,6 +223,7 @@ pub fn spawn(
         clock: Instant::now(),
         draining: None,
         cfg,
+        kinds,
     };
     d.restore(recovered);
     std::thread::Builder::new()
@@ -272,6 +274,10 @@ impl Dispatcher {
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
+        // Recovered jobs are runnable before any message arrives.
+        self.promote_timers();
+        self.dispatch();
+        self.flush_records();
         loop {
             let wake = self.next_wake();
             let first = match wake {
@@ -298,7 +304,8 @@ impl Dispatcher {
                 let busy = self.workers.len() - self.free.len();
                 if busy == 0 || Instant::now() >= *deadline {
                     if busy > 0 {
-                        log::warn!("shutdown: {busy} job(s) still running after the grace period; they will run again after restart");
+                        log::warn!("shutdown: {busy} job(s) still running after the grace period; ending them (they run again after restart)");
+                        self.kinds.abort_running();
                     }
                     break;
                 }

@@ -352,6 +352,24 @@ mod tests {
         assert!(msg.contains("invalid type"), "{msg}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn garbage_lines_get_an_error_not_a_panic(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Err(e) = Request::parse(&line) {
+                proptest::prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn mangled_requests_never_panic(cut in 0usize..120, flip in 0usize..120, byte in proptest::prelude::any::<u8>()) {
+            let mut line = br#"{"op":"submit_batch","jobs":[{"queue":"bulk","kind":"noop","payload":{"a":[1,2,{"b":null}]},"delay_ms":5}]}"#.to_vec();
+            let flip = flip % line.len();
+            line[flip] = byte;
+            line.truncate(cut.max(1).min(line.len()));
+            let _ = Request::parse(&line);
+        }
+    }
+
     #[test]
     fn replies_are_single_json_lines() {
         let mut out = Vec::new();

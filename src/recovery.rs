@@ -248,3 +248,98 @@ fn done_job(id: u64, j: RJob) -> DoneJob {
         attempts: j.attempts,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::appender::Appender;
+    use crate::wal::io::MemStorage;
+    use crate::wal::record::{Cancel, Start, Submit, SCHEMA};
+
+    fn submit(id: u64, queue: &'static str) -> Record<'static> {
+        Record::Submit(Submit {
+            id,
+            queue: queue.into(),
+            kind: "noop".into(),
+            payload: "{}".into(),
+            key: None,
+            submitted_at: 1,
+            deadline: 2,
+            run_at: None,
+            max_attempts: 1,
+            timeout_ms: None,
+        })
+    }
+
+    fn finish(id: u64, attempt: u32, state: u8) -> Record<'static> {
+        Record::Finish(Finish {
+            id,
+            attempt,
+            at: 9,
+            state,
+            outcome: Outcome::Succeeded,
+        })
+    }
+
+    fn log_of(records: &[Record<'_>]) -> MemStorage {
+        let mem = MemStorage::new();
+        let scan = read_log(&mem, &mut |_| Ok(())).unwrap();
+        let mut a = Appender::open(Arc::new(mem.clone()), &scan, 1 << 16, Arc::default()).unwrap();
+        for r in records {
+            let mut b = Vec::new();
+            r.encode_into(&mut b);
+            a.push(r.rtype(), SCHEMA, &b).unwrap();
+        }
+        a.write().unwrap();
+        a.sync().unwrap();
+        mem
+    }
+
+    #[test]
+    fn replay_fences_stale_completions_and_requeues_interrupted_jobs() {
+        let start = |id, attempt| Record::Start(Start { id, attempt, at: 5 });
+        let mem = log_of(&[
+            submit(1, "default"),
+            start(1, 1),
+            finish(1, 1, state_code::SUCCEEDED),
+            submit(2, "default"),
+            start(2, 1),
+            start(2, 2),
+            // A late completion of attempt 1 (already given up): must not end the job.
+            finish(2, 1, state_code::SUCCEEDED),
+            submit(3, "bulk"),
+            Record::Cancel(Cancel { id: 3, at: 6 }),
+            // A completion after the cancel: must not resurrect or flip it.
+            finish(3, 0, state_code::SUCCEEDED),
+            submit(4, "vanished"),
+            submit(7, "notifications"),
+        ]);
+        let cfg = Config::with_workers(4);
+        let rec = recover(&mem, &cfg, &Kinds::builtin()).unwrap();
+        assert_eq!(rec.next_id, 8);
+        assert_eq!(rec.records, 12);
+        let live: Vec<(u64, u32)> = rec
+            .recovered
+            .live
+            .iter()
+            .map(|l| (l.job.id, l.attempt))
+            .collect();
+        assert_eq!(live, [(2, 2), (7, 0)]);
+        let two = &rec.recovered.live[0];
+        assert_eq!(
+            two.attempts.last().unwrap().outcome.as_deref(),
+            Some("interrupted")
+        );
+        let done: Vec<(u64, State)> = rec.recovered.done.iter().map(|d| (d.id, d.state)).collect();
+        assert_eq!(
+            done,
+            [
+                (1, State::Succeeded),
+                (3, State::Cancelled),
+                (4, State::Dead)
+            ]
+        );
+        // The job whose queue vanished is ended with a record saying why.
+        assert_eq!(rec.orphans.len(), 1);
+    }
+}

@@ -3,7 +3,7 @@
 //! The reader parses every complete line it has buffered before it reads again. Submits in that
 //! burst become one WAL append (one message to the commit thread, so 100 pipelined submits cost
 //! one channel send and share one fdatasync). The burst's replies, in request order, go to the
-//! writer as one [`Group`]; the writer sends a group's replies once the WAL acknowledges it, and
+//! writer as one `Group`; the writer sends a group's replies once the WAL acknowledges it, and
 //! groups strictly in order, so replies always match request order.
 //!
 //! Requests answered by the dispatcher (`status`, `stats`, `cancel`) are answered synchronously by

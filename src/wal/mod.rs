@@ -1,6 +1,6 @@
 //! The write-ahead log: the single source of truth of a data directory.
 //!
-//! - [`format`]: byte layout (documented in `docs/wal-format.md`).
+//! - [`mod@format`]: byte layout (documented in `docs/wal-format.md`).
 //! - [`io`]: the storage seam (real files, or memory with injected faults).
 //! - [`record`]: record bodies (bincode 1.3.3).
 //! - [`reader`]: the one decoder, shared by recovery and the offline tools.

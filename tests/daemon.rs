@@ -52,15 +52,8 @@ fn sigterm_lets_running_jobs_finish_and_exits_zero() {
     let dir = tempdir();
     let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
     let mut c = d.conn();
-    let id = c.call(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":400}}"#)
-        ["id"]
-        .as_u64()
-        .unwrap();
-    let t = std::time::Instant::now();
-    while c.call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"]["state"] != "running" {
-        assert!(t.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let id = c.submit(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":400}}"#);
+    c.wait_state(id, "running");
     let st = d.stop();
     assert!(st.success(), "exit {st}: {}", d.log_text());
     assert!(!d.socket().exists(), "socket removed on exit");
@@ -78,15 +71,8 @@ fn second_signal_exits_at_once_and_the_interrupted_job_runs_again() {
     let dir = tempdir();
     let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
     let mut c = d.conn();
-    let id = c.call(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":60000}}"#)
-        ["id"]
-        .as_u64()
-        .unwrap();
-    let t = std::time::Instant::now();
-    while c.call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"]["state"] != "running" {
-        assert!(t.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let id = c.submit(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":60000}}"#);
+    c.wait_state(id, "running");
     d.signal(rustix::process::Signal::TERM);
     std::thread::sleep(Duration::from_millis(200));
     d.signal(rustix::process::Signal::INT);

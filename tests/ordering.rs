@@ -8,25 +8,6 @@ use std::time::Duration;
 use common::{tempdir, Daemon};
 use serde_json::Value;
 
-fn status(c: &mut common::Conn, id: u64) -> Value {
-    c.call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"].clone()
-}
-
-fn wait_state(c: &mut common::Conn, id: u64, state: &str) -> Value {
-    let t = std::time::Instant::now();
-    loop {
-        let j = status(c, id);
-        if j["state"] == state {
-            return j;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "job {id} never became {state}: {j}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn notification_overtakes_a_thousand_queued_bulk_jobs() {
     let dir = tempdir();
@@ -45,7 +26,7 @@ fn notification_overtakes_a_thousand_queued_bulk_jobs() {
     assert_eq!(bulk.len(), 1000, "{v}");
     let v = c.call(r#"{"op":"submit","queue":"notifications","kind":"noop"}"#);
     let note = v["id"].as_u64().unwrap();
-    let n = wait_state(&mut c, note, "succeeded");
+    let n = c.wait_state(note, "succeeded");
     let started = n["attempts"][0]["started_at"].as_u64().unwrap();
     // Bulk jobs are 20 ms each on at most 4 workers: when the notification has finished, almost
     // all of the 1,000 are still waiting, and none of the later ones has started before it.
@@ -56,7 +37,7 @@ fn notification_overtakes_a_thousand_queued_bulk_jobs() {
         "{bulk_started} bulk jobs started before the notification ran: {s}"
     );
     for id in &bulk[900..] {
-        let j = status(&mut c, *id);
+        let j = c.status(*id);
         assert_eq!(
             j["state"], "ready",
             "bulk job {id} ran before the notification: {j}"
@@ -77,7 +58,7 @@ fn an_old_bulk_job_past_its_deadline_starts_before_a_fresh_notification() {
         .call(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":300}}"#)["id"]
         .as_u64()
         .unwrap();
-    wait_state(&mut c, blocker, "running");
+    c.wait_state(blocker, "running");
     // A bulk job already due (due_in 0: as if submitted an hour ago), then a fresh notification.
     let old = c
         .call(r#"{"op":"submit","queue":"bulk","kind":"sleep","payload":{"ms":50},"due_in_ms":0}"#)
@@ -87,8 +68,8 @@ fn an_old_bulk_job_past_its_deadline_starts_before_a_fresh_notification() {
     let note = c.call(r#"{"op":"submit","queue":"notifications","kind":"noop"}"#)["id"]
         .as_u64()
         .unwrap();
-    let n = wait_state(&mut c, note, "succeeded");
-    let o = wait_state(&mut c, old, "succeeded");
+    let n = c.wait_state(note, "succeeded");
+    let o = c.wait_state(old, "succeeded");
     let old_end = o["attempts"][0]["ended_at"].as_u64().unwrap();
     let note_start = n["attempts"][0]["started_at"].as_u64().unwrap();
     assert!(
@@ -109,17 +90,17 @@ fn delayed_jobs_wait_for_their_time_and_can_be_cancelled() {
         ["id"]
         .as_u64()
         .unwrap();
-    assert_eq!(status(&mut c, soon)["state"], "scheduled");
-    let j = wait_state(&mut c, soon, "succeeded");
+    assert_eq!(c.status(soon)["state"], "scheduled");
+    let j = c.wait_state(soon, "succeeded");
     let run_at = j["run_at"].as_u64().unwrap();
     assert!(
         j["attempts"][0]["started_at"].as_u64().unwrap() >= run_at,
         "{j}"
     );
-    assert_eq!(status(&mut c, later)["state"], "scheduled");
+    assert_eq!(c.status(later)["state"], "scheduled");
     let v = c.call(&format!(r#"{{"op":"cancel","id":{later}}}"#));
     assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(status(&mut c, later)["state"], "cancelled");
+    assert_eq!(c.status(later)["state"], "cancelled");
     let v = c.call(&format!(r#"{{"op":"cancel","id":{soon}}}"#));
     assert_eq!(v["error"]["code"], "not_cancellable", "{v}");
     let v = c.call(r#"{"op":"cancel","id":999999}"#);

@@ -18,32 +18,31 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub log: PathBuf,
     extra: Vec<String>,
-    starts: u32,
 }
 
+/// Numbers the log files of all daemons of this test binary (several may share a directory).
+static LOGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Daemon {
-    /// Starts a daemon in `dir` with `extra` serve arguments.
-    pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
-        let mut d = Daemon {
+    fn new(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon {
             dir: dir.to_path_buf(),
             child: None,
-            log: dir.join("daemon-0.log"),
+            log: dir.join("daemon.log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            starts: 0,
-        };
+        }
+    }
+
+    /// Starts a daemon in `dir` with `extra` serve arguments and waits until it serves.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon::new(dir, extra);
         d.restart();
         d
     }
 
     /// Spawns a daemon without waiting for it to serve (for daemons expected to fail or refuse).
     pub fn start_in_unchecked(dir: &Path, extra: &[&str]) -> Daemon {
-        let mut d = Daemon {
-            dir: dir.to_path_buf(),
-            child: None,
-            log: dir.join("daemon-0.log"),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            starts: 100,
-        };
+        let mut d = Daemon::new(dir, extra);
         d.spawn();
         d
     }
@@ -72,8 +71,8 @@ impl Daemon {
     /// Spawns the process without waiting for the socket.
     pub fn spawn(&mut self) -> &mut Child {
         assert!(self.child.is_none(), "daemon already running");
-        self.starts += 1;
-        self.log = self.dir.join(format!("daemon-{}.log", self.starts));
+        let n = LOGS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.log = self.dir.join(format!("daemon-{n}.log"));
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new(BIN)
             .arg("serve")
@@ -220,6 +219,35 @@ impl Conn {
     pub fn call(&mut self, line: &str) -> Value {
         self.send(line);
         self.recv()
+    }
+
+    /// Submits one job (a JSON request line) and returns its id.
+    pub fn submit(&mut self, line: &str) -> u64 {
+        let v = self.call(line);
+        v["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("submit refused: {v}"))
+    }
+
+    /// A job's status (the `job` object).
+    pub fn status(&mut self, id: u64) -> Value {
+        self.call(&format!(r#"{{"op":"status","id":{id}}}"#))["job"].clone()
+    }
+
+    /// Polls `status` until the job is in `state`.
+    pub fn wait_state(&mut self, id: u64, state: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let j = self.status(id);
+            if j["state"] == state {
+                return j;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "job {id} never became {state}: {j}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// True when the daemon closed the connection.

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::{tempdir, Daemon};
 use serde_json::Value;

@@ -54,10 +54,17 @@ pub struct QueueConfig {
     pub reserved: usize,
     /// Jobs expected to finish within this may borrow this queue's idle reserved workers.
     pub lend_limit: Duration,
-    /// Attempts per job (retries arrive with the lifecycle work; today a failure is final).
+    /// Failed attempts allowed per job (a job may override it).
     pub max_attempts: u32,
     /// Default per-attempt timeout.
     pub timeout: Option<Duration>,
+    /// Backoff before retry n: a uniformly random delay in [0, min(cap, base · 2^(n-1))]
+    /// ("full jitter").
+    pub backoff_base: Duration,
+    /// Upper bound of the backoff.
+    pub backoff_cap: Duration,
+    /// Whether a retry may be scheduled after the job's deadline (otherwise the job dies).
+    pub retry_past_deadline: bool,
 }
 
 impl QueueConfig {
@@ -69,8 +76,11 @@ impl QueueConfig {
             max_workers: workers,
             reserved,
             lend_limit: due_in / 100,
-            max_attempts: 1,
+            max_attempts: 3,
             timeout: None,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(600),
+            retry_past_deadline: false,
         }
     }
 }
@@ -96,6 +106,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Terminal jobs kept in memory for `status` (oldest forgotten first).
     pub history_limit: usize,
+    /// How long an idempotency key stays known after its job was submitted.
+    pub key_retention: Duration,
+    /// Most keys kept; beyond it the oldest are forgotten early (logged, counted in `stats`).
+    pub max_keys: usize,
 }
 
 /// Default worker count: CPU count, at least 4 (SPEC §2).
@@ -124,6 +138,8 @@ impl Config {
             max_line: 1 << 20,
             shutdown_grace: Duration::from_secs(10),
             history_limit: 1_000_000,
+            key_retention: Duration::from_secs(7 * 86_400),
+            max_keys: 10_000_000,
         }
     }
 
@@ -163,6 +179,12 @@ impl Config {
         if let Some(h) = f.history_limit {
             c.history_limit = h;
         }
+        if let Some(k) = &f.key_retention {
+            c.key_retention = parse_duration(k).map_err(|e| format!("key_retention: {e}"))?;
+        }
+        if let Some(m) = f.max_keys {
+            c.max_keys = m;
+        }
         if !f.queues.is_empty() {
             c.queues = Vec::new();
             for (name, q) in f.queues {
@@ -182,6 +204,17 @@ impl Config {
                 if let Some(t) = &q.timeout {
                     qc.timeout =
                         Some(parse_duration(t).map_err(|e| format!("queue {name}: timeout: {e}"))?);
+                }
+                if let Some(b) = &q.backoff {
+                    qc.backoff_base = parse_duration(&b.base)
+                        .map_err(|e| format!("queue {name}: backoff.base: {e}"))?;
+                    if let Some(cap) = &b.cap {
+                        qc.backoff_cap = parse_duration(cap)
+                            .map_err(|e| format!("queue {name}: backoff.cap: {e}"))?;
+                    }
+                }
+                if let Some(r) = q.retry_past_deadline {
+                    qc.retry_past_deadline = r;
                 }
                 c.queues.push(qc);
             }
@@ -224,8 +257,17 @@ impl Config {
             if q.reserved > q.max_workers {
                 return Err(format!("queue {}: reserved exceeds max_workers", q.name));
             }
-            if q.max_attempts == 0 {
-                return Err(format!("queue {}: max_attempts must be at least 1", q.name));
+            if q.max_attempts == 0 || q.max_attempts > 1000 {
+                return Err(format!(
+                    "queue {}: max_attempts must be between 1 and 1000",
+                    q.name
+                ));
+            }
+            if q.backoff_base.is_zero() || q.backoff_cap < q.backoff_base {
+                return Err(format!("queue {}: backoff needs 0 < base <= cap", q.name));
+            }
+            if q.timeout.is_some_and(|t| t.is_zero()) {
+                return Err(format!("queue {}: timeout must be positive", q.name));
             }
             reserved += q.reserved;
         }
@@ -271,6 +313,8 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     segment_size_mib: Option<u64>,
     history_limit: Option<usize>,
+    key_retention: Option<String>,
+    max_keys: Option<usize>,
     #[serde(default)]
     queues: BTreeMap<String, FileQueue>,
 }
@@ -284,6 +328,15 @@ struct FileQueue {
     lend_limit: Option<String>,
     max_attempts: Option<u32>,
     timeout: Option<String>,
+    backoff: Option<FileBackoff>,
+    retry_past_deadline: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackoff {
+    base: String,
+    cap: Option<String>,
 }
 
 /// Parses a duration: a number with a unit `ms`, `s`, `m`, `h` or `d` (`250ms`, `30s`, `5m`).

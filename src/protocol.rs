@@ -36,10 +36,9 @@ pub mod code {
     pub const INVALID_PAYLOAD: &str = "invalid_payload";
     /// No such job.
     pub const NOT_FOUND: &str = "not_found";
-    /// The job's state does not allow the operation.
-    pub const NOT_CANCELLABLE: &str = "not_cancellable";
-    /// A feature this version does not have.
-    pub const UNSUPPORTED: &str = "unsupported";
+    /// The job's state does not allow the operation (e.g. cancelling a finished job, retrying a
+    /// job that is not dead).
+    pub const WRONG_STATE: &str = "wrong_state";
     /// The WAL failed; nothing more is accepted until restart.
     pub const WAL_FAILED: &str = "wal_failed";
     /// The daemon is stopping.
@@ -111,6 +110,48 @@ pub enum Request<'a> {
     Stats,
     /// `cancel`
     Cancel(u64),
+    /// `dead_list`
+    DeadList {
+        /// Only this queue.
+        queue: Option<Cow<'a, str>>,
+        /// Only jobs dead since (ms).
+        since: Option<u64>,
+    },
+    /// `dead_retry`: one job, or all (of a queue).
+    DeadRetry(DeadSelect<'a>),
+    /// `dead_purge`: one job, or all (of a queue, dead before a time).
+    DeadPurge(DeadSelect<'a>),
+}
+
+/// Which dead jobs a `dead_retry` or `dead_purge` is about.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadSelect<'a> {
+    #[allow(dead_code)]
+    op: serde::de::IgnoredAny,
+    /// One job.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// All dead jobs (with the filters).
+    #[serde(default)]
+    pub all: bool,
+    /// Only this queue.
+    #[serde(borrow, default)]
+    pub queue: Option<Cow<'a, str>>,
+    /// Only jobs dead before this time (ms; `dead_purge`).
+    #[serde(default)]
+    pub before: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadListReq<'a> {
+    #[allow(dead_code)]
+    op: serde::de::IgnoredAny,
+    #[serde(borrow, default)]
+    queue: Option<Cow<'a, str>>,
+    #[serde(default)]
+    since: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -213,11 +254,29 @@ impl<'a> Request<'a> {
                 }
                 Ok(Request::SubmitBatch(b.jobs))
             }
+            "dead_list" => {
+                let r: DeadListReq<'a> = serde_json::from_slice(line).map_err(json_error)?;
+                Ok(Request::DeadList { queue: r.queue, since: r.since })
+            }
+            "dead_retry" | "dead_purge" => {
+                let sel: DeadSelect<'a> = serde_json::from_slice(line).map_err(json_error)?;
+                if sel.id.is_some() == sel.all {
+                    return Err(Rejection::new(code::BAD_REQUEST, "give either \"id\" or \"all\": true"));
+                }
+                if sel.id.is_some() && (sel.queue.is_some() || sel.before.is_some()) {
+                    return Err(Rejection::new(
+                        code::BAD_REQUEST,
+                        "\"queue\" and \"before\" go with \"all\": true",
+                    ));
+                }
+                if op.op == "dead_retry" && sel.before.is_some() {
+                    return Err(Rejection::new(code::BAD_REQUEST, "dead_retry takes no \"before\""));
+                }
+                Ok(if op.op == "dead_retry" { Request::DeadRetry(sel) } else { Request::DeadPurge(sel) })
+            }
             other => Err(Rejection::new(
                 code::UNKNOWN_OP,
-                format!(
-                    "unknown op {other:?} (hello, submit, submit_batch, status, stats, cancel)"
-                ),
+                format!("unknown op {other:?} (hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, dead_purge)"),
             )),
         }
     }
@@ -253,24 +312,33 @@ pub fn write_error(out: &mut Vec<u8>, r: &Rejection) {
 }
 
 /// Appends a `submit` reply.
-pub fn write_submitted(out: &mut Vec<u8>, id: u64, lsn: u64) {
+pub fn write_submitted(out: &mut Vec<u8>, id: u64, lsn: u64, duplicate: bool) {
     let _ = writeln!(
         out,
-        r#"{{"ok":true,"id":{id},"lsn":{lsn},"duplicate":false}}"#
+        r#"{{"ok":true,"id":{id},"lsn":{lsn},"duplicate":{duplicate}}}"#
     );
 }
 
-/// Appends a `submit_batch` reply: ids in request order, `lsn` of the first record (the others
-/// follow consecutively).
-pub fn write_batch(out: &mut Vec<u8>, ids: &[u64], lsn: u64) {
-    out.extend_from_slice(br#"{"ok":true,"ids":["#);
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+/// Appends a `submit_batch` reply: ids in request order (a duplicate's id is the first job's),
+/// `lsn` of the first record written, and the indexes of duplicates when there are any.
+pub fn write_batch(out: &mut Vec<u8>, ids: &[u64], lsn: u64, duplicates: &[u32]) {
+    fn list(out: &mut Vec<u8>, items: impl Iterator<Item = u64>) {
+        for (i, v) in items.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = write!(out, "{v}");
         }
-        let _ = write!(out, "{id}");
     }
-    let _ = writeln!(out, r#"],"lsn":{lsn}}}"#);
+    out.extend_from_slice(br#"{"ok":true,"ids":["#);
+    list(out, ids.iter().copied());
+    let _ = write!(out, r#"],"lsn":{lsn}"#);
+    if !duplicates.is_empty() {
+        out.extend_from_slice(br#","duplicates":["#);
+        list(out, duplicates.iter().map(|&d| u64::from(d)));
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 /// Appends `{"ok":true, ...fields of v}\n` for a struct `v` that serializes to an object.
@@ -346,6 +414,27 @@ mod tests {
             code::BAD_REQUEST
         );
         assert_eq!(code_of(r#"[1,2]"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"dead_retry"}"#), code::BAD_REQUEST);
+        assert_eq!(
+            code_of(r#"{"op":"dead_retry","id":1,"all":true}"#),
+            code::BAD_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"op":"dead_retry","all":true,"before":5}"#),
+            code::BAD_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"op":"dead_purge","id":1,"queue":"q"}"#),
+            code::BAD_REQUEST
+        );
+        assert!(matches!(
+            Request::parse(br#"{"op":"dead_purge","all":true,"before":5}"#),
+            Ok(Request::DeadPurge(_))
+        ));
+        assert!(matches!(
+            Request::parse(br#"{"op":"dead_list","queue":"bulk"}"#),
+            Ok(Request::DeadList { .. })
+        ));
         let msg = Request::parse(br#"{"op":"status","id":"x"}"#)
             .unwrap_err()
             .message;
@@ -373,8 +462,9 @@ mod tests {
     #[test]
     fn replies_are_single_json_lines() {
         let mut out = Vec::new();
-        write_submitted(&mut out, 7, 42);
-        write_batch(&mut out, &[1, 2], 9);
+        write_submitted(&mut out, 7, 42, false);
+        write_batch(&mut out, &[1, 2], 9, &[]);
+        write_batch(&mut out, &[1, 5], 9, &[1]);
         write_error(
             &mut out,
             &Rejection::new(code::BAD_REQUEST, "a \"quoted\"\nthing"),
@@ -387,7 +477,8 @@ mod tests {
         assert_eq!(lines[0]["id"], 7);
         assert_eq!(lines[0]["duplicate"], false);
         assert_eq!(lines[1]["ids"][1], 2);
-        assert_eq!(lines[2]["error"]["code"], "bad_request");
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["duplicates"][0], 1);
+        assert_eq!(lines[3]["error"]["code"], "bad_request");
+        assert_eq!(lines.len(), 4);
     }
 }

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::handlers::Kinds;
 use crate::job::{Job, State};
-use crate::scheduler::dispatcher::{apply_finish, DoneJob, LiveJob, Recovered};
+use crate::scheduler::dispatcher::{
+    apply_finish, apply_retry, DoneJob, LiveJob, Recovered, MAX_INTERRUPTIONS,
+};
 use crate::scheduler::AttemptInfo;
 use crate::wal::commit::RecordBatch;
 use crate::wal::io::Storage;
+use crate::wal::keys::KeyIndex;
 use crate::wal::reader::{read_log, LogScan};
 use crate::wal::record::{state_code, Finish, Outcome, Record};
 use crate::wal::WalError;
@@ -29,6 +32,8 @@ pub struct Recovery {
     pub scan: LogScan,
     /// State for the dispatcher.
     pub recovered: Recovered,
+    /// Idempotency keys still within their retention.
+    pub keys: KeyIndex,
     /// First unused job id.
     pub next_id: u64,
     /// `finish` records to append for jobs that cannot run any more.
@@ -51,8 +56,25 @@ struct RJob {
     timeout_ms: Option<u64>,
     state: State,
     attempt: u32,
+    failures: u32,
+    interrupted: u32,
+    retry_at: Option<u64>,
     attempts: Vec<AttemptInfo>,
     finished_at: u64,
+    /// A dead job removed from the dead letters.
+    purged: bool,
+}
+
+impl RJob {
+    /// A `start` while already running means the previous attempt was cut short by a restart.
+    fn interrupt_running(&mut self) {
+        if self.state == State::Running {
+            self.interrupted += 1;
+            if let Some(a) = self.attempts.last_mut() {
+                a.outcome = Some("interrupted".into());
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -72,143 +94,201 @@ impl Interner {
 /// Replays the log in `storage`.
 pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Recovery, WalError> {
     let t = Instant::now();
+    let now = crate::job::now_ms();
     let mut jobs: HashMap<u64, RJob> = HashMap::new();
     let mut ended: Vec<u64> = Vec::new();
     let mut names = Interner::default();
+    let mut keys = KeyIndex::new(cfg.key_retention.as_millis() as u64, cfg.max_keys);
     let mut max_id = 0u64;
     let mut records = 0u64;
     let scan = read_log(storage, &mut |r| {
         records += 1;
+        let id = r.record.job_id();
+        if let Record::Submit(s) = &r.record {
+            max_id = max_id.max(s.id);
+            if jobs.contains_key(&s.id) {
+                log::error!(
+                    "recovery: job {} submitted twice (LSN {}); keeping the first",
+                    s.id,
+                    r.lsn
+                );
+                return Ok(());
+            }
+            if let Some(k) = &s.key {
+                keys.insert(k, s.id, r.lsn, s.submitted_at, now);
+            }
+            jobs.insert(
+                s.id,
+                RJob {
+                    queue: names.get(&s.queue),
+                    kind: names.get(&s.kind),
+                    payload: Some(s.payload.as_ref().into()),
+                    key: s.key.as_deref().map(Into::into),
+                    submitted_at: s.submitted_at,
+                    deadline: s.deadline,
+                    run_at: s.run_at,
+                    max_attempts: s.max_attempts,
+                    timeout_ms: s.timeout_ms,
+                    state: State::Ready,
+                    attempt: 0,
+                    failures: 0,
+                    interrupted: 0,
+                    retry_at: None,
+                    attempts: Vec::new(),
+                    finished_at: 0,
+                    purged: false,
+                },
+            );
+            return Ok(());
+        }
+        let Some(j) = jobs.get_mut(&id) else {
+            return Ok(());
+        };
+        // Dead jobs can be revived or purged; other terminal jobs take no more records.
+        let open = !j.state.is_terminal();
+        let dead = j.state == State::Dead && !j.purged;
         match &r.record {
-            Record::Submit(s) => {
-                max_id = max_id.max(s.id);
-                if jobs.contains_key(&s.id) {
-                    log::error!(
-                        "recovery: job {} submitted twice (LSN {}); keeping the first",
-                        s.id,
-                        r.lsn
+            Record::Submit(_) => {}
+            Record::Start(s) if open => {
+                j.interrupt_running();
+                j.attempt = s.attempt;
+                j.state = State::Running;
+                j.retry_at = None;
+                j.attempts.push(AttemptInfo::started(s.attempt, s.at));
+            }
+            Record::Finish(f) if open => {
+                if f.attempt != j.attempt || j.state != State::Running {
+                    log::warn!(
+                        "recovery: ignoring stale finish of job {} attempt {}",
+                        f.id,
+                        f.attempt
                     );
                     return Ok(());
                 }
-                jobs.insert(
-                    s.id,
-                    RJob {
-                        queue: names.get(&s.queue),
-                        kind: names.get(&s.kind),
-                        payload: Some(s.payload.as_ref().into()),
-                        key: s.key.as_deref().map(Into::into),
-                        submitted_at: s.submitted_at,
-                        deadline: s.deadline,
-                        run_at: s.run_at,
-                        max_attempts: s.max_attempts,
-                        timeout_ms: s.timeout_ms,
-                        state: State::Ready,
-                        attempt: 0,
-                        attempts: Vec::new(),
-                        finished_at: 0,
-                    },
-                );
-            }
-            Record::Start(s) => {
-                if let Some(j) = jobs.get_mut(&s.id).filter(|j| !j.state.is_terminal()) {
-                    j.attempt = s.attempt;
-                    j.state = State::Running;
-                    j.attempts.push(AttemptInfo {
-                        number: s.attempt,
-                        started_at: s.at,
-                        ended_at: None,
-                        outcome: None,
-                        error: None,
-                        exit_code: None,
-                        output_tail: None,
-                    });
+                if let Some(a) = j.attempts.last_mut().filter(|a| a.number == f.attempt) {
+                    apply_finish(a, f);
                 }
-            }
-            Record::Finish(f) => {
-                if let Some(j) = jobs.get_mut(&f.id).filter(|j| !j.state.is_terminal()) {
-                    if f.attempt != j.attempt {
-                        log::warn!(
-                            "recovery: ignoring stale finish of job {} attempt {}",
-                            f.id,
-                            f.attempt
-                        );
-                        return Ok(());
-                    }
-                    if let Some(a) = j.attempts.last_mut().filter(|a| a.number == f.attempt) {
-                        apply_finish(a, f);
-                    }
-                    j.state = match f.state {
-                        state_code::SUCCEEDED => State::Succeeded,
-                        state_code::RETRYING => State::Retrying,
-                        _ => State::Dead,
-                    };
-                    if j.state.is_terminal() {
-                        j.payload = None;
-                        j.finished_at = f.at;
-                        ended.push(f.id);
-                    }
-                }
-            }
-            Record::Cancel(c) => {
-                if let Some(j) = jobs.get_mut(&c.id).filter(|j| !j.state.is_terminal()) {
-                    j.state = State::Cancelled;
+                if f.state == state_code::SUCCEEDED {
+                    j.state = State::Succeeded;
                     j.payload = None;
-                    j.finished_at = c.at;
-                    ended.push(c.id);
+                } else {
+                    j.state = State::Dead;
+                    j.failures += 1;
                 }
+                j.finished_at = f.at;
+                ended.push(f.id);
             }
+            Record::Retry(rt) if open => {
+                if rt.attempt != j.attempt || j.state != State::Running {
+                    log::warn!(
+                        "recovery: ignoring stale retry of job {} attempt {}",
+                        rt.id,
+                        rt.attempt
+                    );
+                    return Ok(());
+                }
+                if let Some(a) = j.attempts.last_mut().filter(|a| a.number == rt.attempt) {
+                    apply_retry(a, rt);
+                }
+                j.state = State::Retrying;
+                j.failures += 1;
+                j.retry_at = Some(rt.retry_at);
+            }
+            Record::Cancel(c) if open => {
+                if j.state == State::Running {
+                    if let Some(a) = j.attempts.last_mut() {
+                        a.ended_at = Some(c.at);
+                        a.outcome = Some("cancelled".into());
+                    }
+                }
+                j.state = State::Cancelled;
+                j.payload = None;
+                j.finished_at = c.at;
+                ended.push(c.id);
+            }
+            Record::Revive(_) if dead => {
+                j.state = State::Ready;
+                j.failures = 0;
+                j.interrupted = 0;
+                j.finished_at = 0;
+            }
+            Record::Purge(p) if dead => {
+                j.payload = None;
+                j.purged = true;
+                // It leaves the dead letters for the history, as of now.
+                ended.push(p.id);
+            }
+            _ => {}
         }
         Ok(())
     })?;
 
     let mut recovered = Recovered::default();
     let mut orphans = RecordBatch::new();
-    let keep_from = ended.len().saturating_sub(cfg.history_limit);
-    for id in ended.drain(..).skip(keep_from) {
-        if let Some(j) = jobs.remove(&id) {
-            recovered.done.push(done_job(id, j));
+    // Terminal jobs for the history: each id once, at its last ending, oldest first.
+    let mut seen = std::collections::HashSet::new();
+    let mut order: Vec<u64> = ended
+        .into_iter()
+        .rev()
+        .filter(|id| seen.insert(*id))
+        .collect();
+    order.reverse();
+    let mut history = Vec::new();
+    for id in order {
+        let Some(j) = jobs.get(&id) else { continue };
+        if j.purged || matches!(j.state, State::Succeeded | State::Cancelled) {
+            history.push(done_job(id, jobs.remove(&id).expect("job")));
         }
     }
-    let mut live: Vec<(u64, RJob)> = jobs
-        .into_iter()
-        .filter(|(_, j)| !j.state.is_terminal())
-        .collect();
+    let skip = history.len().saturating_sub(cfg.history_limit);
+    recovered.done = history.into_iter().skip(skip).collect();
+
+    let mut live: Vec<(u64, RJob)> = jobs.into_iter().collect();
     live.sort_unstable_by_key(|(id, _)| *id);
-    let now = crate::job::now_ms();
     for (id, mut j) in live {
         if j.state == State::Running {
-            if let Some(a) = j.attempts.last_mut() {
-                a.outcome = Some("interrupted".into());
-            }
+            j.interrupt_running();
+            j.state = State::Ready;
         }
         let (queue, kind) = (cfg.queue_id(&j.queue), kinds.id(&j.kind));
-        let (Some(queue), Some(kind)) = (queue, kind) else {
-            let reason = match queue {
-                None => format!("queue {:?} is not configured any more", &*j.queue),
-                Some(_) => format!("kind {:?} is not registered", &*j.kind),
-            };
-            log::error!("recovery: job {id} cannot run: {reason}; ending it dead");
-            let f = Finish {
-                id,
-                attempt: j.attempt,
-                at: now,
-                state: state_code::DEAD,
-                outcome: Outcome::Failed {
-                    reason,
-                    exit_code: None,
-                    output_tail: String::new(),
-                },
-            };
-            orphans.push(&Record::Finish(f));
-            j.state = State::Dead;
-            j.finished_at = now;
-            recovered.done.push(done_job(id, j));
-            continue;
+        let cannot_run = match (queue, kind) {
+            (None, _) => Some(format!("queue {:?} is not configured any more", &*j.queue)),
+            (_, None) => Some(format!("kind {:?} is not registered", &*j.kind)),
+            _ if j.interrupted >= MAX_INTERRUPTIONS && j.state != State::Dead => Some(format!(
+                "interrupted by {} daemon restarts; not run again",
+                j.interrupted
+            )),
+            _ => None,
         };
+        if let Some(reason) = cannot_run {
+            if j.state != State::Dead {
+                log::error!("recovery: job {id} cannot run: {reason}; ending it dead");
+                let f = Finish {
+                    id,
+                    attempt: j.attempt,
+                    at: now,
+                    state: state_code::DEAD,
+                    outcome: Outcome::Failed {
+                        reason,
+                        exit_code: None,
+                        output_tail: String::new(),
+                    },
+                };
+                orphans.push(&Record::Finish(f));
+                j.finished_at = now;
+            }
+            if queue.is_none() || kind.is_none() {
+                j.state = State::Dead;
+                j.payload = None;
+                recovered.done.push(done_job(id, j));
+                continue;
+            }
+            j.state = State::Dead;
+        }
         let job = Job {
             id,
-            queue,
-            kind,
+            queue: queue.expect("known queue"),
+            kind: kind.expect("known kind"),
             payload: j.payload.take().unwrap_or_default(),
             key: j.key.take(),
             submitted_at: j.submitted_at,
@@ -219,13 +299,18 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         };
         recovered.live.push(LiveJob {
             job: Arc::new(job),
+            state: j.state,
             attempt: j.attempt,
+            failures: j.failures,
+            retry_at: j.retry_at,
+            finished_at: j.finished_at,
             attempts: j.attempts,
         });
     }
     Ok(Recovery {
         scan,
         recovered,
+        keys,
         next_id: max_id + 1,
         orphans,
         records,
@@ -244,6 +329,7 @@ fn done_job(id: u64, j: RJob) -> DoneJob {
         run_at: j.run_at,
         max_attempts: j.max_attempts,
         timeout_ms: j.timeout_ms,
+        key: j.key,
         finished_at: j.finished_at,
         attempts: j.attempts,
     }

@@ -32,7 +32,7 @@ use crate::handlers::{Handler, Kinds};
 use crate::job::{now_ms, Job, JobRef};
 use crate::protocol::code;
 use crate::scheduler::dispatcher::{self};
-use crate::scheduler::{CancelRefused, JobInfo, Msg, SchedStats};
+use crate::scheduler::{DeadFilter, JobInfo, Msg, Refused, SchedStats};
 use crate::wal::appender::Appender;
 use crate::wal::commit::{self, Acked, Append, RecordBatch, WalMsg};
 use crate::wal::io::{FileStorage, Storage};
@@ -153,11 +153,16 @@ impl<'a> JobSpec<'a> {
 /// An accepted job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
-    /// Job id.
+    /// Job id (for a duplicate key: the first job's id).
     pub id: u64,
-    /// LSN of its WAL record.
+    /// LSN of its WAL record (for a duplicate: the first job's).
     pub lsn: u64,
+    /// Whether the key was already known, so nothing was enqueued.
+    pub duplicate: bool,
 }
+
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
 
 /// WAL figures for `stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -260,11 +265,13 @@ impl Handle {
                 ),
             )
         })?;
-        if spec.key.is_some() {
-            return Err(Rejection::new(
-                code::UNSUPPORTED,
-                "idempotency keys are not supported by this version yet; submit without \"key\"",
-            ));
+        if let Some(k) = spec.key {
+            if k.is_empty() || k.len() > MAX_KEY_BYTES {
+                return Err(Rejection::new(
+                    code::BAD_REQUEST,
+                    format!("key must be 1 to {MAX_KEY_BYTES} bytes, not {}", k.len()),
+                ));
+            }
         }
         let dur = |name: &str, v: Option<u64>| -> Result<Option<u64>, Rejection> {
             match v {
@@ -310,7 +317,7 @@ impl Handle {
             queue,
             kind,
             payload: spec.payload.into(),
-            key: None,
+            key: spec.key.map(Into::into),
             submitted_at: now,
             deadline,
             run_at,
@@ -336,11 +343,17 @@ impl Handle {
         if self.is_closing() {
             return Err(closed());
         }
+        let keys = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| j.key.clone().map(|k| (i as u32, k)))
+            .collect();
         self.inner
             .wal_tx
             .send(WalMsg::Append(Append {
                 records,
                 jobs,
+                keys,
                 ack: Some(ack),
             }))
             .map_err(|_| closed())
@@ -356,7 +369,18 @@ impl Handle {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.append(batch, vec![Arc::new(job)], tx)?;
         match rx.recv() {
-            Ok(Ok(lsn)) => Ok(Submitted { id, lsn }),
+            Ok(Ok(ack)) => Ok(match ack.duplicates.first() {
+                Some(d) => Submitted {
+                    id: d.id,
+                    lsn: d.lsn,
+                    duplicate: true,
+                },
+                None => Submitted {
+                    id,
+                    lsn: ack.first_lsn,
+                    duplicate: false,
+                },
+            }),
             Ok(Err(e)) => Err(wal_rejection(&e)),
             Err(_) => Err(closed()),
         }
@@ -405,28 +429,94 @@ impl Handle {
         }
     }
 
-    /// Cancels a scheduled or ready job; returns once the cancel record is durable.
-    pub fn cancel(&self, id: u64) -> Result<(), Rejection> {
-        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        let refused = self.ask(|reply| Msg::Cancel {
-            id,
-            ack: ack_tx,
+    /// Cancels a job that has not ended (a running one is told to stop; an exec job's process
+    /// group is killed). Returns the state it was in, once the cancel record is durable.
+    pub fn cancel(&self, id: u64) -> Result<&'static str, Rejection> {
+        let (ack, ack_rx) = crossbeam_channel::bounded(1);
+        let was = self
+            .ask(|reply| Msg::Cancel { id, ack, reply })?
+            .map_err(|r| refused(id, r, "cancelled"))?;
+        wait_durable(&ack_rx)?;
+        Ok(was)
+    }
+
+    /// Dead jobs (with their last error), oldest death first.
+    pub fn dead_list(
+        &self,
+        queue: Option<&str>,
+        since: Option<u64>,
+    ) -> Result<Vec<JobInfo>, Rejection> {
+        let queue = queue.map(|q| self.queue_for_filter(q)).transpose()?;
+        self.ask(|reply| Msg::DeadList {
+            queue,
+            since,
             reply,
-        })?;
-        match refused {
-            Ok(()) => match ack_rx.recv() {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(wal_rejection(&e)),
-                Err(_) => Err(closed()),
-            },
-            Err(CancelRefused::NotFound) => {
-                Err(Rejection::new(code::NOT_FOUND, format!("no job {id}")))
-            }
-            Err(CancelRefused::NotCancellable(state)) => Err(Rejection::new(
-                code::NOT_CANCELLABLE,
-                format!("job {id} is {state}; only scheduled or ready jobs can be cancelled"),
-            )),
+        })
+    }
+
+    /// Puts dead jobs back with fresh attempts; returns their ids once that is durable.
+    pub fn dead_retry(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
+        let id = match which {
+            DeadFilter::Id(id) => id,
+            _ => 0,
+        };
+        let (ack, ack_rx) = crossbeam_channel::bounded(1);
+        let ids = self
+            .ask(|reply| Msg::DeadRetry { which, ack, reply })?
+            .map_err(|r| refused(id, r, "retried"))?;
+        if !ids.is_empty() {
+            wait_durable(&ack_rx)?;
         }
+        Ok(ids)
+    }
+
+    /// Removes dead jobs from the dead letters; returns their ids once that is durable.
+    pub fn dead_purge(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
+        let id = match which {
+            DeadFilter::Id(id) => id,
+            _ => 0,
+        };
+        let (ack, ack_rx) = crossbeam_channel::bounded(1);
+        let ids = self
+            .ask(|reply| Msg::DeadPurge { which, ack, reply })?
+            .map_err(|r| refused(id, r, "purged"))?;
+        if !ids.is_empty() {
+            wait_durable(&ack_rx)?;
+        }
+        Ok(ids)
+    }
+
+    /// A queue's index, for filters.
+    pub fn queue_for_filter(&self, name: &str) -> Result<u16, Rejection> {
+        self.inner
+            .cfg
+            .queue_id(name)
+            .ok_or_else(|| Rejection::new(code::UNKNOWN_QUEUE, format!("unknown queue {name:?}")))
+    }
+}
+
+fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
+    match r {
+        Refused::NotFound => Rejection::new(code::NOT_FOUND, format!("no job {id}")),
+        Refused::WrongState(state) => {
+            let what = if verb == "cancelled" {
+                "jobs that have not ended"
+            } else {
+                "dead jobs"
+            };
+            Rejection::new(
+                code::WRONG_STATE,
+                format!("job {id} is {state}; only {what} can be {verb}"),
+            )
+        }
+    }
+}
+
+fn wait_durable(ack: &crossbeam_channel::Receiver<Acked>) -> Result<(), Rejection> {
+    match ack.recv() {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(wal_rejection(&e)),
+        Err(_) => Err(closed()),
     }
 }
 
@@ -505,6 +595,7 @@ impl RuntimeBuilder {
         let wal_thread = commit::spawn(
             appender,
             cfg.sync,
+            rec.keys,
             wal_rx,
             Box::new(move |jobs| {
                 let _ = to_sched.send(Msg::Jobs(jobs));
@@ -515,6 +606,7 @@ impl RuntimeBuilder {
             let _ = wal_tx.send(WalMsg::Append(Append {
                 records: rec.orphans,
                 jobs: vec![],
+                keys: vec![],
                 ack: Some(tx),
             }));
             if let Ok(Err(e)) = rx.recv() {

@@ -105,16 +105,51 @@ struct Inspection {
     jobs_by_queue: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+/// Job counts while reading the log. Only live and dead jobs are kept by id (dead ones can be
+/// revived); other terminal jobs are just counted, so memory follows the live set, not the log.
+#[derive(Default)]
+struct Tally {
+    live: HashMap<u64, (u16, &'static str)>,
+    dead: HashMap<u64, u16>,
+    done: BTreeMap<(u16, &'static str), u64>,
+}
+
+impl Tally {
+    fn set(&mut self, id: u64, state: &'static str) {
+        if let Some(e) = self.live.get_mut(&id) {
+            e.1 = state;
+        }
+    }
+    fn end(&mut self, id: u64, state: &'static str) {
+        if let Some((q, _)) = self.live.remove(&id) {
+            *self.done.entry((q, state)).or_default() += 1;
+            if state == "dead" {
+                self.dead.insert(id, q);
+            }
+        }
+    }
+    fn revive(&mut self, id: u64) {
+        if let Some(q) = self.dead.remove(&id) {
+            *self.done.entry((q, "dead")).or_default() -= 1;
+            self.live.insert(id, (q, "ready"));
+        }
+    }
+    fn purge(&mut self, id: u64) {
+        if let Some(q) = self.dead.remove(&id) {
+            *self.done.entry((q, "dead")).or_default() -= 1;
+            *self.done.entry((q, "purged")).or_default() += 1;
+        }
+    }
+}
+
 /// `wal inspect`.
 pub fn inspect(data: &Path, json: bool) -> CliResult {
     let dir = wal_dir(data)?;
     let storage = FileStorage::new(&dir);
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     let mut segs: BTreeMap<u64, SegmentSummary> = BTreeMap::new();
-    // Only live jobs stay in the map: (queue index, state); terminal ones are just counted.
     let mut queues: Vec<String> = Vec::new();
-    let mut live: HashMap<u64, (u16, &'static str)> = HashMap::new();
-    let mut done: BTreeMap<(u16, &'static str), u64> = BTreeMap::new();
+    let mut tally = Tally::default();
     let scan = read_log(&storage, &mut |r: &RecordView<'_>| {
         *by_type.entry(r.record.type_name().into()).or_default() += 1;
         let s = segs.entry(r.segment).or_default();
@@ -125,11 +160,6 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
         s.first_time = Some(s.first_time.map_or(t, |f| f.min(t)));
         s.last_time = Some(s.last_time.map_or(t, |l| l.max(t)));
         let id = r.record.job_id();
-        let mut end = |live: &mut HashMap<u64, (u16, &'static str)>, state: &'static str| {
-            if let Some((q, _)) = live.remove(&id) {
-                *done.entry((q, state)).or_default() += 1;
-            }
-        };
         match &r.record {
             Record::Submit(sub) => {
                 let q = match queues.iter().position(|n| *n == *sub.queue) {
@@ -139,23 +169,18 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
                         queues.len() - 1
                     }
                 };
-                live.insert(id, (q as u16, "ready"));
+                tally.live.insert(id, (q as u16, "ready"));
             }
-            Record::Start(_) => {
-                if let Some(e) = live.get_mut(&id) {
-                    e.1 = "running";
-                }
-            }
+            Record::Start(_) => tally.set(id, "running"),
+            Record::Retry(_) => tally.set(id, "retrying"),
             Record::Finish(f) => match f.state {
-                state_code::SUCCEEDED => end(&mut live, "succeeded"),
-                state_code::RETRYING => {
-                    if let Some(e) = live.get_mut(&id) {
-                        e.1 = "retrying";
-                    }
-                }
-                _ => end(&mut live, "dead"),
+                state_code::SUCCEEDED => tally.end(id, "succeeded"),
+                state_code::RETRYING => tally.set(id, "retrying"),
+                _ => tally.end(id, "dead"),
             },
-            Record::Cancel(_) => end(&mut live, "cancelled"),
+            Record::Cancel(_) => tally.end(id, "cancelled"),
+            Record::Revive(_) => tally.revive(id),
+            Record::Purge(_) => tally.purge(id),
         }
         Ok(())
     })?;
@@ -185,11 +210,13 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
             .entry(state.into())
             .or_default() += n;
     };
-    for (q, state) in live.values() {
+    for (q, state) in tally.live.values() {
         add(*q, state, 1);
     }
-    for ((q, state), n) in done {
-        add(q, state, n);
+    for ((q, state), n) in tally.done {
+        if n > 0 {
+            add(q, state, n);
+        }
     }
     let mut out = std::io::stdout().lock();
     if json {
@@ -265,6 +292,8 @@ fn record_json(r: &Record<'_>) -> serde_json::Value {
         Record::Start(s) => serde_json::to_value(s),
         Record::Finish(f) => serde_json::to_value(f),
         Record::Cancel(c) => serde_json::to_value(c),
+        Record::Retry(r) => serde_json::to_value(r),
+        Record::Revive(e) | Record::Purge(e) => serde_json::to_value(e),
     };
     v.unwrap_or(serde_json::Value::Null)
 }

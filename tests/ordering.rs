@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::{tempdir, Daemon};
 use serde_json::Value;
 
@@ -101,7 +100,7 @@ fn delayed_jobs_wait_for_their_time_and_can_be_cancelled() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(c.status(later)["state"], "cancelled");
     let v = c.call(&format!(r#"{{"op":"cancel","id":{soon}}}"#));
-    assert_eq!(v["error"]["code"], "not_cancellable", "{v}");
+    assert_eq!(v["error"]["code"], "wrong_state", "{v}");
     let v = c.call(r#"{"op":"cancel","id":999999}"#);
     assert_eq!(v["error"]["code"], "not_found", "{v}");
 }

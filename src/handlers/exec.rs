@@ -11,13 +11,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Handler, JobContext, JobError};
+use super::{Handler, JobContext, JobError, StopReason};
 
 /// Bytes of stdout and of stderr kept.
 pub const TAIL_BYTES: usize = 2048;
@@ -78,7 +77,7 @@ impl Handler for Exec {
 
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
         let p = ExecPayload::parse(ctx.payload)?;
-        run_tracked(&p, ctx.timeout, Some(&self.running))
+        run_tracked(&p, ctx.timeout, Some(&self.running), Some(ctx))
     }
 
     fn abort_running(&self) {
@@ -124,13 +123,17 @@ fn signal_group(pgid: i32, sig: rustix::process::Signal) {
 
 /// Runs the program; see the module doc.
 pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
-    run_tracked(p, timeout, None)
+    run_tracked(p, timeout, None, None)
 }
+
+/// How often the watchdog looks at the stop signal while it waits.
+const STOP_POLL: Duration = Duration::from_millis(20);
 
 fn run_tracked(
     p: &ExecPayload,
     timeout: Option<Duration>,
     running: Option<&Mutex<HashSet<i32>>>,
+    ctx: Option<&JobContext<'_>>,
 ) -> Result<(), JobError> {
     let mut cmd = Command::new(&p.argv[0]);
     cmd.args(&p.argv[1..])
@@ -162,22 +165,41 @@ fn run_tracked(
     track(true);
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let timed_out = AtomicBool::new(false);
+    let stopped: Mutex<Option<StopReason>> = Mutex::new(None);
+    let started = std::time::Instant::now();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let (status, out, err) = std::thread::scope(|s| {
         let out = s.spawn(|| tail_of(stdout));
         let err = s.spawn(|| tail_of(stderr));
-        if let Some(t) = timeout {
-            let timed_out = &timed_out;
+        if timeout.is_some() || ctx.is_some() {
+            let stopped = &stopped;
             s.spawn(move || {
-                if done_rx.recv_timeout(t).is_err_and(|e| e.is_timeout()) {
-                    timed_out.store(true, Ordering::SeqCst);
-                    signal_group(pgid, rustix::process::Signal::TERM);
-                    if done_rx
-                        .recv_timeout(KILL_GRACE)
-                        .is_err_and(|e| e.is_timeout())
-                    {
-                        signal_group(pgid, rustix::process::Signal::KILL);
+                let deadline = timeout.map(|t| started + t);
+                loop {
+                    let mut wait = STOP_POLL;
+                    if let Some(d) = deadline {
+                        wait = wait.min(d.saturating_duration_since(std::time::Instant::now()));
+                    }
+                    if !done_rx.recv_timeout(wait).is_err_and(|e| e.is_timeout()) {
+                        return; // the program ended
+                    }
+                    let why = if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        Some(StopReason::TimedOut)
+                    } else {
+                        ctx.and_then(|c| c.should_stop())
+                    };
+                    if let Some(why) = why {
+                        if let Ok(mut s) = stopped.lock() {
+                            *s = Some(why);
+                        }
+                        signal_group(pgid, rustix::process::Signal::TERM);
+                        if done_rx
+                            .recv_timeout(KILL_GRACE)
+                            .is_err_and(|e| e.is_timeout())
+                        {
+                            signal_group(pgid, rustix::process::Signal::KILL);
+                        }
+                        return;
                     }
                 }
             });
@@ -202,10 +224,20 @@ fn run_tracked(
         tail.push_str("--- stderr ---\n");
         tail.push_str(&String::from_utf8_lossy(&err));
     }
-    if timed_out.load(Ordering::SeqCst) {
-        let ms = timeout.map(|t| t.as_millis()).unwrap_or(0);
+    let stopped = stopped.lock().map(|s| *s).unwrap_or(None);
+    if let Some(why) = stopped {
+        let reason = match why {
+            StopReason::TimedOut => {
+                let ms = timeout
+                    .or(ctx.and_then(|c| c.timeout))
+                    .map(|t| t.as_millis())
+                    .unwrap_or(0);
+                format!("timed out after {ms} ms; process group killed")
+            }
+            StopReason::Cancelled => "cancelled; process group killed".to_string(),
+        };
         return Err(JobError {
-            reason: format!("timed out after {ms} ms; process group killed"),
+            reason,
             exit_code: status.code(),
             output_tail: tail,
         });

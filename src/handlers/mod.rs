@@ -6,10 +6,69 @@
 
 pub mod exec;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+/// Why a running attempt is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The attempt passed its timeout.
+    TimedOut,
+    /// The job was cancelled.
+    Cancelled,
+}
+
+/// Tells a running attempt to stop. One per worker, reused for every attempt it runs: the word
+/// holds the attempt's serial number and a reason, so a stop meant for an earlier attempt can
+/// never reach a later one. The dispatcher raises it; the handler checks it.
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    word: AtomicU64,
+}
+
+impl StopSignal {
+    /// A signal not yet armed.
+    pub fn new() -> StopSignal {
+        StopSignal::default()
+    }
+
+    /// Arms the signal for attempt `serial` (before the attempt starts).
+    pub fn arm(&self, serial: u64) {
+        self.word.store(serial << 2, Ordering::Release);
+    }
+
+    /// Asks attempt `serial` to stop; false if another attempt runs by now.
+    pub fn raise(&self, serial: u64, why: StopReason) -> bool {
+        let code = match why {
+            StopReason::TimedOut => 1,
+            StopReason::Cancelled => 2,
+        };
+        self.word
+            .compare_exchange(
+                serial << 2,
+                (serial << 2) | code,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Whether attempt `serial` was asked to stop, and why.
+    pub fn check(&self, serial: u64) -> Option<StopReason> {
+        let w = self.word.load(Ordering::Acquire);
+        if w >> 2 != serial {
+            return None;
+        }
+        match w & 3 {
+            1 => Some(StopReason::TimedOut),
+            2 => Some(StopReason::Cancelled),
+            _ => None,
+        }
+    }
+}
 
 /// What a handler gets to run one attempt.
 #[derive(Debug)]
@@ -24,6 +83,19 @@ pub struct JobContext<'a> {
     pub payload: &'a str,
     /// Per-attempt timeout, if any.
     pub timeout: Option<Duration>,
+    /// The stop signal of this attempt (see [`JobContext::should_stop`]).
+    pub stop: &'a StopSignal,
+    /// This attempt's serial number for `stop`.
+    pub serial: u64,
+}
+
+impl JobContext<'_> {
+    /// `Some(reason)` once the attempt has timed out or the job was cancelled: a long-running
+    /// handler should check this and return early. Whatever it returns then, the attempt counts as
+    /// timed out (or the job stays cancelled).
+    pub fn should_stop(&self) -> Option<StopReason> {
+        self.stop.check(self.serial)
+    }
 }
 
 /// Why an attempt failed.
@@ -220,6 +292,23 @@ mod tests {
     }
 
     #[test]
+    fn stop_signals_reach_only_their_attempt() {
+        let s = StopSignal::new();
+        s.arm(7);
+        assert_eq!(s.check(7), None);
+        assert!(s.raise(7, StopReason::TimedOut));
+        assert_eq!(s.check(7), Some(StopReason::TimedOut));
+        assert!(!s.raise(7, StopReason::Cancelled), "first reason wins");
+        s.arm(8);
+        assert_eq!(s.check(7), None);
+        assert!(
+            !s.raise(7, StopReason::Cancelled),
+            "a stale stop does not reach attempt 8"
+        );
+        assert_eq!(s.check(8), None);
+    }
+
+    #[test]
     fn registry_by_name_and_index() {
         let mut k = Kinds::builtin();
         assert_eq!(k.id("exec"), Some(2));
@@ -229,12 +318,15 @@ mod tests {
             Arc::new(|_: &JobContext<'_>| -> Result<(), JobError> { Err("no".into()) }),
         );
         let id = k.id("mine").unwrap();
+        let stop = StopSignal::new();
         let ctx = JobContext {
             id: 1,
             attempt: 1,
             queue: "q",
             payload: "{}",
             timeout: None,
+            stop: &stop,
+            serial: 1,
         };
         assert_eq!(k.handler(id).run(&ctx), Err(JobError::new("no")));
         assert_eq!(k.id("missing"), None);

@@ -17,21 +17,29 @@ use hdrhistogram::Histogram;
 use super::info::{AttemptInfo, JobInfo, Percentiles, QueueStats, SchedStats};
 use super::ready::{Limits, ReadySet};
 use super::worker::{self, Task};
-use super::{CancelRefused, Done, Msg};
+use super::{DeadFilter, Done, Msg, Refused};
 use crate::config::{Config, Order};
-use crate::handlers::Kinds;
+use crate::handlers::{JobError, Kinds, StopReason, StopSignal};
 use crate::job::{now_ms, JobRef, State};
-use crate::wal::commit::{Append, RecordBatch, WalMsg};
-use crate::wal::record::{state_code, Cancel, Finish, Outcome, Record, Start};
+use crate::wal::commit::{Acked, Append, RecordBatch, WalMsg};
+use crate::wal::record::{state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry, Start};
 
-/// A live job recovered from the WAL.
+/// A non-terminal or dead job recovered from the WAL.
 #[derive(Debug, Clone)]
 pub struct LiveJob {
     /// The job.
     pub job: JobRef,
+    /// `Ready` (or scheduled, by its `run_at`), `Retrying` or `Dead`.
+    pub state: State,
     /// Attempts started so far.
     pub attempt: u32,
-    /// Their timeline.
+    /// Attempts that failed (the budget `max_attempts` bounds).
+    pub failures: u32,
+    /// When a `Retrying` job runs again.
+    pub retry_at: Option<u64>,
+    /// When a `Dead` job died.
+    pub finished_at: u64,
+    /// The timeline.
     pub attempts: Vec<AttemptInfo>,
 }
 
@@ -56,6 +64,8 @@ pub struct DoneJob {
     pub max_attempts: u32,
     /// Timeout.
     pub timeout_ms: Option<u64>,
+    /// Idempotency key.
+    pub key: Option<Box<str>>,
     /// When it ended.
     pub finished_at: u64,
     /// Timeline.
@@ -74,6 +84,8 @@ impl DoneJob {
             run_at: self.run_at,
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
+            key: self.key.as_deref().map(Into::into),
+            next_attempt_at: None,
             finished_at: Some(self.finished_at),
             payload: None,
             attempts: self.attempts.clone(),
@@ -90,13 +102,32 @@ pub struct Recovered {
     pub done: Vec<DoneJob>,
 }
 
+/// How long a handler told to stop (timeout) may take before its attempt is given up.
+pub const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Restarts an attempt may be interrupted by before the job is ended `dead`.
+pub const MAX_INTERRUPTIONS: u32 = 10;
+
+struct Running {
+    worker: usize,
+    serial: u64,
+    timed_out: bool,
+}
+
 struct Entry {
     job: JobRef,
     state: State,
     attempt: u32,
+    failures: u32,
     attempts: Vec<AttemptInfo>,
     /// Monotonic µs when it became ready.
     ready_at_us: u64,
+    /// When a retrying job runs again.
+    retry_at: Option<u64>,
+    /// When a dead job died.
+    finished_at: u64,
+    /// Set while on a worker.
+    run: Option<Running>,
 }
 
 struct QueueFigures {
@@ -104,6 +135,8 @@ struct QueueFigures {
     run_us: Histogram<u64>,
     misses: u64,
     failures: u64,
+    retries: u64,
+    timeouts: u64,
     borrowed: u64,
 }
 
@@ -114,6 +147,8 @@ impl QueueFigures {
             run_us: Histogram::new(3).expect("histogram"),
             misses: 0,
             failures: 0,
+            retries: 0,
+            timeouts: 0,
             borrowed: 0,
         }
     }
@@ -136,20 +171,34 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
 /// Most messages handled before the dispatcher dispatches again.
 const BURST: usize = 4096;
 
+/// What a timer entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A scheduled or retrying job becomes ready.
+    Ready,
+    /// A running attempt reaches its timeout: signal it.
+    Timeout(u32),
+    /// A signalled attempt did not stop within the grace: give it up.
+    GiveUp(u32),
+}
+
 /// The dispatcher's state. Built by [`spawn`].
 pub struct Dispatcher {
     cfg: Arc<Config>,
     kinds: Arc<Kinds>,
     queue_names: Vec<Arc<str>>,
     kind_names: Vec<Arc<str>>,
+    /// Every non-terminal job, and dead jobs (which can be retried).
     jobs: HashMap<u64, Entry>,
     history: HashMap<u64, DoneJob>,
     history_order: VecDeque<u64>,
     ready: ReadySet,
-    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    timers: BinaryHeap<Reverse<(u64, u64, Timer)>>,
     workers: Vec<Sender<Task>>,
+    signals: Vec<Arc<StopSignal>>,
     worker_threads: Vec<JoinHandle<()>>,
     free: Vec<usize>,
+    serial: u64,
     wal: Sender<WalMsg>,
     records: RecordBatch,
     counts: Vec<[u64; 7]>,
@@ -158,6 +207,7 @@ pub struct Dispatcher {
     priority_of: Vec<u64>,
     arrivals: u64,
     clock: Instant,
+    rng: u64,
     draining: Option<(Instant, Sender<()>)>,
 }
 
@@ -171,10 +221,12 @@ pub fn spawn(
     rx: Receiver<Msg>,
 ) -> JoinHandle<()> {
     let mut workers = Vec::new();
+    let mut signals = Vec::new();
     let mut worker_threads = Vec::new();
     for i in 0..cfg.workers {
-        let (w, h) = worker::spawn(i, cfg.clone(), kinds.clone(), tx.clone());
+        let (w, sig, h) = worker::spawn(i, cfg.clone(), kinds.clone(), tx.clone());
         workers.push(w);
+        signals.push(sig);
         worker_threads.push(h);
     }
     drop(tx);
@@ -194,6 +246,7 @@ pub fn spawn(
         priority_of[q] = rank as u64;
     }
     let n = cfg.queues.len();
+    let seed = now_ms() ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
     let mut d = Dispatcher {
         queue_names: cfg
             .queues
@@ -212,7 +265,9 @@ pub fn spawn(
         timers: BinaryHeap::new(),
         free: (0..workers.len()).rev().collect(),
         workers,
+        signals,
         worker_threads,
+        serial: 0,
         wal,
         records: RecordBatch::new(),
         counts: vec![[0; 7]; n],
@@ -221,6 +276,7 @@ pub fn spawn(
         priority_of,
         arrivals: 0,
         clock: Instant::now(),
+        rng: seed | 1,
         draining: None,
         cfg,
         kinds,
@@ -242,31 +298,67 @@ impl Dispatcher {
         }
         let now = now_ms();
         for live in rec.live {
-            self.admit(live.job, live.attempt, live.attempts, now);
+            let (id, q) = (live.job.id, live.job.queue as usize);
+            let state = live.state;
+            self.counts[q][State::Ready.index()] += 1;
+            self.jobs.insert(
+                id,
+                Entry {
+                    job: live.job,
+                    state: State::Ready,
+                    attempt: live.attempt,
+                    failures: live.failures,
+                    attempts: live.attempts,
+                    ready_at_us: 0,
+                    retry_at: None,
+                    finished_at: live.finished_at,
+                    run: None,
+                },
+            );
+            match state {
+                State::Dead => self.set_state(id, State::Dead),
+                State::Retrying => self.wait_for_retry(id, live.retry_at.unwrap_or(now)),
+                _ => self.make_ready_or_schedule(id, now),
+            }
         }
     }
 
-    /// Adds a live job, ready or (if delayed) scheduled.
-    fn admit(&mut self, job: JobRef, attempt: u32, attempts: Vec<AttemptInfo>, now: u64) {
-        let (id, q, run_at) = (job.id, job.queue, job.run_at);
-        self.counts[q as usize][State::Ready.index()] += 1;
-        self.jobs.insert(
-            id,
-            Entry {
-                job,
-                state: State::Ready,
-                attempt,
-                attempts,
-                ready_at_us: 0,
-            },
-        );
-        match run_at {
+    /// Adds a new job, ready or (if delayed) scheduled.
+    fn admit(&mut self, job: JobRef, now: u64) {
+        let (id, q) = (job.id, job.queue as usize);
+        self.counts[q][State::Ready.index()] += 1;
+        let entry = Entry {
+            job,
+            state: State::Ready,
+            attempt: 0,
+            failures: 0,
+            attempts: Vec::new(),
+            ready_at_us: 0,
+            retry_at: None,
+            finished_at: 0,
+            run: None,
+        };
+        self.jobs.insert(id, entry);
+        self.make_ready_or_schedule(id, now);
+    }
+
+    /// A job counted as `Ready` goes to the ready set, or to the timers if its `run_at` is ahead.
+    fn make_ready_or_schedule(&mut self, id: u64, now: u64) {
+        match self.jobs[&id].job.run_at {
             Some(at) if at > now => {
                 self.set_state(id, State::Scheduled);
-                self.timers.push(Reverse((at, id)));
+                self.timers.push(Reverse((at, id, Timer::Ready)));
             }
             _ => self.push_ready(id),
         }
+    }
+
+    fn wait_for_retry(&mut self, id: u64, at: u64) {
+        self.set_state(id, State::Retrying);
+        if let Some(e) = self.jobs.get_mut(&id) {
+            e.retry_at = Some(at);
+        }
+        self.timers.push(Reverse((at, id, Timer::Ready)));
     }
 
     fn now_us(&self) -> u64 {
@@ -275,7 +367,7 @@ impl Dispatcher {
 
     fn run(mut self, rx: Receiver<Msg>) {
         // Recovered jobs are runnable before any message arrives.
-        self.promote_timers();
+        self.fire_timers();
         self.dispatch();
         self.flush_records();
         loop {
@@ -297,7 +389,7 @@ impl Dispatcher {
                     self.handle(m);
                 }
             }
-            self.promote_timers();
+            self.fire_timers();
             self.dispatch();
             self.flush_records();
             if let Some((deadline, _)) = &self.draining {
@@ -327,7 +419,7 @@ impl Dispatcher {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let timer = self.timers.peek().map(|Reverse((at, _))| {
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| {
             Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
         });
         let drain = self.draining.as_ref().map(|(d, _)| *d);
@@ -342,7 +434,7 @@ impl Dispatcher {
             Msg::Jobs(jobs) => {
                 let now = now_ms();
                 for job in jobs {
-                    self.admit(job, 0, Vec::new(), now);
+                    self.admit(job, now);
                 }
             }
             Msg::Done(d) => self.finished(d),
@@ -353,7 +445,32 @@ impl Dispatcher {
                 let _ = reply.send(self.stats());
             }
             Msg::Cancel { id, ack, reply } => {
-                let _ = reply.send(self.cancel(id, ack));
+                let r = self.cancel(id);
+                if r.is_ok() {
+                    self.flush_with_ack(ack);
+                }
+                let _ = reply.send(r);
+            }
+            Msg::DeadList {
+                queue,
+                since,
+                reply,
+            } => {
+                let _ = reply.send(self.dead_list(queue, since));
+            }
+            Msg::DeadRetry { which, ack, reply } => {
+                let r = self.dead_retry(&which);
+                if r.as_ref().is_ok_and(|ids| !ids.is_empty()) {
+                    self.flush_with_ack(ack);
+                }
+                let _ = reply.send(r);
+            }
+            Msg::DeadPurge { which, ack, reply } => {
+                let r = self.dead_purge(&which);
+                if r.as_ref().is_ok_and(|ids| !ids.is_empty()) {
+                    self.flush_with_ack(ack);
+                }
+                let _ = reply.send(r);
             }
             Msg::Shutdown { grace, reply } => {
                 log::info!("dispatcher: draining (grace {} ms)", grace.as_millis());
@@ -373,8 +490,10 @@ impl Dispatcher {
     fn push_ready(&mut self, id: u64) {
         let now_us = self.now_us();
         let order = self.cfg.order;
+        self.set_state(id, State::Ready);
         let e = self.jobs.get_mut(&id).expect("live job");
         e.ready_at_us = now_us;
+        e.retry_at = None;
         let q = e.job.queue;
         let rank = match order {
             Order::Deadline => e.job.deadline,
@@ -390,20 +509,53 @@ impl Dispatcher {
         self.ready.push(q, rank, id);
     }
 
-    fn promote_timers(&mut self) {
+    /// Runs every timer that is due: ready-ups, timeouts, give-ups.
+    fn fire_timers(&mut self) {
         let now = now_ms();
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
+        while let Some(&Reverse((at, id, what))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            if self
-                .jobs
-                .get(&id)
-                .is_some_and(|e| e.state == State::Scheduled)
-            {
-                self.set_state(id, State::Ready);
-                self.push_ready(id);
+            let Some(e) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            match what {
+                Timer::Ready => {
+                    let due = match e.state {
+                        State::Scheduled => true,
+                        State::Retrying => e.retry_at == Some(at),
+                        _ => false,
+                    };
+                    if due {
+                        self.push_ready(id);
+                    }
+                }
+                Timer::Timeout(attempt) => {
+                    let Some(run) = e.run.as_mut().filter(|_| e.attempt == attempt) else {
+                        continue;
+                    };
+                    if e.state != State::Running || run.timed_out {
+                        continue;
+                    }
+                    run.timed_out = true;
+                    self.signals[run.worker].raise(run.serial, StopReason::TimedOut);
+                    log::warn!("job {id} attempt {attempt} timed out; told its handler to stop");
+                    let give_up = now + TIMEOUT_GRACE.as_millis() as u64;
+                    self.timers
+                        .push(Reverse((give_up, id, Timer::GiveUp(attempt))));
+                }
+                Timer::GiveUp(attempt) => {
+                    if e.state == State::Running && e.attempt == attempt {
+                        let ms = e.job.timeout_ms.unwrap_or(0);
+                        log::error!("job {id} attempt {attempt}: the handler did not stop after its timeout; giving the attempt up (its worker stays busy until it returns)");
+                        let err = JobError::new(format!(
+                            "timed out after {ms} ms; the handler did not stop within {} ms",
+                            TIMEOUT_GRACE.as_millis()
+                        ));
+                        self.attempt_failed(id, err, true);
+                    }
+                }
             }
         }
     }
@@ -427,17 +579,16 @@ impl Dispatcher {
             let worker = self.free.pop().expect("free worker");
             let now = now_ms();
             let now_us = self.now_us();
+            self.serial += 1;
+            let serial = self.serial;
             self.set_state(pick.id, State::Running);
             let e = self.jobs.get_mut(&pick.id).expect("picked job");
             e.attempt += 1;
-            e.attempts.push(AttemptInfo {
-                number: e.attempt,
-                started_at: now,
-                ended_at: None,
-                outcome: None,
-                error: None,
-                exit_code: None,
-                output_tail: None,
+            e.attempts.push(AttemptInfo::started(e.attempt, now));
+            e.run = Some(Running {
+                worker,
+                serial,
+                timed_out: false,
             });
             let fig = &mut self.figures[pick.queue as usize];
             let _ = fig.wait_us.record(now_us.saturating_sub(e.ready_at_us));
@@ -447,14 +598,20 @@ impl Dispatcher {
             if pick.borrowed {
                 fig.borrowed += 1;
             }
+            if let Some(t) = e.job.timeout_ms {
+                self.timers
+                    .push(Reverse((now + t, pick.id, Timer::Timeout(e.attempt))));
+            }
             self.records.push(&Record::Start(Start {
                 id: pick.id,
                 attempt: e.attempt,
                 at: now,
             }));
+            self.signals[worker].arm(serial);
             let task = Task {
                 job: e.job.clone(),
                 attempt: e.attempt,
+                serial,
             };
             // A free worker's channel is empty, so this never blocks.
             if self.workers[worker].send(task).is_err() {
@@ -464,69 +621,135 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, d: Done) {
+        // Whatever became of the job, this worker is free now and no longer counts for its queue.
         self.free.push(d.worker);
-        let Some(e) = self.jobs.get(&d.id) else {
+        self.ready.finished(d.queue);
+        let current = self.jobs.get(&d.id).and_then(|e| {
+            let run = e.run.as_ref()?;
+            (e.state == State::Running && e.attempt == d.attempt).then_some(run.timed_out)
+        });
+        let Some(timed_out) = current else {
             log::warn!(
-                "ignoring completion of job {} attempt {}: job no longer live",
+                "ignoring the late completion of job {} attempt {}: the attempt was already given up (timeout, cancel or restart)",
                 d.id,
                 d.attempt
             );
             return;
         };
-        if e.state != State::Running || e.attempt != d.attempt {
-            log::warn!(
-                "ignoring stale completion of job {} attempt {} (current attempt {}, {})",
-                d.id,
-                d.attempt,
-                e.attempt,
-                e.state.name()
-            );
-            return;
-        }
+        let e = self.jobs.get_mut(&d.id).expect("live job");
+        e.run = None;
         let (q, kind) = (e.job.queue, e.job.kind);
-        self.ready.finished(q);
         let run_ms = d.run_us as f64 / 1000.0;
-        let fig = &mut self.figures[q as usize];
-        let _ = fig.run_us.record(d.run_us);
+        let _ = self.figures[q as usize].run_us.record(d.run_us);
         let ewma = self.expected_ms.entry((q, kind)).or_insert(run_ms);
         *ewma = 0.8 * *ewma + 0.2 * run_ms;
-        let now = now_ms();
-        let (state, outcome) = match d.result {
-            Ok(()) => (State::Succeeded, Outcome::Succeeded),
-            Err(err) => {
-                fig.failures += 1;
-                (
-                    State::Dead,
-                    Outcome::Failed {
-                        reason: err.reason,
-                        exit_code: err.exit_code,
-                        output_tail: err.output_tail,
-                    },
+        match (d.result, timed_out) {
+            (Ok(()), false) => self.succeeded(d.id),
+            (Ok(()), true) => {
+                let ms = e.job.timeout_ms.unwrap_or(0);
+                self.attempt_failed(
+                    d.id,
+                    JobError::new(format!("timed out after {ms} ms")),
+                    true,
                 )
             }
-        };
-        let code = if state == State::Succeeded {
-            state_code::SUCCEEDED
-        } else {
-            state_code::DEAD
-        };
+            (Err(err), t) => self.attempt_failed(d.id, err, t),
+        }
+    }
+
+    fn succeeded(&mut self, id: u64) {
+        let now = now_ms();
+        let e = self.jobs.get_mut(&id).expect("live job");
         let rec = Finish {
-            id: d.id,
-            attempt: d.attempt,
+            id,
+            attempt: e.attempt,
             at: now,
-            state: code,
-            outcome,
+            state: state_code::SUCCEEDED,
+            outcome: Outcome::Succeeded,
         };
-        self.records.push(&Record::Finish(rec.clone()));
-        let e = self.jobs.get_mut(&d.id).expect("live job");
         if let Some(a) = e.attempts.last_mut() {
             apply_finish(a, &rec);
         }
-        self.set_state(d.id, state);
-        self.retire(d.id, now);
+        self.records.push(&Record::Finish(rec));
+        self.set_state(id, State::Succeeded);
+        self.retire(id, now);
     }
 
-    /// Moves a job that reached a terminal state from the live table into the history.
+    /// The current attempt failed: retry after a backoff, or end the job dead.
+    fn attempt_failed(&mut self, id: u64, err: JobError, timed_out: bool) {
+        let now = now_ms();
+        let e = self.jobs.get_mut(&id).expect("live job");
+        e.run = None;
+        e.failures += 1;
+        let q = &self.cfg.queues[e.job.queue as usize];
+        let fig = &mut self.figures[e.job.queue as usize];
+        fig.failures += 1;
+        if timed_out {
+            fig.timeouts += 1;
+        }
+        let outcome = |reason: String| match timed_out {
+            true => Outcome::TimedOut {
+                reason,
+                output_tail: err.output_tail.clone(),
+            },
+            false => Outcome::Failed {
+                reason,
+                exit_code: err.exit_code,
+                output_tail: err.output_tail.clone(),
+            },
+        };
+        let attempt = e.attempt;
+        let mut dead_reason = None;
+        if e.failures >= e.job.max_attempts {
+            dead_reason = Some(format!(
+                "{} (attempt {} of {})",
+                err.reason, e.failures, e.job.max_attempts
+            ));
+        }
+        let retry_at = now + backoff(&mut self.rng, q.backoff_base, q.backoff_cap, e.failures);
+        if dead_reason.is_none() && !q.retry_past_deadline && retry_at > e.job.deadline {
+            dead_reason = Some(format!(
+                "{}; not retried: the next attempt would start after the deadline",
+                err.reason
+            ));
+        }
+        match dead_reason {
+            Some(reason) => {
+                let rec = Finish {
+                    id,
+                    attempt,
+                    at: now,
+                    state: state_code::DEAD,
+                    outcome: outcome(reason),
+                };
+                if let Some(a) = e.attempts.last_mut() {
+                    apply_finish(a, &rec);
+                }
+                e.finished_at = now;
+                log::warn!("job {id} is dead: {}", outcome_reason(&rec.outcome));
+                self.records.push(&Record::Finish(rec));
+                self.set_state(id, State::Dead);
+            }
+            None => {
+                let rec = Retry {
+                    id,
+                    attempt,
+                    at: now,
+                    retry_at,
+                    outcome: outcome(err.reason.clone()),
+                };
+                if let Some(a) = e.attempts.last_mut() {
+                    apply_retry(a, &rec);
+                }
+                fig.retries += 1;
+                self.records.push(&Record::Retry(rec));
+                self.wait_for_retry(id, retry_at);
+            }
+        }
+    }
+
+    /// Moves a job that reached `succeeded` or `cancelled` (or a purged dead job) from the live
+    /// table into the bounded history.
     fn retire(&mut self, id: u64, now: u64) {
         let e = self.jobs.remove(&id).expect("live job");
         let j = &e.job;
@@ -540,7 +763,12 @@ impl Dispatcher {
             run_at: j.run_at,
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
-            finished_at: now,
+            key: j.key.clone(),
+            finished_at: if e.finished_at > 0 {
+                e.finished_at
+            } else {
+                now
+            },
             attempts: e.attempts,
         });
     }
@@ -558,31 +786,93 @@ impl Dispatcher {
         self.history.insert(done.id, done);
     }
 
-    fn cancel(
-        &mut self,
-        id: u64,
-        ack: Sender<crate::wal::commit::Acked>,
-    ) -> Result<(), CancelRefused> {
-        let state = match self.jobs.get(&id) {
-            Some(e) => e.state,
-            None => {
-                return match self.history.get(&id) {
-                    Some(d) => Err(CancelRefused::NotCancellable(d.state.name())),
-                    None => Err(CancelRefused::NotFound),
-                }
-            }
+    /// Cancels a job that is not yet terminal. A running attempt is told to stop (an exec job's
+    /// process group is killed); whatever it reports later is ignored.
+    fn cancel(&mut self, id: u64) -> Result<&'static str, Refused> {
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return match self.history.get(&id) {
+                Some(d) => Err(Refused::WrongState(d.state.name())),
+                None => Err(Refused::NotFound),
+            };
         };
-        if !matches!(state, State::Scheduled | State::Ready) {
-            return Err(CancelRefused::NotCancellable(state.name()));
+        let was = e.state;
+        if was.is_terminal() {
+            return Err(Refused::WrongState(was.name()));
         }
         let now = now_ms();
-        // The heap and timer entries are dropped lazily: they no longer point at a live job.
+        if let Some(run) = e.run.take() {
+            self.signals[run.worker].raise(run.serial, StopReason::Cancelled);
+            if let Some(a) = e.attempts.last_mut() {
+                a.ended_at = Some(now);
+                a.outcome = Some("cancelled".into());
+            }
+        }
+        // Heap and timer entries are dropped lazily: they no longer point at a live job.
         self.set_state(id, State::Cancelled);
         self.retire(id, now);
-        let mut batch = std::mem::take(&mut self.records);
-        batch.push(&Record::Cancel(Cancel { id, at: now }));
-        self.send_records(batch, Some(ack));
-        Ok(())
+        self.records.push(&Record::Cancel(Cancel { id, at: now }));
+        Ok(was.name())
+    }
+
+    fn dead_ids(&self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
+        match which {
+            DeadFilter::Id(id) => match self.jobs.get(id).map(|e| e.state) {
+                Some(State::Dead) => Ok(vec![*id]),
+                Some(s) => Err(Refused::WrongState(s.name())),
+                None => match self.history.get(id) {
+                    Some(d) => Err(Refused::WrongState(d.state.name())),
+                    None => Err(Refused::NotFound),
+                },
+            },
+            DeadFilter::All { queue, before } => {
+                let mut ids: Vec<(u64, u64)> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, e)| e.state == State::Dead)
+                    .filter(|(_, e)| queue.is_none_or(|q| e.job.queue == q))
+                    .filter(|(_, e)| before.is_none_or(|b| e.finished_at < b))
+                    .map(|(id, e)| (e.finished_at, *id))
+                    .collect();
+                ids.sort_unstable();
+                Ok(ids.into_iter().map(|(_, id)| id).collect())
+            }
+        }
+    }
+
+    fn dead_list(&self, queue: Option<u16>, since: Option<u64>) -> Vec<JobInfo> {
+        let ids = self
+            .dead_ids(&DeadFilter::All {
+                queue,
+                before: None,
+            })
+            .unwrap_or_default();
+        ids.into_iter()
+            .filter(|id| since.is_none_or(|s| self.jobs[id].finished_at >= s))
+            .filter_map(|id| self.status(id))
+            .collect()
+    }
+
+    fn dead_retry(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
+        let ids = self.dead_ids(which)?;
+        let now = now_ms();
+        for &id in &ids {
+            let e = self.jobs.get_mut(&id).expect("dead job");
+            e.failures = 0;
+            e.finished_at = 0;
+            self.records.push(&Record::Revive(JobEvent { id, at: now }));
+            self.push_ready(id);
+        }
+        Ok(ids)
+    }
+
+    fn dead_purge(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
+        let ids = self.dead_ids(which)?;
+        let now = now_ms();
+        for &id in &ids {
+            self.records.push(&Record::Purge(JobEvent { id, at: now }));
+            self.retire(id, now);
+        }
+        Ok(ids)
     }
 
     fn flush_records(&mut self) {
@@ -592,14 +882,18 @@ impl Dispatcher {
         }
     }
 
-    fn send_records(
-        &mut self,
-        records: RecordBatch,
-        ack: Option<Sender<crate::wal::commit::Acked>>,
-    ) {
+    /// Sends the pending records with an acknowledgement (for operations that reply after their
+    /// records are durable).
+    fn flush_with_ack(&mut self, ack: Sender<Acked>) {
+        let batch = std::mem::take(&mut self.records);
+        self.send_records(batch, Some(ack));
+    }
+
+    fn send_records(&mut self, records: RecordBatch, ack: Option<Sender<Acked>>) {
         let msg = WalMsg::Append(Append {
             records,
             jobs: Vec::new(),
+            keys: Vec::new(),
             ack,
         });
         if self.wal.send(msg).is_err() {
@@ -623,7 +917,9 @@ impl Dispatcher {
             run_at: j.run_at,
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
-            finished_at: None,
+            key: j.key.as_deref().map(Into::into),
+            next_attempt_at: e.retry_at.filter(|_| e.state == State::Retrying),
+            finished_at: (e.state == State::Dead).then_some(e.finished_at),
             payload: serde_json::from_str(&j.payload).ok(),
             attempts: e.attempts.clone(),
         })
@@ -663,6 +959,8 @@ impl Dispatcher {
                     slack_ms: head.map(|e| e.job.deadline as i64 - now as i64),
                     deadline_misses: fig.misses,
                     failures: fig.failures,
+                    retries: fig.retries,
+                    timeouts: fig.timeouts,
                     borrowed: fig.borrowed,
                     wait_ms: percentiles(&fig.wait_us),
                     run_ms: percentiles(&fig.run_us),
@@ -679,10 +977,32 @@ impl Dispatcher {
     }
 }
 
-/// Fills in an attempt's end from its `finish` record.
-pub fn apply_finish(a: &mut AttemptInfo, f: &Finish) {
-    a.ended_at = Some(f.at);
-    match &f.outcome {
+/// Backoff before the next attempt after `failures` failures: uniformly random in
+/// `[0, min(cap, base * 2^(failures-1))]` ms ("full jitter").
+pub fn backoff(rng: &mut u64, base: Duration, cap: Duration, failures: u32) -> u64 {
+    let shift = failures.saturating_sub(1).min(40);
+    let ceiling = (base.as_millis() as u64)
+        .saturating_mul(1u64 << shift)
+        .min(cap.as_millis() as u64);
+    // xorshift64*: plenty for spreading retries, and no dependency.
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    let r = rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    r % (ceiling + 1)
+}
+
+/// The reason text of an outcome.
+pub fn outcome_reason(o: &Outcome) -> &str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed { reason, .. } | Outcome::TimedOut { reason, .. } => reason,
+    }
+}
+
+fn apply_outcome(a: &mut AttemptInfo, at: u64, o: &Outcome) {
+    a.ended_at = Some(at);
+    match o {
         Outcome::Succeeded => a.outcome = Some("succeeded".into()),
         Outcome::Failed {
             reason,
@@ -694,5 +1014,50 @@ pub fn apply_finish(a: &mut AttemptInfo, f: &Finish) {
             a.exit_code = *exit_code;
             a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
         }
+        Outcome::TimedOut {
+            reason,
+            output_tail,
+        } => {
+            a.outcome = Some("timed_out".into());
+            a.error = Some(reason.clone());
+            a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
+        }
+    }
+}
+
+/// Fills in an attempt's end from its `finish` record.
+pub fn apply_finish(a: &mut AttemptInfo, f: &Finish) {
+    apply_outcome(a, f.at, &f.outcome);
+}
+
+/// Fills in an attempt's end from its `retry` record.
+pub fn apply_retry(a: &mut AttemptInfo, r: &Retry) {
+    apply_outcome(a, r.at, &r.outcome);
+    a.retry_at = Some(r.retry_at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_full_jitter_bounds() {
+        let mut rng = 12345;
+        let (base, cap) = (Duration::from_millis(100), Duration::from_millis(1000));
+        let mut seen_max = [0u64; 6];
+        for _ in 0..2000 {
+            for f in 1..=6u32 {
+                let d = backoff(&mut rng, base, cap, f);
+                let bound = (100u64 << (f - 1)).min(1000);
+                assert!(d <= bound, "failure {f}: {d} > {bound}");
+                seen_max[f as usize - 1] = seen_max[f as usize - 1].max(d);
+            }
+        }
+        // Spread: the draws reach close to each bound.
+        assert!(seen_max[0] > 90 && seen_max[5] > 900, "{seen_max:?}");
+        assert!(
+            backoff(&mut rng, base, cap, 400) <= 1000,
+            "huge failure counts saturate"
+        );
     }
 }

@@ -13,7 +13,8 @@ pub struct AttemptInfo {
     pub started_at: u64,
     /// End (ms), when it ended.
     pub ended_at: Option<u64>,
-    /// `succeeded`, `failed`, `interrupted` (the daemon stopped during it), or null while running.
+    /// `succeeded`, `failed`, `timed_out`, `cancelled`, `interrupted` (the daemon stopped during
+    /// it), or null while running.
     pub outcome: Option<String>,
     /// Failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -24,6 +25,25 @@ pub struct AttemptInfo {
     /// Tail of the output of a failed exec job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
+    /// When the failure scheduled the next attempt (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<u64>,
+}
+
+impl AttemptInfo {
+    /// A just-started attempt.
+    pub fn started(number: u32, at: u64) -> AttemptInfo {
+        AttemptInfo {
+            number,
+            started_at: at,
+            ended_at: None,
+            outcome: None,
+            error: None,
+            exit_code: None,
+            output_tail: None,
+            retry_at: None,
+        }
+    }
 }
 
 /// A job's status and timeline.
@@ -49,6 +69,12 @@ pub struct JobInfo {
     /// Per-attempt timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When a `retrying` job runs again (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<u64>,
     /// When it reached its terminal state (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<u64>,
@@ -91,8 +117,12 @@ pub struct QueueStats {
     pub slack_ms: Option<i64>,
     /// Jobs started after their deadline.
     pub deadline_misses: u64,
-    /// Attempts that ended in failure.
+    /// Attempts that ended in failure (timeouts included).
     pub failures: u64,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Attempts that timed out.
+    pub timeouts: u64,
     /// Jobs that ran on a worker lent from another queue's reservation.
     pub borrowed: u64,
     /// From ready to started.

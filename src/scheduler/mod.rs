@@ -28,6 +28,8 @@ pub struct Done {
     pub worker: usize,
     /// Job id.
     pub id: u64,
+    /// The job's queue (the worker counts against it until it reports).
+    pub queue: u16,
     /// Attempt number.
     pub attempt: u32,
     /// Outcome.
@@ -36,13 +38,27 @@ pub struct Done {
     pub run_us: u64,
 }
 
-/// Why a cancel was refused.
+/// Why an operation on a job was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CancelRefused {
+pub enum Refused {
     /// No such job (or forgotten from memory).
     NotFound,
-    /// The job is in a state that cannot be cancelled.
-    NotCancellable(&'static str),
+    /// The job's state does not allow it (the state's name).
+    WrongState(&'static str),
+}
+
+/// Which dead jobs an operation is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadFilter {
+    /// One job.
+    Id(u64),
+    /// All dead jobs, optionally of one queue, optionally dead before a time.
+    All {
+        /// Queue index.
+        queue: Option<u16>,
+        /// Only jobs that died before this time (ms).
+        before: Option<u64>,
+    },
 }
 
 /// Messages to the dispatcher.
@@ -70,8 +86,36 @@ pub enum Msg {
         id: u64,
         /// Durability of the cancel record.
         ack: Sender<Acked>,
-        /// Accepted or refused.
-        reply: Sender<Result<(), CancelRefused>>,
+        /// The state the job was in, or why it was refused.
+        reply: Sender<Result<&'static str, Refused>>,
+    },
+    /// `dead list`: dead jobs, oldest death first.
+    DeadList {
+        /// Only this queue.
+        queue: Option<u16>,
+        /// Only jobs that died at or after this time (ms).
+        since: Option<u64>,
+        /// Reply.
+        reply: Sender<Vec<JobInfo>>,
+    },
+    /// `dead retry`: put dead jobs back with fresh attempts. `reply` lists them; when any,
+    /// `ack` hears when their records are durable.
+    DeadRetry {
+        /// Which.
+        which: DeadFilter,
+        /// Durability.
+        ack: Sender<Acked>,
+        /// Ids revived, or why not.
+        reply: Sender<Result<Vec<u64>, Refused>>,
+    },
+    /// `dead purge`: forget dead jobs (their records stay in the WAL).
+    DeadPurge {
+        /// Which.
+        which: DeadFilter,
+        /// Durability.
+        ack: Sender<Acked>,
+        /// Ids purged, or why not.
+        reply: Sender<Result<Vec<u64>, Refused>>,
     },
     /// Stop dispatching, let running jobs finish within `grace`, write their records, reply.
     Shutdown {

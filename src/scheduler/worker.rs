@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Done, Msg};
 use crate::config::Config;
-use crate::handlers::{JobContext, JobError, Kinds};
+use crate::handlers::{JobContext, JobError, Kinds, StopSignal};
 use crate::job::JobRef;
 
 /// One job to run.
@@ -21,21 +21,25 @@ pub struct Task {
     pub job: JobRef,
     /// Attempt number.
     pub attempt: u32,
+    /// Serial number of the attempt for the worker's stop signal (already armed).
+    pub serial: u64,
 }
 
-/// Starts worker `index`; returns its task sender and thread.
+/// Starts worker `index`; returns its task sender, its stop signal and its thread.
 pub fn spawn(
     index: usize,
     config: Arc<Config>,
     kinds: Arc<Kinds>,
     done: Sender<Msg>,
-) -> (Sender<Task>, JoinHandle<()>) {
+) -> (Sender<Task>, Arc<StopSignal>, JoinHandle<()>) {
     let (tx, rx) = crossbeam_channel::bounded(1);
+    let stop = Arc::new(StopSignal::new());
+    let signal = stop.clone();
     let h = std::thread::Builder::new()
         .name(format!("duejob-worker-{index}"))
-        .spawn(move || work(index, rx, &config, &kinds, &done))
+        .spawn(move || work(index, rx, &config, &kinds, &done, &signal))
         .expect("spawn worker");
-    (tx, h)
+    (tx, stop, h)
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -45,7 +49,14 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic".into())
 }
 
-fn work(index: usize, rx: Receiver<Task>, config: &Config, kinds: &Kinds, done: &Sender<Msg>) {
+fn work(
+    index: usize,
+    rx: Receiver<Task>,
+    config: &Config,
+    kinds: &Kinds,
+    done: &Sender<Msg>,
+    stop: &StopSignal,
+) {
     while let Ok(task) = rx.recv() {
         let job = &task.job;
         let ctx = JobContext {
@@ -54,6 +65,8 @@ fn work(index: usize, rx: Receiver<Task>, config: &Config, kinds: &Kinds, done: 
             queue: &config.queues[job.queue as usize].name,
             payload: &job.payload,
             timeout: job.timeout_ms.map(Duration::from_millis),
+            stop,
+            serial: task.serial,
         };
         let t = Instant::now();
         let result = match catch_unwind(AssertUnwindSafe(|| kinds.handler(job.kind).run(&ctx))) {
@@ -66,6 +79,7 @@ fn work(index: usize, rx: Receiver<Task>, config: &Config, kinds: &Kinds, done: 
         let msg = Msg::Done(Done {
             worker: index,
             id: job.id,
+            queue: job.queue,
             attempt: task.attempt,
             result,
             run_us: t.elapsed().as_micros() as u64,

@@ -20,6 +20,7 @@ use super::lines::{Line, LineReader};
 use crate::job::{now_ms, JobRef};
 use crate::protocol::{self, code, Request};
 use crate::runtime::{wal_rejection, Handle, Rejection};
+use crate::scheduler::DeadFilter;
 use crate::wal::commit::{Acked, RecordBatch};
 
 /// Flush a burst to the WAL once it holds this many encoded bytes.
@@ -212,14 +213,72 @@ fn handle_line(
             // A cancel must follow the submits before it in the log.
             flush(burst, handle, groups, ack);
             let slot = match handle.cancel(id) {
-                Ok(()) => ready_slot(|out| {
-                    let _ = writeln!(out, r#"{{"ok":true,"id":{id},"state":"cancelled"}}"#);
+                Ok(was) => ready_slot(|out| {
+                    let _ = writeln!(
+                        out,
+                        r#"{{"ok":true,"id":{id},"state":"cancelled","was":"{was}"}}"#
+                    );
                 }),
                 Err(e) => error_slot(&e),
             };
             burst.slots.push(slot);
         }
+        Request::DeadList { queue, since } => {
+            let slot = match handle.dead_list(queue.as_deref(), since) {
+                Ok(jobs) => ready_slot(|out| {
+                    #[derive(serde::Serialize)]
+                    struct R {
+                        jobs: Vec<crate::scheduler::JobInfo>,
+                    }
+                    protocol::write_ok_with(out, &R { jobs })
+                }),
+                Err(e) => error_slot(&e),
+            };
+            burst.slots.push(slot);
+        }
+        Request::DeadRetry(sel) => dead_op(true, &sel, handle, burst, groups, ack),
+        Request::DeadPurge(sel) => dead_op(false, &sel, handle, burst, groups, ack),
     }
+}
+
+/// `dead_retry` (`retry`) or `dead_purge`.
+fn dead_op(
+    retry: bool,
+    sel: &crate::protocol::DeadSelect<'_>,
+    handle: &Handle,
+    burst: &mut Burst,
+    groups: &Sender<Group>,
+    ack: &Sender<Acked>,
+) {
+    flush(burst, handle, groups, ack);
+    let which = match (sel.id, sel.queue.as_deref()) {
+        (Some(id), _) => Ok(DeadFilter::Id(id)),
+        (None, q) => q
+            .map(|q| handle.queue_for_filter(q))
+            .transpose()
+            .map(|queue| DeadFilter::All {
+                queue,
+                before: sel.before,
+            }),
+    };
+    let result = which.and_then(|w| {
+        if retry {
+            handle.dead_retry(w)
+        } else {
+            handle.dead_purge(w)
+        }
+    });
+    let slot = match result {
+        Ok(ids) => ready_slot(|out| {
+            #[derive(serde::Serialize)]
+            struct R {
+                ids: Vec<u64>,
+            }
+            protocol::write_ok_with(out, &R { ids })
+        }),
+        Err(e) => error_slot(&e),
+    };
+    burst.slots.push(slot);
 }
 
 /// Gives valid jobs their ids, encodes their records into the burst and queues their reply.
@@ -337,13 +396,24 @@ fn write_group(
     g: Group,
     ack: Option<Acked>,
 ) -> std::io::Result<()> {
-    let mut lsn = match &ack {
-        Some(Ok(l)) => *l,
-        _ => 0,
+    let (mut lsn, dups, failure) = match &ack {
+        Some(Ok(a)) => (a.first_lsn, &a.duplicates[..], None),
+        Some(Err(e)) => (0, &[][..], Some(wal_rejection(e))),
+        None => (0, &[][..], None),
     };
-    let failure = match &ack {
-        Some(Err(e)) => Some(wal_rejection(e)),
-        _ => None,
+    // Submit records of the group, in order: record `index` is a duplicate when it is in `dups`.
+    let mut index = 0u32;
+    let mut dups = dups.iter().peekable();
+    let mut next = |id: u64| -> (u64, u64, bool) {
+        let r = match dups.next_if(|d| d.index == index) {
+            Some(d) => (d.id, d.lsn, true),
+            None => {
+                lsn += 1;
+                (id, lsn - 1, false)
+            }
+        };
+        index += 1;
+        r
     };
     let mut line = Vec::with_capacity(128);
     for slot in g.slots {
@@ -355,13 +425,24 @@ fn write_group(
                 &line
             }
             (Slot::Submit(id), None) => {
-                protocol::write_submitted(&mut line, *id, lsn);
-                lsn += 1;
+                let (id, at, dup) = next(*id);
+                protocol::write_submitted(&mut line, id, at, dup);
                 &line
             }
             (Slot::Batch(ids), None) => {
-                protocol::write_batch(&mut line, ids, lsn);
-                lsn += ids.len() as u64;
+                let mut shown = Vec::with_capacity(ids.len());
+                let mut dup_at = Vec::new();
+                let mut first = None;
+                for (i, id) in ids.iter().enumerate() {
+                    let (id, at, dup) = next(*id);
+                    if dup {
+                        dup_at.push(i as u32);
+                    } else {
+                        first.get_or_insert(at);
+                    }
+                    shown.push(id);
+                }
+                protocol::write_batch(&mut line, &shown, first.unwrap_or(0), &dup_at);
                 &line
             }
         };

@@ -134,6 +134,11 @@ impl Appender {
         }
     }
 
+    /// The counters this appender updates.
+    pub fn stats(&self) -> &WalStats {
+        &self.stats
+    }
+
     /// The LSN the next pushed record gets.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn

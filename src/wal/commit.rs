@@ -17,6 +17,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::appender::Appender;
+use super::keys::KeyIndex;
 use super::record::{Record, SCHEMA};
 use super::{SyncMode, WalError};
 use crate::job::JobRef;
@@ -65,16 +66,39 @@ impl RecordBatch {
     }
 }
 
-/// What an acknowledgement carries: the LSN of the first record of the message, or why the
-/// records are not durable.
-pub type Acked = Result<u64, Arc<WalError>>;
+/// A submit dropped because its key was already known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Index of the record in its [`Append`].
+    pub index: u32,
+    /// The first job with that key.
+    pub id: u64,
+    /// That job's LSN.
+    pub lsn: u64,
+}
+
+/// A durable append: the LSN of its first written record (the others follow consecutively,
+/// skipping duplicates) and the submits dropped as duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckInfo {
+    /// LSN of the first record written.
+    pub first_lsn: u64,
+    /// Dropped duplicates, by record index.
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// What an acknowledgement carries, or why the records are not durable.
+pub type Acked = Result<AckInfo, Arc<WalError>>;
 
 /// Records to append, the jobs they accept (handed on once durable), and who to tell.
 pub struct Append {
     /// The records.
     pub records: RecordBatch,
-    /// Jobs to hand on after the records are durable.
+    /// Jobs to hand on after the records are durable. When `keys` is not empty, record `i` is the
+    /// submit of `jobs[i]`.
     pub jobs: Vec<JobRef>,
+    /// Idempotency keys of submit records: (record index, key).
+    pub keys: Vec<(u32, Box<str>)>,
     /// Where the acknowledgement goes.
     pub ack: Option<Sender<Acked>>,
 }
@@ -94,6 +118,7 @@ pub enum WalMsg {
 pub fn spawn(
     appender: Appender,
     mode: SyncMode,
+    keys: KeyIndex,
     rx: Receiver<WalMsg>,
     on_durable: Box<dyn FnMut(Vec<JobRef>) + Send>,
 ) -> JoinHandle<()> {
@@ -103,9 +128,11 @@ pub fn spawn(
             CommitLoop {
                 appender,
                 mode,
+                keys,
                 rx,
                 on_durable,
                 last_sync: Instant::now(),
+                dups: Vec::new(),
             }
             .run()
         })
@@ -115,9 +142,12 @@ pub fn spawn(
 struct CommitLoop {
     appender: Appender,
     mode: SyncMode,
+    keys: KeyIndex,
     rx: Receiver<WalMsg>,
     on_durable: Box<dyn FnMut(Vec<JobRef>) + Send>,
     last_sync: Instant,
+    /// Duplicates found per append of the current group.
+    dups: Vec<Vec<Duplicate>>,
 }
 
 impl CommitLoop {
@@ -188,14 +218,45 @@ impl CommitLoop {
         }
     }
 
-    /// Encodes, writes and (per mode) syncs the group. Returns the LSN of its first record.
+    /// Drops submits whose key is known, encodes the rest, writes and (per mode) syncs the group.
+    /// Returns the LSN of its first record.
     fn commit(&mut self, group: &[Append], force_sync: bool) -> Result<u64, Arc<WalError>> {
         let first = self.appender.next_lsn();
-        for a in group {
-            for (t, body) in a.records.iter() {
-                self.appender.push(t, SCHEMA, body).map_err(Arc::new)?;
-            }
+        let now = crate::job::now_ms();
+        if !self.keys.is_empty() {
+            self.keys.expire(now);
         }
+        self.dups.clear();
+        for a in group {
+            let mut dups = Vec::new();
+            let mut keys = a.keys.iter().peekable();
+            for (i, (t, body)) in a.records.iter().enumerate() {
+                let key = keys.next_if(|(ki, _)| *ki as usize == i).map(|(_, k)| k);
+                if let Some(k) = key {
+                    if let Some(e) = self.keys.get(k, now) {
+                        dups.push(Duplicate {
+                            index: i as u32,
+                            id: e.id,
+                            lsn: e.lsn,
+                        });
+                        continue;
+                    }
+                }
+                let lsn = self.appender.push(t, SCHEMA, body).map_err(Arc::new)?;
+                if let (Some(k), Some(job)) = (key, a.jobs.get(i)) {
+                    self.keys.insert(k, job.id, lsn, job.submitted_at, now);
+                }
+            }
+            self.dups.push(dups);
+        }
+        self.appender
+            .stats()
+            .keys
+            .store(self.keys.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.appender
+            .stats()
+            .keys_evicted
+            .store(self.keys.evicted(), std::sync::atomic::Ordering::Relaxed);
         self.appender.write().map_err(Arc::new)?;
         let sync = match self.mode {
             SyncMode::Always => true,
@@ -215,17 +276,33 @@ impl CommitLoop {
             Ok(first) => *first,
             Err(_) => 0,
         };
+        let mut dups = std::mem::take(&mut self.dups).into_iter();
         for a in group.drain(..) {
+            let duplicates = dups.next().unwrap_or_default();
             let ack = match result {
                 Ok(_) => {
                     let mine = lsn;
-                    lsn += a.records.len() as u64;
-                    if jobs.is_empty() {
-                        jobs = a.jobs;
-                    } else {
-                        jobs.extend(a.jobs);
+                    lsn += (a.records.len() - duplicates.len()) as u64;
+                    let mut a_jobs = a.jobs;
+                    if !duplicates.is_empty() {
+                        // Drop the duplicates' jobs: only the first job with a key runs.
+                        let mut d = duplicates.iter().map(|d| d.index as usize).peekable();
+                        let mut i = 0;
+                        a_jobs.retain(|_| {
+                            let keep = d.next_if_eq(&i).is_none();
+                            i += 1;
+                            keep
+                        });
                     }
-                    Ok(mine)
+                    if jobs.is_empty() {
+                        jobs = a_jobs;
+                    } else {
+                        jobs.extend(a_jobs);
+                    }
+                    Ok(AckInfo {
+                        first_lsn: mine,
+                        duplicates,
+                    })
                 }
                 Err(e) => Err(e.clone()),
             };
@@ -255,7 +332,13 @@ mod tests {
             Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
         let (jtx, jrx) = crossbeam_channel::unbounded();
-        let h = spawn(app, mode, rx, Box::new(move |j| jtx.send(j).unwrap()));
+        let h = spawn(
+            app,
+            mode,
+            KeyIndex::new(1 << 40, 1000),
+            rx,
+            Box::new(move |j| jtx.send(j).unwrap()),
+        );
         (tx, jrx, h)
     }
 
@@ -277,12 +360,16 @@ mod tests {
             tx.send(WalMsg::Append(Append {
                 records: cancel_batch(i * 3..i * 3 + 3),
                 jobs: vec![],
+                keys: vec![],
                 ack: Some(atx),
             }))
             .unwrap();
             acks.push(arx);
         }
-        let lsns: Vec<u64> = acks.iter().map(|r| r.recv().unwrap().unwrap()).collect();
+        let lsns: Vec<u64> = acks
+            .iter()
+            .map(|r| r.recv().unwrap().unwrap().first_lsn)
+            .collect();
         assert_eq!(lsns, (0..50).map(|i| 1 + 3 * i).collect::<Vec<_>>());
         // Everything acknowledged is in the synced image.
         let img = storage.crash_image(0);
@@ -309,6 +396,7 @@ mod tests {
             tx.send(WalMsg::Append(Append {
                 records: cancel_batch(0..1),
                 jobs: vec![],
+                keys: vec![],
                 ack: Some(atx),
             }))
             .unwrap();

@@ -6,11 +6,13 @@
 //! - [`reader`]: the one decoder, shared by recovery and the offline tools.
 //! - [`appender`]: appends records to segments, rotates, repairs a torn tail at open.
 //! - [`commit`]: the group-commit thread that owns the appender.
+//! - [`keys`]: the idempotency-key index, owned by the group-commit thread.
 
 pub mod appender;
 pub mod commit;
 pub mod format;
 pub mod io;
+pub mod keys;
 pub mod reader;
 pub mod record;
 pub mod stats;

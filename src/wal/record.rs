@@ -17,6 +17,12 @@ pub mod rtype {
     pub const FINISH: u8 = 3;
     /// A job was cancelled.
     pub const CANCEL: u8 = 4;
+    /// An attempt failed and the job waits for its retry.
+    pub const RETRY: u8 = 5;
+    /// A dead job was put back with fresh attempts (`dead retry`).
+    pub const REVIVE: u8 = 6;
+    /// A dead job was removed from the dead letters (`dead purge`).
+    pub const PURGE: u8 = 7;
 }
 
 /// The schema version this build writes for every type.
@@ -86,6 +92,13 @@ pub enum Outcome {
         /// Last bytes of stdout and stderr.
         output_tail: String,
     },
+    /// The attempt passed its timeout.
+    TimedOut {
+        /// What happened (e.g. "timed out after 200 ms; process group killed").
+        reason: String,
+        /// Last bytes of stdout and stderr.
+        output_tail: String,
+    },
 }
 
 /// Body of a `finish` record.
@@ -112,6 +125,30 @@ pub struct Cancel {
     pub at: u64,
 }
 
+/// Body of a `retry` record: attempt `attempt` failed; the job runs again at `retry_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Job id.
+    pub id: u64,
+    /// Attempt that failed.
+    pub attempt: u32,
+    /// Time of the failure (ms).
+    pub at: u64,
+    /// When the job becomes ready again (ms).
+    pub retry_at: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Body of a `revive` or `purge` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Job id.
+    pub id: u64,
+    /// Time (ms).
+    pub at: u64,
+}
+
 /// A decoded record body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -123,6 +160,12 @@ pub enum Record<'a> {
     Finish(Finish),
     /// `cancel`
     Cancel(Cancel),
+    /// `retry`
+    Retry(Retry),
+    /// `revive`
+    Revive(JobEvent),
+    /// `purge`
+    Purge(JobEvent),
 }
 
 /// Why a body did not decode.
@@ -161,6 +204,9 @@ impl<'a> Record<'a> {
             rtype::START => decode_exact(body).map(Record::Start),
             rtype::FINISH => decode_exact(body).map(Record::Finish),
             rtype::CANCEL => decode_exact(body).map(Record::Cancel),
+            rtype::RETRY => decode_exact(body).map(Record::Retry),
+            rtype::REVIVE => decode_exact(body).map(Record::Revive),
+            rtype::PURGE => decode_exact(body).map(Record::Purge),
             _ => Err(DecodeProblem::Unknown { rtype, schema }),
         }
     }
@@ -172,6 +218,9 @@ impl<'a> Record<'a> {
             Record::Start(_) => rtype::START,
             Record::Finish(_) => rtype::FINISH,
             Record::Cancel(_) => rtype::CANCEL,
+            Record::Retry(_) => rtype::RETRY,
+            Record::Revive(_) => rtype::REVIVE,
+            Record::Purge(_) => rtype::PURGE,
         }
     }
 
@@ -182,6 +231,8 @@ impl<'a> Record<'a> {
             Record::Start(s) => s.id,
             Record::Finish(f) => f.id,
             Record::Cancel(c) => c.id,
+            Record::Retry(r) => r.id,
+            Record::Revive(e) | Record::Purge(e) => e.id,
         }
     }
 
@@ -192,6 +243,8 @@ impl<'a> Record<'a> {
             Record::Start(s) => s.at,
             Record::Finish(f) => f.at,
             Record::Cancel(c) => c.at,
+            Record::Retry(r) => r.at,
+            Record::Revive(e) | Record::Purge(e) => e.at,
         }
     }
 
@@ -218,6 +271,9 @@ impl<'a> Record<'a> {
             Record::Start(s) => Record::Start(s),
             Record::Finish(f) => Record::Finish(f),
             Record::Cancel(c) => Record::Cancel(c),
+            Record::Retry(r) => Record::Retry(r),
+            Record::Revive(e) => Record::Revive(e),
+            Record::Purge(e) => Record::Purge(e),
         }
     }
 
@@ -228,6 +284,8 @@ impl<'a> Record<'a> {
             Record::Start(s) => encode_body(out, s),
             Record::Finish(f) => encode_body(out, f),
             Record::Cancel(c) => encode_body(out, c),
+            Record::Retry(r) => encode_body(out, r),
+            Record::Revive(e) | Record::Purge(e) => encode_body(out, e),
         }
     }
 }
@@ -239,6 +297,9 @@ pub fn type_name(rtype: u8) -> &'static str {
         rtype::START => "start",
         rtype::FINISH => "finish",
         rtype::CANCEL => "cancel",
+        rtype::RETRY => "retry",
+        rtype::REVIVE => "revive",
+        rtype::PURGE => "purge",
         _ => "unknown",
     }
 }
@@ -289,7 +350,15 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics(t in 0u8..8, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn retry_round_trips(id in any::<u64>(), a in any::<u32>(), at in any::<u64>(), r in any::<u64>(), o in arb_outcome()) {
+            let rec = Record::Retry(Retry { id, attempt: a, at, retry_at: r, outcome: o });
+            let mut buf = Vec::new();
+            rec.encode_into(&mut buf);
+            prop_assert_eq!(Record::decode(rtype::RETRY, SCHEMA, &buf).unwrap(), rec);
+        }
+
+        #[test]
+        fn garbage_never_panics(t in 0u8..10, body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Record::decode(t, SCHEMA, &body);
         }
     }

@@ -20,6 +20,10 @@ pub struct WalStats {
     pub max_group: AtomicU64,
     /// Segments in `wal/`.
     pub segments: AtomicU64,
+    /// Idempotency keys known.
+    pub keys: AtomicU64,
+    /// Keys forgotten early because of `max_keys`.
+    pub keys_evicted: AtomicU64,
     fsync_us: [AtomicU64; BUCKETS],
 }
 
@@ -32,6 +36,8 @@ impl Default for WalStats {
             fsyncs: AtomicU64::new(0),
             max_group: AtomicU64::new(0),
             segments: AtomicU64::new(0),
+            keys: AtomicU64::new(0),
+            keys_evicted: AtomicU64::new(0),
             fsync_us: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

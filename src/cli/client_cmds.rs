@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::Args;
 use serde_json::Value;
 
-use super::fmt::{millis, time};
+use super::fmt::{millis, parse_time, time};
 use super::{CliResult, ClientOpts};
 use crate::client::{Client, Submit};
 use crate::config::parse_duration;
@@ -199,7 +199,11 @@ pub fn cancel(id: u64, opts: &ClientOpts) -> CliResult {
     if opts.json {
         return print_json(&reply);
     }
-    writeln!(std::io::stdout().lock(), "{id} cancelled")?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{id} cancelled (was {})",
+        reply["was"].as_str().unwrap_or("?")
+    )?;
     Ok(())
 }
 
@@ -241,5 +245,153 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
             st("running")
         )?;
     }
+    Ok(())
+}
+
+/// `dead` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadCommand {
+    /// List dead jobs with their last error, oldest death first.
+    List {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only jobs dead since this time (ms since the epoch, 2026-01-31 or 2026-01-31T12:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Put dead jobs back with fresh attempts: one by id, or `--all` (of a `--queue`).
+    Retry {
+        /// Job id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every dead job.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this queue.
+        #[arg(long, requires = "all")]
+        queue: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Forget dead jobs (their records stay in the WAL): one by id, or all (dead `--before` T).
+    Purge {
+        /// Job id (default: every dead job).
+        #[arg(conflicts_with_all = ["before", "queue"])]
+        id: Option<u64>,
+        /// Only jobs dead before this time.
+        #[arg(long, value_parser = parse_time)]
+        before: Option<u64>,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+pub fn dead(cmd: DeadCommand) -> CliResult {
+    match cmd {
+        DeadCommand::List { queue, since, opts } => {
+            let mut c = Client::connect(&opts.socket)?;
+            let mut req = serde_json::json!({"op": "dead_list"});
+            if let Some(q) = queue {
+                req["queue"] = q.into();
+            }
+            if let Some(t) = since {
+                req["since"] = t.into();
+            }
+            let reply = c.request(&req)?;
+            if opts.json {
+                return print_json(&reply["jobs"]);
+            }
+            let jobs: Vec<crate::scheduler::JobInfo> =
+                serde_json::from_value(reply["jobs"].clone())?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:>8}  {:<16} {:<8} {:>8}  {:<24}  last error",
+                "id", "queue", "kind", "attempts", "died"
+            )?;
+            for j in &jobs {
+                let err = j
+                    .attempts
+                    .iter()
+                    .rev()
+                    .find_map(|a| a.error.as_deref())
+                    .unwrap_or("-");
+                let died = j.finished_at.map(time).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:>8}  {:<16} {:<8} {:>8}  {:<24}  {}",
+                    j.id,
+                    j.queue,
+                    j.kind,
+                    j.attempts.len(),
+                    died,
+                    err
+                )?;
+            }
+            writeln!(out, "{} dead job(s)", jobs.len())?;
+            Ok(())
+        }
+        DeadCommand::Retry {
+            id,
+            all,
+            queue,
+            opts,
+        } => {
+            let mut req = serde_json::json!({"op": "dead_retry"});
+            match id {
+                Some(id) => req["id"] = id.into(),
+                None => {
+                    req["all"] = all.into();
+                    if let Some(q) = queue {
+                        req["queue"] = q.into();
+                    }
+                }
+            }
+            ids_reply(&opts, &req, "put back")
+        }
+        DeadCommand::Purge {
+            id,
+            before,
+            queue,
+            opts,
+        } => {
+            let mut req = serde_json::json!({"op": "dead_purge"});
+            match id {
+                Some(id) => req["id"] = id.into(),
+                None => {
+                    req["all"] = true.into();
+                    if let Some(b) = before {
+                        req["before"] = b.into();
+                    }
+                    if let Some(q) = queue {
+                        req["queue"] = q.into();
+                    }
+                }
+            }
+            ids_reply(&opts, &req, "purged")
+        }
+    }
+}
+
+fn ids_reply(opts: &ClientOpts, req: &Value, verb: &str) -> CliResult {
+    let mut c = Client::connect(&opts.socket)?;
+    let reply = c.request(req)?;
+    if opts.json {
+        return print_json(&reply);
+    }
+    let ids: Vec<u64> = serde_json::from_value(reply["ids"].clone())?;
+    let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    writeln!(
+        std::io::stdout().lock(),
+        "{} job(s) {verb}: {}",
+        ids.len(),
+        list.join(" ")
+    )?;
     Ok(())
 }

@@ -53,13 +53,16 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Cancel a scheduled or ready job.
+    /// Cancel a job that has not ended (a running exec job's process group is killed).
     Cancel {
         /// Job id.
         id: u64,
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Dead letters: jobs whose attempts or deadline ran out.
+    #[command(subcommand)]
+    Dead(client_cmds::DeadCommand),
     /// Queues.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -121,6 +124,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Status { id, opts } => client_cmds::status(id, &opts),
         Command::Stats { opts } => client_cmds::stats(&opts),
         Command::Cancel { id, opts } => client_cmds::cancel(id, &opts),
+        Command::Dead(d) => client_cmds::dead(d),
         Command::Queue(QueueCommand::List { opts }) => client_cmds::queue_list(&opts),
         Command::Wal(WalCommand::Verify { data }) => return crate::waltool::verify(&data),
         Command::Wal(WalCommand::Inspect { data, json }) => crate::waltool::inspect(&data, json),

@@ -820,6 +820,8 @@ impl Dispatcher {
                 Some(State::Dead) => Ok(vec![*id]),
                 Some(s) => Err(Refused::WrongState(s.name())),
                 None => match self.history.get(id) {
+                    // A dead job in the history was purged from the dead letters.
+                    Some(d) if d.state == State::Dead => Err(Refused::WrongState("purged")),
                     Some(d) => Err(Refused::WrongState(d.state.name())),
                     None => Err(Refused::NotFound),
                 },

@@ -270,8 +270,12 @@ impl CommitLoop {
         Ok(first)
     }
 
+    /// Hands the group's jobs to the dispatcher, then acknowledges each append. In that order:
+    /// a client that reads its acknowledgement and at once asks about its job (`status`, `cancel`)
+    /// reaches the dispatcher after the job did.
     fn finish_group(&mut self, group: &mut Vec<Append>, result: &Result<u64, Arc<WalError>>) {
         let mut jobs = Vec::new();
+        let mut acks = Vec::with_capacity(group.len());
         let mut lsn = match result {
             Ok(first) => *first,
             Err(_) => 0,
@@ -307,11 +311,14 @@ impl CommitLoop {
                 Err(e) => Err(e.clone()),
             };
             if let Some(tx) = a.ack {
-                let _ = tx.send(ack);
+                acks.push((tx, ack));
             }
         }
         if !jobs.is_empty() {
             (self.on_durable)(jobs);
+        }
+        for (tx, ack) in acks {
+            let _ = tx.send(ack);
         }
     }
 }

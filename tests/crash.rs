@@ -152,3 +152,138 @@ fn sigkill_mid_load_loses_no_acknowledged_job() {
         t.elapsed()
     );
 }
+
+/// What each workload job ends as, whatever the crashes: (request, expected terminal state).
+fn lifecycle_job(n: u64, dir: &std::path::Path, tag: &str) -> (Value, &'static str) {
+    match n % 4 {
+        0 => (
+            serde_json::json!({"op":"submit","queue":"work","kind":"noop","payload":{"tag":tag}}),
+            "succeeded",
+        ),
+        // Always fails: dead after its 2 attempts.
+        1 => (
+            serde_json::json!({"op":"submit","queue":"work","kind":"exec",
+                "payload":{"argv":["sh","-c", format!("exit 3 # {tag}")]}}),
+            "dead",
+        ),
+        // Fails once, then succeeds (the marker survives crashes).
+        2 => {
+            let m = dir.join(format!("flaky-{tag}"));
+            let script = format!(
+                "[ -e {m} ] || {{ touch {m}; exit 1; }} # {tag}",
+                m = m.display()
+            );
+            (
+                serde_json::json!({"op":"submit","queue":"work","kind":"exec","payload":{"argv":["sh","-c",script]}}),
+                "succeeded",
+            )
+        }
+        // Runs past its timeout every time: dead.
+        _ => (
+            serde_json::json!({"op":"submit","queue":"work","kind":"sleep","payload":{"ms":10000},
+                "timeout_ms":50,"max_attempts":1,"key":tag}),
+            "dead",
+        ),
+    }
+}
+
+#[test]
+fn crash_loop_with_failures_retries_and_timeouts_ends_every_job_exactly_once() {
+    let dir = tempdir();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(&cfg, "workers = 4\n[queues.work]\ndue_in = \"1h\"\nmax_attempts = 2\nbackoff = { base = \"20ms\", cap = \"100ms\" }\n").unwrap();
+    let mut d = Daemon::start_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let mut acked: HashMap<u64, (&'static str, String)> = HashMap::new();
+    for round in 0..4u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..3u64)
+            .map(|w| {
+                let (sock, stop, dir) = (d.socket(), stop.clone(), dir.path().to_path_buf());
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let Ok(mut c) = Conn::connect(&sock) else {
+                        return got;
+                    };
+                    let mut n = 0u64;
+                    // Throttled, so the backlog stays small while kills still land mid-flight.
+                    while !stop.load(Ordering::Relaxed) && n < 120 {
+                        std::thread::sleep(Duration::from_millis(3));
+                        let tag = format!("r{round}w{w}n{n}");
+                        let (req, expect) = lifecycle_job(n, &dir, &tag);
+                        n += 1;
+                        use std::io::{BufRead, Write};
+                        if c.w.write_all(format!("{req}\n").as_bytes()).is_err() {
+                            break;
+                        }
+                        let mut line = String::new();
+                        if !matches!(c.r.read_line(&mut line), Ok(k) if k > 0) {
+                            break;
+                        }
+                        let v: Value = serde_json::from_str(&line).unwrap();
+                        if v["ok"] == true {
+                            got.push((v["id"].as_u64().unwrap(), expect, tag));
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(250 + 150 * round));
+        if round < 3 {
+            d.kill9();
+        } else {
+            stop.store(true, Ordering::Relaxed);
+        }
+        for t in threads {
+            for (id, expect, tag) in t.join().unwrap() {
+                assert!(
+                    acked.insert(id, (expect, tag)).is_none(),
+                    "id {id} acknowledged twice"
+                );
+            }
+        }
+        if round < 3 {
+            d.restart();
+        }
+    }
+    assert!(acked.len() >= 100, "only {} jobs acknowledged", acked.len());
+    let t0 = Instant::now();
+    let stats = d.wait_idle(Duration::from_secs(180));
+    eprintln!(
+        "{} jobs acknowledged; idle after {:?}",
+        acked.len(),
+        t0.elapsed()
+    );
+    let mut c = d.conn();
+    for (id, (expect, tag)) in &acked {
+        let j = c.status(*id);
+        assert_eq!(j["state"], *expect, "job {id} ({tag}): {j}");
+    }
+    d.stop();
+
+    // Every durable job (acknowledged or written just before a crash) counts: the totals must be
+    // exactly what the submits in the WAL imply.
+    let (st, dump, err) = cli(&["wal", "dump", "--json", d.data().to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    let (mut want_ok, mut want_dead) = (0u64, 0u64);
+    for line in dump.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["type"] != "submit" {
+            continue;
+        }
+        let p = v["record"]["payload"].as_str().unwrap();
+        let failing = p.contains("exit 3") || v["record"]["kind"] == "sleep";
+        if failing {
+            want_dead += 1;
+        } else {
+            want_ok += 1;
+        }
+    }
+    let t = &stats["totals"];
+    assert_eq!(
+        (t["succeeded"].as_u64(), t["dead"].as_u64()),
+        (Some(want_ok), Some(want_dead)),
+        "{stats}"
+    );
+    assert_eq!(t["cancelled"], 0);
+}

@@ -1,0 +1,158 @@
+//! Embedded handlers: timeouts through the stop signal, fencing of late completions, panics.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duejob::handlers::StopReason;
+use duejob::{Config, JobContext, JobError, JobSpec, Runtime};
+
+fn wait_state(rt: &Runtime, id: u64, state: &str) -> duejob::scheduler::JobInfo {
+    let t = Instant::now();
+    loop {
+        let j = rt.status(id).unwrap().expect("job known");
+        if j.state == state {
+            return j;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "job {id} never became {state}: {j:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn one_attempt(kind: &str, timeout_ms: Option<u64>) -> JobSpec<'_> {
+    JobSpec {
+        max_attempts: Some(1),
+        timeout_ms,
+        ..JobSpec::new("default", kind, "{}")
+    }
+}
+
+#[test]
+fn timeouts_stop_handlers_and_late_completions_are_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let saw_stop = Arc::new(AtomicU32::new(0));
+    let seen = saw_stop.clone();
+    let stubborn_done = Arc::new(AtomicU32::new(0));
+    let done = stubborn_done.clone();
+    let rt = Runtime::builder(dir.path())
+        .config(Config::with_workers(2))
+        // Checks its token and returns early when told to stop.
+        .register(
+            "polite",
+            move |ctx: &JobContext<'_>| -> Result<(), JobError> {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(30) {
+                    if ctx.should_stop() == Some(StopReason::TimedOut) {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        return Err("stopped early".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(())
+            },
+        )
+        // Ignores its token, then claims success after the grace period.
+        .register(
+            "stubborn",
+            move |_: &JobContext<'_>| -> Result<(), JobError> {
+                std::thread::sleep(
+                    duejob::scheduler::dispatcher::TIMEOUT_GRACE + Duration::from_millis(600),
+                );
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+        )
+        .register("panicky", |_: &JobContext<'_>| -> Result<(), JobError> {
+            panic!("handler bug")
+        })
+        .start()
+        .unwrap();
+
+    let polite = rt.submit(&one_attempt("polite", Some(100))).unwrap().id;
+    let j = wait_state(&rt, polite, "dead");
+    assert_eq!(
+        saw_stop.load(Ordering::SeqCst),
+        1,
+        "the handler saw its stop signal"
+    );
+    assert_eq!(j.attempts[0].outcome.as_deref(), Some("timed_out"), "{j:?}");
+
+    let stubborn = rt.submit(&one_attempt("stubborn", Some(100))).unwrap().id;
+    let j = wait_state(&rt, stubborn, "dead");
+    let err = j.attempts[0].error.as_deref().unwrap();
+    assert!(err.contains("did not stop within"), "{err}");
+    // The handler comes back with "success" later: fenced, the job stays dead.
+    let t = Instant::now();
+    while stubborn_done.load(Ordering::SeqCst) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rt.status(stubborn).unwrap().unwrap().state, "dead");
+
+    // A panic is a failed attempt; the workers survive and keep running jobs.
+    let p = rt.submit(&one_attempt("panicky", None)).unwrap().id;
+    let j = wait_state(&rt, p, "dead");
+    assert!(
+        j.attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("handler panicked: handler bug"),
+        "{j:?}"
+    );
+    for _ in 0..10 {
+        let id = rt
+            .submit(&JobSpec::new("default", "noop", "{}"))
+            .unwrap()
+            .id;
+        wait_state(&rt, id, "succeeded");
+    }
+    let s = rt.stats().unwrap();
+    assert_eq!(s.sched.queues["default"].timeouts, 2);
+    rt.shutdown();
+}
+
+#[test]
+fn cancelling_a_running_embedded_job_reaches_its_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = Arc::new(AtomicU32::new(0));
+    let s2 = stopped.clone();
+    let rt = Runtime::builder(dir.path())
+        .config(Config::with_workers(2))
+        .register(
+            "loop",
+            move |ctx: &JobContext<'_>| -> Result<(), JobError> {
+                loop {
+                    if ctx.should_stop() == Some(StopReason::Cancelled) {
+                        s2.fetch_add(1, Ordering::SeqCst);
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            },
+        )
+        .start()
+        .unwrap();
+    let id = rt
+        .submit(&JobSpec::new("default", "loop", "{}"))
+        .unwrap()
+        .id;
+    wait_state(&rt, id, "running");
+    assert_eq!(rt.cancel(id).unwrap(), "running");
+    let t = Instant::now();
+    while stopped.load(Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the handler never saw the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // It returned Ok, but the job was cancelled: it stays cancelled.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rt.status(id).unwrap().unwrap().state, "cancelled");
+    rt.shutdown();
+}

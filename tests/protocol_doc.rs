@@ -79,7 +79,10 @@ fn documented_examples_work_as_documented() {
         }
         if let Some(req) = line.strip_prefix("> ") {
             assert!(pending.is_none(), "two requests without a reply in the doc");
-            if req.contains(r#""op":"status","id":1}"#) || req.contains(r#""op":"stats""#) || req.contains(r#""op":"dead_"#) {
+            if req.contains(r#""op":"status","id":1}"#)
+                || req.contains(r#""op":"stats""#)
+                || req.contains(r#""op":"dead_"#)
+            {
                 // Let the earlier jobs finish so the documented states hold.
                 d.wait_until_none(&["ready", "running"], Duration::from_secs(60));
             }

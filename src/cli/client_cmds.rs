@@ -112,6 +112,12 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
         writeln!(out, "  run at    {}", time(r))?;
     }
     writeln!(out, "  deadline  {}", time(j.deadline))?;
+    if let Some(k) = &j.key {
+        writeln!(out, "  key       {k}")?;
+    }
+    if let Some(n) = j.next_attempt_at {
+        writeln!(out, "  next attempt at {}", time(n))?;
+    }
     for a in &j.attempts {
         let end = a.ended_at.map(time).unwrap_or_else(|| "-".into());
         let outcome = a.outcome.as_deref().unwrap_or("running");
@@ -125,6 +131,9 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
         )?;
         if let Some(e) = &a.error {
             writeln!(out, "    error: {e}")?;
+        }
+        if let Some(r) = a.retry_at {
+            writeln!(out, "    retry at {}", time(r))?;
         }
         if let Some(t) = &a.output_tail {
             for line in t.lines() {

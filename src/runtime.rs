@@ -456,30 +456,36 @@ impl Handle {
 
     /// Puts dead jobs back with fresh attempts; returns their ids once that is durable.
     pub fn dead_retry(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
-        let id = match which {
-            DeadFilter::Id(id) => id,
-            _ => 0,
-        };
-        let (ack, ack_rx) = crossbeam_channel::bounded(1);
-        let ids = self
-            .ask(|reply| Msg::DeadRetry { which, ack, reply })?
-            .map_err(|r| refused(id, r, "retried"))?;
-        if !ids.is_empty() {
-            wait_durable(&ack_rx)?;
-        }
-        Ok(ids)
+        self.dead_op(which, "retried", |which, ack, reply| Msg::DeadRetry {
+            which,
+            ack,
+            reply,
+        })
     }
 
     /// Removes dead jobs from the dead letters; returns their ids once that is durable.
     pub fn dead_purge(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
+        self.dead_op(which, "purged", |which, ack, reply| Msg::DeadPurge {
+            which,
+            ack,
+            reply,
+        })
+    }
+
+    fn dead_op(
+        &self,
+        which: DeadFilter,
+        verb: &str,
+        msg: impl FnOnce(DeadFilter, Sender<Acked>, Sender<Result<Vec<u64>, Refused>>) -> Msg,
+    ) -> Result<Vec<u64>, Rejection> {
         let id = match which {
             DeadFilter::Id(id) => id,
-            _ => 0,
+            DeadFilter::All { .. } => 0,
         };
         let (ack, ack_rx) = crossbeam_channel::bounded(1);
         let ids = self
-            .ask(|reply| Msg::DeadPurge { which, ack, reply })?
-            .map_err(|r| refused(id, r, "purged"))?;
+            .ask(|reply| msg(which, ack, reply))?
+            .map_err(|r| refused(id, r, verb))?;
         if !ids.is_empty() {
             wait_durable(&ack_rx)?;
         }

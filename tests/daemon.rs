@@ -292,6 +292,7 @@ fn exec_timeout_kills_the_whole_process_group() {
     assert_eq!(j["state"], "dead", "{j}");
     let err = j["attempts"][0]["error"].as_str().unwrap();
     assert!(err.starts_with("timed out after 200 ms"), "{err}");
+    assert_eq!(j["attempts"][0]["outcome"], "timed_out", "{j}");
     let t = std::time::Instant::now();
     while !process_gone(&grandchild) {
         assert!(

@@ -14,7 +14,9 @@ fn daemon(dir: &std::path::Path) -> Daemon {
     std::fs::write(
         &cfg,
         "workers = 4\n[queues.work]\ndue_in = \"5m\"\nmax_attempts = 5\nbackoff = { base = \"100ms\", cap = \"400ms\" }\n\
-         [queues.fast]\ndue_in = \"5m\"\nreserved = 1\n",
+         [queues.fast]\ndue_in = \"5m\"\nreserved = 1\n\
+         [queues.slowpoke]\ndue_in = \"5m\"\nmax_attempts = 1\ntimeout = \"100ms\"\n\
+         [queues.patient]\ndue_in = \"1h\"\nmax_attempts = 3\nbackoff = { base = \"30m\", cap = \"30m\" }\n",
     )
     .unwrap();
     Daemon::start_in(dir, &["--config", cfg.to_str().unwrap()])
@@ -436,4 +438,48 @@ fn a_job_is_known_as_soon_as_its_submit_is_acknowledged() {
     for t in threads {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn queue_timeouts_apply_retrying_jobs_cancel_and_purge_honours_before() {
+    let dir = tempdir();
+    let d = daemon(dir.path());
+    let mut c = d.conn();
+    // The queue's timeout applies to a job that names none.
+    let slow =
+        c.submit(r#"{"op":"submit","queue":"slowpoke","kind":"sleep","payload":{"ms":20000}}"#);
+    let j = c.wait_state(slow, "dead");
+    assert_eq!(j["timeout_ms"], 100, "{j}");
+    assert_eq!(j["attempts"][0]["outcome"], "timed_out", "{j}");
+
+    // A job waiting for its retry (backoff up to 30 min) can be cancelled and never runs again.
+    let runs = dir.path().join("patient-runs");
+    let id =
+        c.submit(&exec("patient", &format!("echo x >> {}; exit 1", runs.display())).to_string());
+    let j = c.wait_state(id, "retrying");
+    assert!(j["next_attempt_at"].is_u64(), "{j}");
+    let v = c.call(&format!(r#"{{"op":"cancel","id":{id}}}"#));
+    assert_eq!(v["was"], "retrying", "{v}");
+    assert_eq!(c.status(id)["state"], "cancelled");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
+
+    // purge --before: only jobs that died before the time.
+    let sock = d.socket();
+    let s = sock.to_str().unwrap();
+    let (st, out, _) = cli(&["dead", "purge", "--socket", s, "--before", "2000-01-01"]);
+    assert!(st.success() && out.starts_with("0 job(s) purged"), "{out}");
+    let (st, out, _) = cli(&[
+        "dead",
+        "purge",
+        "--socket",
+        s,
+        "--queue",
+        "slowpoke",
+        "--before",
+        "2999-01-01",
+    ]);
+    assert!(
+        st.success() && out.contains(&format!("1 job(s) purged: {slow}")),
+        "{out}"
+    );
 }

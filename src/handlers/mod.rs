@@ -256,20 +256,20 @@ impl Handler for Sleep {
         sleep_ms(payload).map(|_| ())
     }
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
-        let ms = sleep_ms(ctx.payload)?;
-        let d = Duration::from_millis(ms);
-        match ctx.timeout {
-            Some(t) if t < d => {
-                std::thread::sleep(t);
-                Err(JobError::new(format!(
-                    "timed out after {} ms",
-                    t.as_millis()
-                )))
+        // Sleeps in slices, so that a timeout or a cancel ends it within 10 ms.
+        let until = std::time::Instant::now() + Duration::from_millis(sleep_ms(ctx.payload)?);
+        loop {
+            if let Some(why) = ctx.should_stop() {
+                return Err(JobError::new(match why {
+                    StopReason::TimedOut => "stopped at its timeout",
+                    StopReason::Cancelled => "stopped: cancelled",
+                }));
             }
-            _ => {
-                std::thread::sleep(d);
-                Ok(())
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(());
             }
+            std::thread::sleep(left.min(Duration::from_millis(10)));
         }
     }
 }

@@ -638,6 +638,10 @@ impl Dispatcher {
         };
         let e = self.jobs.get_mut(&d.id).expect("live job");
         e.run = None;
+        // A handler that enforces the timeout itself (exec's watchdog) may report before the
+        // dispatcher's timer fires: a failure after the full timeout is a timeout either way.
+        let timed_out = timed_out
+            || (d.result.is_err() && e.job.timeout_ms.is_some_and(|t| d.run_us >= t * 1000));
         let (q, kind) = (e.job.queue, e.job.kind);
         let run_ms = d.run_us as f64 / 1000.0;
         let _ = self.figures[q as usize].run_us.record(d.run_us);

@@ -35,6 +35,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod handlers;
+pub mod idmap;
 pub mod job;
 pub mod protocol;
 pub mod recovery;

@@ -7,12 +7,12 @@
 //! - A live job whose queue or kind no longer exists is not dropped: it is ended `dead` with a
 //!   `finish` record saying why (returned in [`Recovery::orphans`] for the caller to append).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::handlers::Kinds;
+use crate::idmap::{id_map, IdMap};
 use crate::job::{Job, State};
 use crate::scheduler::dispatcher::{
     apply_finish, apply_retry, DoneJob, LiveJob, Recovered, MAX_INTERRUPTIONS,
@@ -45,6 +45,7 @@ pub struct Recovery {
 }
 
 struct RJob {
+    id: u64,
     queue: Arc<str>,
     kind: Arc<str>,
     payload: Option<Box<str>>,
@@ -77,16 +78,18 @@ impl RJob {
     }
 }
 
+/// Shares one `Arc<str>` per queue or kind name. A handful of names: a linear scan beats hashing
+/// the name of every record.
 #[derive(Default)]
-struct Interner(HashMap<String, Arc<str>>);
+struct Interner(Vec<Arc<str>>);
 
 impl Interner {
     fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(s) {
+        if let Some(a) = self.0.iter().find(|a| &***a == s) {
             return a.clone();
         }
         let a: Arc<str> = Arc::from(s);
-        self.0.insert(s.to_string(), a.clone());
+        self.0.push(a.clone());
         a
     }
 }
@@ -95,7 +98,10 @@ impl Interner {
 pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Recovery, WalError> {
     let t = Instant::now();
     let now = crate::job::now_ms();
-    let mut jobs: HashMap<u64, RJob> = HashMap::new();
+    // Jobs in a Vec, found through a small id -> index map: growing the map moves 16-byte
+    // entries, not whole jobs.
+    let mut jobs: Vec<RJob> = Vec::new();
+    let mut index: IdMap<u32> = id_map(0);
     let mut ended: Vec<u64> = Vec::new();
     let mut names = Interner::default();
     let mut keys = KeyIndex::new(cfg.key_retention.as_millis() as u64, cfg.max_keys);
@@ -106,7 +112,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         let id = r.record.job_id();
         if let Record::Submit(s) = &r.record {
             max_id = max_id.max(s.id);
-            if jobs.contains_key(&s.id) {
+            if index.contains_key(&s.id) {
                 log::error!(
                     "recovery: job {} submitted twice (LSN {}); keeping the first",
                     s.id,
@@ -117,31 +123,30 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             if let Some(k) = &s.key {
                 keys.insert(k, s.id, r.lsn, s.submitted_at, now);
             }
-            jobs.insert(
-                s.id,
-                RJob {
-                    queue: names.get(&s.queue),
-                    kind: names.get(&s.kind),
-                    payload: Some(s.payload.as_ref().into()),
-                    key: s.key.as_deref().map(Into::into),
-                    submitted_at: s.submitted_at,
-                    deadline: s.deadline,
-                    run_at: s.run_at,
-                    max_attempts: s.max_attempts,
-                    timeout_ms: s.timeout_ms,
-                    state: State::Ready,
-                    attempt: 0,
-                    failures: 0,
-                    interrupted: 0,
-                    retry_at: None,
-                    attempts: Vec::new(),
-                    finished_at: 0,
-                    purged: false,
-                },
-            );
+            index.insert(s.id, jobs.len() as u32);
+            jobs.push(RJob {
+                id: s.id,
+                queue: names.get(&s.queue),
+                kind: names.get(&s.kind),
+                payload: Some(s.payload.as_ref().into()),
+                key: s.key.as_deref().map(Into::into),
+                submitted_at: s.submitted_at,
+                deadline: s.deadline,
+                run_at: s.run_at,
+                max_attempts: s.max_attempts,
+                timeout_ms: s.timeout_ms,
+                state: State::Ready,
+                attempt: 0,
+                failures: 0,
+                interrupted: 0,
+                retry_at: None,
+                attempts: Vec::new(),
+                finished_at: 0,
+                purged: false,
+            });
             return Ok(());
         }
-        let Some(j) = jobs.get_mut(&id) else {
+        let Some(j) = index.get(&id).map(|&i| &mut jobs[i as usize]) else {
             return Ok(());
         };
         // Dead jobs can be revived or purged; other terminal jobs take no more records.
@@ -226,26 +231,27 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
     let mut recovered = Recovered::default();
     let mut orphans = RecordBatch::new();
     // Terminal jobs for the history: each id once, at its last ending, oldest first.
-    let mut seen = std::collections::HashSet::new();
-    let mut order: Vec<u64> = ended
-        .into_iter()
-        .rev()
-        .filter(|id| seen.insert(*id))
-        .collect();
-    order.reverse();
-    let mut history = Vec::new();
-    for id in order {
-        let Some(j) = jobs.get(&id) else { continue };
-        if j.purged || matches!(j.state, State::Succeeded | State::Cancelled) {
-            history.push(done_job(id, jobs.remove(&id).expect("job")));
+    let mut last_end: IdMap<usize> = id_map(ended.len());
+    for (pos, id) in ended.iter().enumerate() {
+        last_end.insert(*id, pos);
+    }
+    let mut history: Vec<(usize, DoneJob)> = Vec::new();
+    let mut live = Vec::new();
+    for j in jobs {
+        let finished = j.purged || matches!(j.state, State::Succeeded | State::Cancelled);
+        match last_end.get(&j.id) {
+            Some(&pos) if finished => history.push((pos, done_job(j.id, j))),
+            _ => live.push(j),
         }
     }
+    drop(index);
+    history.sort_unstable_by_key(|(pos, _)| *pos);
     let skip = history.len().saturating_sub(cfg.history_limit);
-    recovered.done = history.into_iter().skip(skip).collect();
+    recovered.done = history.into_iter().skip(skip).map(|(_, d)| d).collect();
+    recovered.live.reserve(live.len());
 
-    let mut live: Vec<(u64, RJob)> = jobs.into_iter().collect();
-    live.sort_unstable_by_key(|(id, _)| *id);
-    for (id, mut j) in live {
+    for mut j in live {
+        let id = j.id;
         if j.state == State::Running {
             j.interrupt_running();
             j.state = State::Ready;

@@ -7,6 +7,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use crate::idmap::{id_map, IdMap};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use hdrhistogram::Histogram;
 
 use super::info::{AttemptInfo, JobInfo, Percentiles, QueueStats, SchedStats};
 use super::ready::{Limits, ReadySet};
+use super::table::JobTable;
 use super::worker::{self, Task};
 use super::{DeadFilter, Done, Msg, Refused};
 use crate::config::{Config, Order};
@@ -108,11 +111,8 @@ pub const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 /// Restarts an attempt may be interrupted by before the job is ended `dead`.
 pub const MAX_INTERRUPTIONS: u32 = 10;
 
-struct Running {
-    worker: usize,
-    serial: u64,
-    timed_out: bool,
-}
+/// `Entry::worker` of a job not on a worker.
+const IDLE: u16 = u16::MAX;
 
 struct Entry {
     job: JobRef,
@@ -122,12 +122,12 @@ struct Entry {
     attempts: Vec<AttemptInfo>,
     /// Monotonic µs when it became ready.
     ready_at_us: u64,
-    /// When a retrying job runs again.
-    retry_at: Option<u64>,
-    /// When a dead job died.
-    finished_at: u64,
-    /// Set while on a worker.
-    run: Option<Running>,
+    /// When a retrying job runs again, or when a dead job died (ms); 0 otherwise.
+    at: u64,
+    /// The worker running it, or [`IDLE`].
+    worker: u16,
+    /// Whether the running attempt's timeout fired.
+    timed_out: bool,
 }
 
 struct QueueFigures {
@@ -189,13 +189,15 @@ pub struct Dispatcher {
     queue_names: Vec<Arc<str>>,
     kind_names: Vec<Arc<str>>,
     /// Every non-terminal job, and dead jobs (which can be retried).
-    jobs: HashMap<u64, Entry>,
-    history: HashMap<u64, DoneJob>,
+    jobs: JobTable<Entry>,
+    history: IdMap<DoneJob>,
     history_order: VecDeque<u64>,
     ready: ReadySet,
     timers: BinaryHeap<Reverse<(u64, u64, Timer)>>,
     workers: Vec<Sender<Task>>,
     signals: Vec<Arc<StopSignal>>,
+    /// The attempt serial each worker's signal is armed for.
+    serials: Vec<u64>,
     worker_threads: Vec<JoinHandle<()>>,
     free: Vec<usize>,
     serial: u64,
@@ -258,13 +260,14 @@ pub fn spawn(
             .iter()
             .map(|k| Arc::from(k.as_str()))
             .collect(),
-        jobs: HashMap::new(),
-        history: HashMap::new(),
+        jobs: JobTable::with_capacity(recovered.live.len()),
+        history: id_map(recovered.done.len().min(cfg.history_limit)),
         history_order: VecDeque::new(),
         ready: ReadySet::new(cfg.order, limits),
         timers: BinaryHeap::new(),
         free: (0..workers.len()).rev().collect(),
         workers,
+        serials: vec![0; signals.len()],
         signals,
         worker_threads,
         serial: 0,
@@ -281,10 +284,22 @@ pub fn spawn(
         cfg,
         kinds,
     };
-    d.restore(recovered);
+    // Restoring a large recovered state takes a while; it happens on the dispatcher's own thread,
+    // so the daemon accepts submits meanwhile (they wait in the channel until it is done).
     std::thread::Builder::new()
         .name("duejob-dispatch".into())
-        .spawn(move || d.run(rx))
+        .spawn(move || {
+            let t = Instant::now();
+            let n = recovered.live.len();
+            d.restore(recovered);
+            if n > 0 {
+                log::info!(
+                    "dispatcher restored {n} live jobs in {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+            d.run(rx)
+        })
         .expect("spawn dispatcher")
 }
 
@@ -310,9 +325,9 @@ impl Dispatcher {
                     failures: live.failures,
                     attempts: live.attempts,
                     ready_at_us: 0,
-                    retry_at: None,
-                    finished_at: live.finished_at,
-                    run: None,
+                    at: live.finished_at,
+                    worker: IDLE,
+                    timed_out: false,
                 },
             );
             match state {
@@ -334,9 +349,9 @@ impl Dispatcher {
             failures: 0,
             attempts: Vec::new(),
             ready_at_us: 0,
-            retry_at: None,
-            finished_at: 0,
-            run: None,
+            at: 0,
+            worker: IDLE,
+            timed_out: false,
         };
         self.jobs.insert(id, entry);
         self.make_ready_or_schedule(id, now);
@@ -356,7 +371,7 @@ impl Dispatcher {
     fn wait_for_retry(&mut self, id: u64, at: u64) {
         self.set_state(id, State::Retrying);
         if let Some(e) = self.jobs.get_mut(&id) {
-            e.retry_at = Some(at);
+            e.at = at;
         }
         self.timers.push(Reverse((at, id, Timer::Ready)));
     }
@@ -493,7 +508,7 @@ impl Dispatcher {
         self.set_state(id, State::Ready);
         let e = self.jobs.get_mut(&id).expect("live job");
         e.ready_at_us = now_us;
-        e.retry_at = None;
+        e.at = 0;
         let q = e.job.queue;
         let rank = match order {
             Order::Deadline => e.job.deadline,
@@ -524,7 +539,7 @@ impl Dispatcher {
                 Timer::Ready => {
                     let due = match e.state {
                         State::Scheduled => true,
-                        State::Retrying => e.retry_at == Some(at),
+                        State::Retrying => e.at == at,
                         _ => false,
                     };
                     if due {
@@ -532,14 +547,16 @@ impl Dispatcher {
                     }
                 }
                 Timer::Timeout(attempt) => {
-                    let Some(run) = e.run.as_mut().filter(|_| e.attempt == attempt) else {
-                        continue;
-                    };
-                    if e.state != State::Running || run.timed_out {
+                    if e.state != State::Running
+                        || e.attempt != attempt
+                        || e.worker == IDLE
+                        || e.timed_out
+                    {
                         continue;
                     }
-                    run.timed_out = true;
-                    self.signals[run.worker].raise(run.serial, StopReason::TimedOut);
+                    e.timed_out = true;
+                    let w = e.worker as usize;
+                    self.signals[w].raise(self.serials[w], StopReason::TimedOut);
                     log::warn!("job {id} attempt {attempt} timed out; told its handler to stop");
                     let give_up = now + TIMEOUT_GRACE.as_millis() as u64;
                     self.timers
@@ -585,11 +602,9 @@ impl Dispatcher {
             let e = self.jobs.get_mut(&pick.id).expect("picked job");
             e.attempt += 1;
             e.attempts.push(AttemptInfo::started(e.attempt, now));
-            e.run = Some(Running {
-                worker,
-                serial,
-                timed_out: false,
-            });
+            e.worker = worker as u16;
+            e.timed_out = false;
+            self.serials[worker] = serial;
             let fig = &mut self.figures[pick.queue as usize];
             let _ = fig.wait_us.record(now_us.saturating_sub(e.ready_at_us));
             if now > e.job.deadline {
@@ -625,8 +640,8 @@ impl Dispatcher {
         self.free.push(d.worker);
         self.ready.finished(d.queue);
         let current = self.jobs.get(&d.id).and_then(|e| {
-            let run = e.run.as_ref()?;
-            (e.state == State::Running && e.attempt == d.attempt).then_some(run.timed_out)
+            (e.worker != IDLE && e.state == State::Running && e.attempt == d.attempt)
+                .then_some(e.timed_out)
         });
         let Some(timed_out) = current else {
             log::warn!(
@@ -637,7 +652,7 @@ impl Dispatcher {
             return;
         };
         let e = self.jobs.get_mut(&d.id).expect("live job");
-        e.run = None;
+        e.worker = IDLE;
         // A handler that enforces the timeout itself (exec's watchdog) may report before the
         // dispatcher's timer fires: a failure after the full timeout is a timeout either way.
         let timed_out = timed_out
@@ -683,7 +698,7 @@ impl Dispatcher {
     fn attempt_failed(&mut self, id: u64, err: JobError, timed_out: bool) {
         let now = now_ms();
         let e = self.jobs.get_mut(&id).expect("live job");
-        e.run = None;
+        e.worker = IDLE;
         e.failures += 1;
         let q = &self.cfg.queues[e.job.queue as usize];
         let fig = &mut self.figures[e.job.queue as usize];
@@ -729,7 +744,7 @@ impl Dispatcher {
                 if let Some(a) = e.attempts.last_mut() {
                     apply_finish(a, &rec);
                 }
-                e.finished_at = now;
+                e.at = now;
                 log::warn!("job {id} is dead: {}", outcome_reason(&rec.outcome));
                 self.records.push(&Record::Finish(rec));
                 self.set_state(id, State::Dead);
@@ -768,8 +783,8 @@ impl Dispatcher {
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
             key: j.key.clone(),
-            finished_at: if e.finished_at > 0 {
-                e.finished_at
+            finished_at: if e.state == State::Dead && e.at > 0 {
+                e.at
             } else {
                 now
             },
@@ -804,8 +819,10 @@ impl Dispatcher {
             return Err(Refused::WrongState(was.name()));
         }
         let now = now_ms();
-        if let Some(run) = e.run.take() {
-            self.signals[run.worker].raise(run.serial, StopReason::Cancelled);
+        if e.worker != IDLE {
+            let w = e.worker as usize;
+            e.worker = IDLE;
+            self.signals[w].raise(self.serials[w], StopReason::Cancelled);
             if let Some(a) = e.attempts.last_mut() {
                 a.ended_at = Some(now);
                 a.outcome = Some("cancelled".into());
@@ -836,8 +853,8 @@ impl Dispatcher {
                     .iter()
                     .filter(|(_, e)| e.state == State::Dead)
                     .filter(|(_, e)| queue.is_none_or(|q| e.job.queue == q))
-                    .filter(|(_, e)| before.is_none_or(|b| e.finished_at < b))
-                    .map(|(id, e)| (e.finished_at, *id))
+                    .filter(|(_, e)| before.is_none_or(|b| e.at < b))
+                    .map(|(id, e)| (e.at, *id))
                     .collect();
                 ids.sort_unstable();
                 Ok(ids.into_iter().map(|(_, id)| id).collect())
@@ -853,7 +870,7 @@ impl Dispatcher {
             })
             .unwrap_or_default();
         ids.into_iter()
-            .filter(|id| since.is_none_or(|s| self.jobs[id].finished_at >= s))
+            .filter(|id| since.is_none_or(|s| self.jobs[id].at >= s))
             .filter_map(|id| self.status(id))
             .collect()
     }
@@ -864,7 +881,7 @@ impl Dispatcher {
         for &id in &ids {
             let e = self.jobs.get_mut(&id).expect("dead job");
             e.failures = 0;
-            e.finished_at = 0;
+            e.at = 0;
             self.records.push(&Record::Revive(JobEvent { id, at: now }));
             self.push_ready(id);
         }
@@ -924,8 +941,8 @@ impl Dispatcher {
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
             key: j.key.as_deref().map(Into::into),
-            next_attempt_at: e.retry_at.filter(|_| e.state == State::Retrying),
-            finished_at: (e.state == State::Dead).then_some(e.finished_at),
+            next_attempt_at: (e.state == State::Retrying).then_some(e.at),
+            finished_at: (e.state == State::Dead).then_some(e.at),
             payload: serde_json::from_str(&j.payload).ok(),
             attempts: e.attempts.clone(),
         })

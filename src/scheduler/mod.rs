@@ -3,12 +3,14 @@
 //!
 //! - [`ready`]: the ready set and the pick rule (deadline order, `max_workers`, `reserved`, lending).
 //! - [`dispatcher`]: the thread and its state machine.
+//! - [`table`]: the job table (a slab behind a small id map).
 //! - [`worker`]: the worker threads.
 //! - [`info`]: what `status` and `stats` report.
 
 pub mod dispatcher;
 pub mod info;
 pub mod ready;
+pub mod table;
 pub mod worker;
 
 use std::time::Duration;

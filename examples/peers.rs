@@ -1,0 +1,392 @@
+//! duejob beside beanstalkd and Redis: same machine, same run, same client code for all three
+//! (pipelined, one thread per connection, so the client is not the bottleneck; client and server
+//! CPU are reported so the table can be trusted).
+//!
+//! `bash benches/peers/run.sh` (installs beanstalkd and redis-server if missing, then runs this).
+//!
+//! Workloads, 200-byte payloads: `put` (4 connections × 100 in flight; duejob jobs are delayed so
+//! nothing runs, like a put nobody reserves), `cycle` (4 producers as above plus consumers:
+//! beanstalkd reserve+delete, Redis BRPOP; duejob runs a no-op job and records its completion),
+//! and `latency` (one connection, one request at a time).
+//! Durable: duejob sync always, beanstalkd `-b DIR -f 0`, Redis `appendfsync always`.
+//! Weak: duejob sync never, beanstalkd without binlog, Redis without AOF.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// The duejob binary.
+    #[arg(long, default_value = "target/release/duejob")]
+    duejob: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Duejob,
+    Beanstalkd,
+    Redis,
+}
+
+struct Server {
+    child: Child,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(sys: System, durable: bool, duejob: &Path) -> Server {
+    let dir = tempfile::Builder::new()
+        .prefix("duejob-peers-")
+        .tempdir()
+        .unwrap();
+    let sock = dir.path().join("s.sock");
+    let d = dir.path().to_str().unwrap().to_string();
+    let s = sock.to_str().unwrap().to_string();
+    let mut cmd = match sys {
+        System::Duejob => {
+            let mut c = Command::new(duejob);
+            c.args([
+                "serve",
+                "--data",
+                &d,
+                "--socket",
+                &s,
+                "--workers",
+                "4",
+                "--sync",
+                if durable { "always" } else { "never" },
+            ]);
+            c
+        }
+        System::Beanstalkd => {
+            let mut c = Command::new("beanstalkd");
+            c.args(["-l", &format!("unix:{s}")]);
+            if durable {
+                c.args(["-b", &d, "-f", "0"]);
+            }
+            c
+        }
+        System::Redis => {
+            let mut c = Command::new("redis-server");
+            c.args(["--port", "0", "--unixsocket", &s, "--dir", &d, "--save", ""]);
+            c.args([
+                "--appendonly",
+                if durable { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
+            ]);
+            c
+        }
+    };
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {sys:?}: {e}"));
+    let t = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{sys:?} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server {
+        child,
+        sock,
+        _dir: dir,
+    }
+}
+
+fn payload() -> String {
+    "x".repeat(200)
+}
+
+/// One put request.
+fn put(sys: System, delayed: bool) -> Vec<u8> {
+    let p = payload();
+    match sys {
+        System::Duejob => {
+            let delay = if delayed {
+                r#","delay_ms":3600000"#
+            } else {
+                ""
+            };
+            format!("{{\"op\":\"submit\",\"queue\":\"bulk\",\"kind\":\"noop\",\"payload\":\"{}\"{delay}}}\n", &p[..188]).into_bytes()
+        }
+        System::Beanstalkd => format!("put 0 0 60 {}\r\n{p}\r\n", p.len()).into_bytes(),
+        System::Redis => {
+            format!("*3\r\n$5\r\nLPUSH\r\n$1\r\nq\r\n${}\r\n{p}\r\n", p.len()).into_bytes()
+        }
+    }
+}
+
+/// Reads one put reply; true if it says success.
+fn put_reply(sys: System, r: &mut BufReader<UnixStream>, line: &mut String) -> bool {
+    line.clear();
+    if r.read_line(line).unwrap_or(0) == 0 {
+        panic!("{sys:?} closed the connection");
+    }
+    match sys {
+        System::Duejob => line.starts_with(r#"{"ok":true"#),
+        System::Beanstalkd => line.starts_with("INSERTED"),
+        System::Redis => line.starts_with(':'),
+    }
+}
+
+struct Drive {
+    ops: u64,
+    lat: Histogram<u64>,
+    errors: u64,
+}
+
+/// Pipelined puts on one connection until `until`.
+fn drive_puts(sys: System, sock: &Path, window: usize, delayed: bool, until: Instant) -> Drive {
+    let s = UnixStream::connect(sock).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = std::io::BufWriter::new(s);
+    let req = put(sys, delayed);
+    let mut lat = Histogram::<u64>::new(3).unwrap();
+    let mut sent = std::collections::VecDeque::new();
+    let (mut ops, mut errors) = (0, 0);
+    let mut line = String::new();
+    loop {
+        while sent.len() < window && Instant::now() < until {
+            w.write_all(&req).unwrap();
+            sent.push_back(Instant::now());
+        }
+        w.flush().unwrap();
+        let Some(t) = sent.pop_front() else { break };
+        if put_reply(sys, &mut r, &mut line) {
+            ops += 1;
+        } else {
+            errors += 1;
+        }
+        let _ = lat.record(t.elapsed().as_nanos() as u64);
+    }
+    Drive { ops, lat, errors }
+}
+
+/// A consumer taking jobs until `stop`: beanstalkd reserve+delete, Redis BRPOP.
+fn consume(sys: System, sock: &Path, stop: &AtomicBool, done: &AtomicU64) {
+    let s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    let mut body = vec![0u8; 202];
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match sys {
+            System::Beanstalkd => {
+                w.write_all(b"reserve-with-timeout 1\r\n").unwrap();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let Some(rest) = line.strip_prefix("RESERVED ") else {
+                    continue;
+                };
+                let id = rest.split_whitespace().next().unwrap().to_string();
+                r.read_exact(&mut body).unwrap();
+                w.write_all(format!("delete {id}\r\n").as_bytes()).unwrap();
+                line.clear();
+                let _ = r.read_line(&mut line);
+                if line.starts_with("DELETED") {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            System::Redis => {
+                w.write_all(b"*3\r\n$5\r\nBRPOP\r\n$1\r\nq\r\n$1\r\n1\r\n")
+                    .unwrap();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                if line.starts_with("*2") {
+                    // $1 q, $200 payload
+                    for _ in 0..4 {
+                        line.clear();
+                        let _ = r.read_line(&mut line);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            System::Duejob => unreachable!("duejob runs its own consumers"),
+        }
+    }
+}
+
+fn duejob_succeeded(sock: &Path) -> u64 {
+    let mut c = duejob::Client::connect(sock).unwrap();
+    c.stats().unwrap().sched.totals["succeeded"]
+}
+
+/// (utime + stime) of a process in seconds.
+fn cpu_secs(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+struct Row {
+    sys: System,
+    durable: bool,
+    mode: &'static str,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    server_cpu: f64,
+    client_cpu: f64,
+    errors: u64,
+}
+
+fn measure(sys: System, durable: bool, mode: &'static str, a: &Args) -> Row {
+    let server = start(sys, durable, &a.duejob);
+    let pid = server.child.id().to_string();
+    let (conns, window) = if mode == "latency" { (1, 1) } else { (4, 100) };
+    let (s0, c0) = (cpu_secs(&pid), cpu_secs("self"));
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs_f64(a.seconds);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let consumers: Vec<_> = if mode == "cycle" && sys != System::Duejob {
+        (0..4)
+            .map(|_| {
+                let (sock, stop, done) = (server.sock.clone(), stop.clone(), done.clone());
+                std::thread::spawn(move || consume(sys, &sock, &stop, &done))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let before = if mode == "cycle" && sys == System::Duejob {
+        duejob_succeeded(&server.sock)
+    } else {
+        0
+    };
+    let producers: Vec<_> = (0..conns)
+        .map(|_| {
+            let sock = server.sock.clone();
+            std::thread::spawn(move || drive_puts(sys, &sock, window, mode == "put", until))
+        })
+        .collect();
+    let mut lat = Histogram::<u64>::new(3).unwrap();
+    let (mut ops, mut errors) = (0, 0);
+    for p in producers {
+        let d = p.join().unwrap();
+        ops += d.ops;
+        errors += d.errors;
+        lat.add(&d.lat).unwrap();
+    }
+    let rate = if mode == "cycle" {
+        // Count completions over the same window (cycles finished by the time puts stopped).
+        let n = if sys == System::Duejob {
+            duejob_succeeded(&server.sock) - before
+        } else {
+            done.load(Ordering::Relaxed)
+        };
+        n as f64 / t0.elapsed().as_secs_f64()
+    } else {
+        ops as f64 / t0.elapsed().as_secs_f64()
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let (s1, c1) = (cpu_secs(&pid), cpu_secs("self"));
+    stop.store(true, Ordering::Relaxed);
+    for c in consumers {
+        let _ = c.join();
+    }
+    Row {
+        sys,
+        durable,
+        mode,
+        rate,
+        p50: lat.value_at_quantile(0.5) as f64 / 1000.0,
+        p99: lat.value_at_quantile(0.99) as f64 / 1000.0,
+        server_cpu: (s1 - s0) / secs * 100.0,
+        client_cpu: (c1 - c0) / secs * 100.0,
+        errors,
+    }
+}
+
+fn main() {
+    let a = Args::parse();
+    assert!(
+        a.duejob.exists(),
+        "build duejob first: cargo build --release"
+    );
+    let mut rows = Vec::new();
+    for durable in [true, false] {
+        for mode in ["put", "cycle", "latency"] {
+            for sys in [System::Duejob, System::Beanstalkd, System::Redis] {
+                let r = measure(sys, durable, mode, &a);
+                eprintln!(
+                    "  {:?} {} {}: {:.0}/s",
+                    r.sys,
+                    if durable { "durable" } else { "weak" },
+                    r.mode,
+                    r.rate
+                );
+                rows.push(r);
+            }
+        }
+    }
+    println!(
+        "| durability | workload | system | jobs/s | p50 µs | p99 µs | duejob ÷ this | server CPU | client CPU |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let dj = rows
+            .iter()
+            .find(|o| o.sys == System::Duejob && o.durable == r.durable && o.mode == r.mode)
+            .unwrap();
+        let name = match (r.sys, r.durable) {
+            (System::Duejob, true) => "duejob (sync always)",
+            (System::Duejob, false) => "duejob (sync never)",
+            (System::Beanstalkd, true) => "beanstalkd 1.12 (-b -f 0)",
+            (System::Beanstalkd, false) => "beanstalkd 1.12 (no binlog)",
+            (System::Redis, true) => "Redis 7 (appendfsync always)",
+            (System::Redis, false) => "Redis 7 (no AOF)",
+        };
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.0}% | {:.0}%{} |",
+            if r.durable { "durable" } else { "weak" },
+            r.mode,
+            name,
+            r.rate,
+            r.p50,
+            r.p99,
+            dj.rate / r.rate.max(1e-9),
+            r.server_cpu,
+            r.client_cpu,
+            if r.errors > 0 {
+                format!(" ({} errors)", r.errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+}

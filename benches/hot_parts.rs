@@ -39,7 +39,9 @@ fn records(c: &mut Criterion) {
             black_box(&rec).encode_into(&mut out);
         })
     });
-    g.bench_function("decode submit", |b| b.iter(|| Record::decode(rtype::SUBMIT, SCHEMA, black_box(&buf)).unwrap()));
+    g.bench_function("decode submit", |b| {
+        b.iter(|| Record::decode(rtype::SUBMIT, SCHEMA, black_box(&buf)).unwrap())
+    });
     g.finish();
     let mut g = c.benchmark_group("crc32c");
     let data = vec![7u8; 4096];
@@ -50,9 +52,21 @@ fn records(c: &mut Criterion) {
 
 fn ready_set(c: &mut Criterion) {
     let limits = vec![
-        Limits { max_workers: 4, reserved: 1, lend_limit_ms: 300 },
-        Limits { max_workers: 4, reserved: 0, lend_limit_ms: 3000 },
-        Limits { max_workers: 4, reserved: 0, lend_limit_ms: 36_000 },
+        Limits {
+            max_workers: 4,
+            reserved: 1,
+            lend_limit_ms: 300,
+        },
+        Limits {
+            max_workers: 4,
+            reserved: 0,
+            lend_limit_ms: 3000,
+        },
+        Limits {
+            max_workers: 4,
+            reserved: 0,
+            lend_limit_ms: 36_000,
+        },
     ];
     let mut g = c.benchmark_group("ready set");
     g.throughput(Throughput::Elements(1000));
@@ -68,7 +82,11 @@ fn ready_set(c: &mut Criterion) {
             |(s, next)| {
                 for _ in 0..1000 {
                     *next += 1;
-                    s.push((*next % 3) as u16, 1_000_000 + (*next * 7919) % 3_600_000, *next);
+                    s.push(
+                        (*next % 3) as u16,
+                        1_000_000 + (*next * 7919) % 3_600_000,
+                        *next,
+                    );
                     let p = s.pick(4, &mut |_| true, &mut |_, _| None).unwrap();
                     s.finished(p.queue);
                 }
@@ -86,7 +104,9 @@ fn parse(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("protocol");
     g.throughput(Throughput::Bytes(line.len() as u64));
-    g.bench_function("parse submit line", |b| b.iter(|| Request::parse(black_box(line.as_bytes())).unwrap()));
+    g.bench_function("parse submit line", |b| {
+        b.iter(|| Request::parse(black_box(line.as_bytes())).unwrap())
+    });
     g.finish();
 }
 

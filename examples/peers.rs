@@ -30,6 +30,10 @@ struct Args {
     /// The duejob binary.
     #[arg(long, default_value = "target/release/duejob")]
     duejob: PathBuf,
+    /// Instead of the table: restart beanstalkd holding this many pending 200-byte jobs and
+    /// report time to serve, RSS and binlog bytes per job (duejob's: `examples/recovery.rs`).
+    #[arg(long)]
+    recovery: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -178,14 +178,16 @@ fn main() {
     } else {
         (jobs as f64 / submit_secs, "durable submits/s")
     };
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "mode {} sync {} conns {} window {} batch {} payload {}B: {:.0} {what}; request latency p50 {:.0}µs p99 {:.0}µs max {:.0}µs; {} errors",
         a.mode, a.sync, a.conns, a.window, per_req, a.payload, rate, us(0.5), us(0.99), lat.max() as f64 / 1000.0, errors
     );
     if a.socket.is_none() {
         let mut c = duejob::Client::connect(&sock).unwrap();
         let w = c.stats().unwrap().wal;
-        println!(
+        let _ = writeln!(
+        std::io::stdout(),
             "  WAL: {} records in {} groups (mean {:.1}, max {}), {} fsyncs, fsync p50 ≤{}µs p99 ≤{}µs, {:.0} bytes/record",
             w.records, w.groups, w.mean_group, w.max_group, w.fsyncs, w.fsync_p50_us, w.fsync_p99_us,
             w.bytes as f64 / w.records.max(1) as f64

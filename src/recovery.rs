@@ -17,7 +17,7 @@ use crate::job::{Job, State};
 use crate::scheduler::dispatcher::{
     apply_finish, apply_retry, DoneJob, LiveJob, Recovered, MAX_INTERRUPTIONS,
 };
-use crate::scheduler::AttemptInfo;
+use crate::scheduler::{AttemptInfo, AttemptOutcome};
 use crate::wal::commit::RecordBatch;
 use crate::wal::io::Storage;
 use crate::wal::keys::KeyIndex;
@@ -72,7 +72,7 @@ impl RJob {
         if self.state == State::Running {
             self.interrupted += 1;
             if let Some(a) = self.attempts.last_mut() {
-                a.outcome = Some("interrupted".into());
+                a.outcome = Some(AttemptOutcome::Interrupted);
             }
         }
     }
@@ -159,6 +159,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
                 j.attempt = s.attempt;
                 j.state = State::Running;
                 j.retry_at = None;
+                j.attempts.reserve_exact(1);
                 j.attempts.push(AttemptInfo::started(s.attempt, s.at));
             }
             Record::Finish(f) if open => {
@@ -203,7 +204,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
                 if j.state == State::Running {
                     if let Some(a) = j.attempts.last_mut() {
                         a.ended_at = Some(c.at);
-                        a.outcome = Some("cancelled".into());
+                        a.outcome = Some(AttemptOutcome::Cancelled);
                     }
                 }
                 j.state = State::Cancelled;
@@ -419,7 +420,11 @@ mod tests {
         assert_eq!(live, [(2, 2), (7, 0)]);
         let two = &rec.recovered.live[0];
         assert_eq!(
-            two.attempts.last().unwrap().outcome.as_deref(),
+            two.attempts
+                .last()
+                .unwrap()
+                .outcome
+                .map(AttemptOutcome::name),
             Some("interrupted")
         );
         let done: Vec<(u64, State)> = rec.recovered.done.iter().map(|d| (d.id, d.state)).collect();

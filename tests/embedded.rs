@@ -78,7 +78,11 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
         1,
         "the handler saw its stop signal"
     );
-    assert_eq!(j.attempts[0].outcome.as_deref(), Some("timed_out"), "{j:?}");
+    assert_eq!(
+        j.attempts[0].outcome,
+        Some(duejob::scheduler::AttemptOutcome::TimedOut),
+        "{j:?}"
+    );
 
     let stubborn = rt.submit(&one_attempt("stubborn", Some(100))).unwrap().id;
     let j = wait_state(&rt, stubborn, "dead");

@@ -120,7 +120,7 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     }
     for a in &j.attempts {
         let end = a.ended_at.map(time).unwrap_or_else(|| "-".into());
-        let outcome = a.outcome.as_deref().unwrap_or("running");
+        let outcome = a.outcome.map(|o| o.name()).unwrap_or("running");
         writeln!(
             out,
             "  attempt {}: {} .. {}  {}",

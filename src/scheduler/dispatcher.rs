@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use super::info::{AttemptInfo, JobInfo, Percentiles, QueueStats, SchedStats};
+use super::info::{AttemptInfo, AttemptOutcome, JobInfo, Percentiles, QueueStats, SchedStats};
 use super::ready::{Limits, ReadySet};
 use super::table::JobTable;
 use super::worker::{self, Task};
@@ -601,6 +601,9 @@ impl Dispatcher {
             self.set_state(pick.id, State::Running);
             let e = self.jobs.get_mut(&pick.id).expect("picked job");
             e.attempt += 1;
+            // Exact capacity: most jobs have one attempt, and the list outlives the job in the
+            // history.
+            e.attempts.reserve_exact(1);
             e.attempts.push(AttemptInfo::started(e.attempt, now));
             e.worker = worker as u16;
             e.timed_out = false;
@@ -825,7 +828,7 @@ impl Dispatcher {
             self.signals[w].raise(self.serials[w], StopReason::Cancelled);
             if let Some(a) = e.attempts.last_mut() {
                 a.ended_at = Some(now);
-                a.outcome = Some("cancelled".into());
+                a.outcome = Some(AttemptOutcome::Cancelled);
             }
         }
         // Heap and timer entries are dropped lazily: they no longer point at a live job.
@@ -1026,13 +1029,13 @@ pub fn outcome_reason(o: &Outcome) -> &str {
 fn apply_outcome(a: &mut AttemptInfo, at: u64, o: &Outcome) {
     a.ended_at = Some(at);
     match o {
-        Outcome::Succeeded => a.outcome = Some("succeeded".into()),
+        Outcome::Succeeded => a.outcome = Some(AttemptOutcome::Succeeded),
         Outcome::Failed {
             reason,
             exit_code,
             output_tail,
         } => {
-            a.outcome = Some("failed".into());
+            a.outcome = Some(AttemptOutcome::Failed);
             a.error = Some(reason.clone());
             a.exit_code = *exit_code;
             a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
@@ -1041,7 +1044,7 @@ fn apply_outcome(a: &mut AttemptInfo, at: u64, o: &Outcome) {
             reason,
             output_tail,
         } => {
-            a.outcome = Some("timed_out".into());
+            a.outcome = Some(AttemptOutcome::TimedOut);
             a.error = Some(reason.clone());
             a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
         }

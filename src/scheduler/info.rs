@@ -4,6 +4,35 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The handler succeeded.
+    Succeeded,
+    /// The handler failed.
+    Failed,
+    /// It ran past its timeout.
+    TimedOut,
+    /// The job was cancelled while it ran.
+    Cancelled,
+    /// The daemon stopped while it ran.
+    Interrupted,
+}
+
+impl AttemptOutcome {
+    /// The protocol name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// One attempt of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptInfo {
@@ -13,9 +42,8 @@ pub struct AttemptInfo {
     pub started_at: u64,
     /// End (ms), when it ended.
     pub ended_at: Option<u64>,
-    /// `succeeded`, `failed`, `timed_out`, `cancelled`, `interrupted` (the daemon stopped during
-    /// it), or null while running.
-    pub outcome: Option<String>,
+    /// How it ended; null while running.
+    pub outcome: Option<AttemptOutcome>,
     /// Failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -21,7 +21,7 @@ use crate::handlers::JobError;
 use crate::job::JobRef;
 use crate::wal::commit::Acked;
 
-pub use info::{AttemptInfo, JobInfo, SchedStats};
+pub use info::{AttemptInfo, AttemptOutcome, JobInfo, SchedStats};
 
 /// A finished attempt, from a worker.
 #[derive(Debug)]

@@ -137,7 +137,7 @@ impl Config {
             allow_uids: default_allow_uids(),
             max_line: 1 << 20,
             shutdown_grace: Duration::from_secs(10),
-            history_limit: 1_000_000,
+            history_limit: 100_000,
             key_retention: Duration::from_secs(7 * 86_400),
             max_keys: 10_000_000,
         }

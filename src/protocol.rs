@@ -124,70 +124,30 @@ pub enum Request<'a> {
 }
 
 /// Which dead jobs a `dead_retry` or `dead_purge` is about.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct DeadSelect<'a> {
-    #[allow(dead_code)]
-    op: serde::de::IgnoredAny,
     /// One job.
-    #[serde(default)]
     pub id: Option<u64>,
     /// All dead jobs (with the filters).
-    #[serde(default)]
     pub all: bool,
     /// Only this queue.
-    #[serde(borrow, default)]
     pub queue: Option<Cow<'a, str>>,
     /// Only jobs dead before this time (ms; `dead_purge`).
-    #[serde(default)]
     pub before: Option<u64>,
 }
 
+/// Every field any op takes. A line is parsed once, into this; then the op's own rules apply
+/// (which fields it takes, which it needs). Unknown fields are an error, so a typo is never
+/// silently a default.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeadListReq<'a> {
-    #[allow(dead_code)]
-    op: serde::de::IgnoredAny,
-    #[serde(borrow, default)]
-    queue: Option<Cow<'a, str>>,
-    #[serde(default)]
-    since: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct OpOnly<'a> {
+struct Wire<'a> {
     #[serde(borrow)]
     op: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdReq {
-    #[allow(dead_code)]
-    op: serde::de::IgnoredAny,
-    id: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BareReq {
-    #[allow(dead_code)]
-    op: serde::de::IgnoredAny,
-    #[serde(default)]
-    #[allow(dead_code)]
-    client: Option<serde::de::IgnoredAny>,
-}
-
-/// A `submit` line: the job fields beside `op` (serde's flatten cannot deny unknown fields).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitOne<'a> {
-    #[allow(dead_code)]
-    op: serde::de::IgnoredAny,
-    #[serde(borrow)]
-    queue: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    queue: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -200,16 +160,69 @@ struct SubmitOne<'a> {
     max_attempts: Option<u32>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(borrow, default)]
+    jobs: Option<Vec<SubmitFields<'a>>>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    all: Option<bool>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    client: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchReq<'a> {
-    #[allow(dead_code)]
-    op: serde::de::IgnoredAny,
-    #[serde(borrow)]
-    jobs: Vec<SubmitFields<'a>>,
+impl Wire<'_> {
+    /// Names of the fields present, besides `op`.
+    fn present(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("queue", self.queue.is_some()),
+            ("kind", self.kind.is_some()),
+            ("payload", self.payload.is_some()),
+            ("key", self.key.is_some()),
+            ("due_in_ms", self.due_in_ms.is_some()),
+            ("delay_ms", self.delay_ms.is_some()),
+            ("max_attempts", self.max_attempts.is_some()),
+            ("timeout_ms", self.timeout_ms.is_some()),
+            ("jobs", self.jobs.is_some()),
+            ("id", self.id.is_some()),
+            ("all", self.all.is_some()),
+            ("since", self.since.is_some()),
+            ("before", self.before.is_some()),
+            ("client", self.client.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, here)| here.then_some(name))
+    }
+
+    /// Refuses fields the op does not take.
+    fn only(&self, allowed: &[&str]) -> Result<(), Rejection> {
+        match self.present().find(|f| !allowed.contains(f)) {
+            Some(f) => Err(Rejection::new(
+                code::BAD_REQUEST,
+                format!("field `{f}` does not go with op {:?}", self.op),
+            )),
+            None => Ok(()),
+        }
+    }
 }
+
+fn missing(field: &str) -> Rejection {
+    Rejection::new(code::BAD_REQUEST, format!("missing field `{field}`"))
+}
+
+const SUBMIT_FIELDS: &[&str] = &[
+    "queue",
+    "kind",
+    "payload",
+    "key",
+    "due_in_ms",
+    "delay_ms",
+    "max_attempts",
+    "timeout_ms",
+];
 
 fn json_error(e: serde_json::Error) -> Rejection {
     use serde_json::error::Category;
@@ -223,56 +236,60 @@ fn json_error(e: serde_json::Error) -> Rejection {
 impl<'a> Request<'a> {
     /// Parses one line (without its newline).
     pub fn parse(line: &'a [u8]) -> Result<Request<'a>, Rejection> {
-        // First pass only finds `op` (and rejects non-JSON); the second parses the op's own
-        // shape with unknown fields denied, so a typo in a field name is an error, not a default.
-        let op: OpOnly<'a> = serde_json::from_slice(line).map_err(json_error)?;
-        match &*op.op {
-            "hello" => parse_as::<BareReq>(line).map(|_| Request::Hello),
-            "stats" => parse_as::<BareReq>(line).map(|_| Request::Stats),
-            "status" => parse_as::<IdReq>(line).map(|r| Request::Status(r.id)),
-            "cancel" => parse_as::<IdReq>(line).map(|r| Request::Cancel(r.id)),
+        let w: Wire<'a> = serde_json::from_slice(line).map_err(json_error)?;
+        match &*w.op {
+            "hello" | "stats" => {
+                w.only(&["client"])?;
+                Ok(if w.op == "hello" { Request::Hello } else { Request::Stats })
+            }
+            "status" | "cancel" => {
+                w.only(&["id"])?;
+                let id = w.id.ok_or_else(|| missing("id"))?;
+                Ok(if w.op == "status" { Request::Status(id) } else { Request::Cancel(id) })
+            }
             "submit" => {
-                let s: SubmitOne<'a> = serde_json::from_slice(line).map_err(json_error)?;
+                w.only(SUBMIT_FIELDS)?;
                 Ok(Request::Submit(SubmitFields {
-                    queue: s.queue,
-                    kind: s.kind,
-                    payload: s.payload,
-                    key: s.key,
-                    due_in_ms: s.due_in_ms,
-                    delay_ms: s.delay_ms,
-                    max_attempts: s.max_attempts,
-                    timeout_ms: s.timeout_ms,
+                    queue: w.queue.ok_or_else(|| missing("queue"))?,
+                    kind: w.kind.ok_or_else(|| missing("kind"))?,
+                    payload: w.payload,
+                    key: w.key,
+                    due_in_ms: w.due_in_ms,
+                    delay_ms: w.delay_ms,
+                    max_attempts: w.max_attempts,
+                    timeout_ms: w.timeout_ms,
                 }))
             }
             "submit_batch" => {
-                let b: BatchReq<'a> = serde_json::from_slice(line).map_err(json_error)?;
-                if b.jobs.is_empty() || b.jobs.len() > MAX_BATCH {
+                w.only(&["jobs"])?;
+                let jobs = w.jobs.ok_or_else(|| missing("jobs"))?;
+                if jobs.is_empty() || jobs.len() > MAX_BATCH {
                     return Err(Rejection::new(
                         code::BAD_REQUEST,
-                        format!("jobs must hold 1 to {MAX_BATCH} jobs, not {}", b.jobs.len()),
+                        format!("jobs must hold 1 to {MAX_BATCH} jobs, not {}", jobs.len()),
                     ));
                 }
-                Ok(Request::SubmitBatch(b.jobs))
+                Ok(Request::SubmitBatch(jobs))
             }
             "dead_list" => {
-                let r: DeadListReq<'a> = serde_json::from_slice(line).map_err(json_error)?;
-                Ok(Request::DeadList { queue: r.queue, since: r.since })
+                w.only(&["queue", "since"])?;
+                Ok(Request::DeadList { queue: w.queue, since: w.since })
             }
             "dead_retry" | "dead_purge" => {
-                let sel: DeadSelect<'a> = serde_json::from_slice(line).map_err(json_error)?;
-                if sel.id.is_some() == sel.all {
+                let retry = w.op == "dead_retry";
+                w.only(if retry { &["id", "all", "queue"] } else { &["id", "all", "queue", "before"] })?;
+                let all = w.all.unwrap_or(false);
+                if w.id.is_some() == all {
                     return Err(Rejection::new(code::BAD_REQUEST, "give either \"id\" or \"all\": true"));
                 }
-                if sel.id.is_some() && (sel.queue.is_some() || sel.before.is_some()) {
+                if w.id.is_some() && (w.queue.is_some() || w.before.is_some()) {
                     return Err(Rejection::new(
                         code::BAD_REQUEST,
                         "\"queue\" and \"before\" go with \"all\": true",
                     ));
                 }
-                if op.op == "dead_retry" && sel.before.is_some() {
-                    return Err(Rejection::new(code::BAD_REQUEST, "dead_retry takes no \"before\""));
-                }
-                Ok(if op.op == "dead_retry" { Request::DeadRetry(sel) } else { Request::DeadPurge(sel) })
+                let sel = DeadSelect { id: w.id, all, queue: w.queue, before: w.before };
+                Ok(if retry { Request::DeadRetry(sel) } else { Request::DeadPurge(sel) })
             }
             other => Err(Rejection::new(
                 code::UNKNOWN_OP,
@@ -280,10 +297,6 @@ impl<'a> Request<'a> {
             )),
         }
     }
-}
-
-fn parse_as<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(line).map_err(json_error)
 }
 
 /// Appends `{"ok":false,"error":{"code":..,"message":..}}\n`.
@@ -457,6 +470,36 @@ mod tests {
             line.truncate(cut.max(1).min(line.len()));
             let _ = Request::parse(&line);
         }
+    }
+
+    #[test]
+    fn fields_must_belong_to_their_op() {
+        let e = Request::parse(br#"{"op":"status","id":1,"queue":"bulk"}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                code::BAD_REQUEST,
+                "field `queue` does not go with op \"status\""
+            )
+        );
+        assert_eq!(
+            code_of(r#"{"op":"submit_batch","jobs":[{"queue":"a","kind":"noop"}],"queue":"a"}"#),
+            code::BAD_REQUEST
+        );
+        assert_eq!(code_of(r#"{"op":"dead_list","id":3}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"cancel"}"#), code::BAD_REQUEST);
+        assert_eq!(
+            Request::parse(br#"{"op":"cancel"}"#).unwrap_err().message,
+            "missing field `id`"
+        );
+        assert!(matches!(
+            Request::parse(br#"{"op":"hello","client":"my-app 1.2"}"#),
+            Ok(Request::Hello)
+        ));
+        assert!(matches!(
+            Request::parse(br#"{"op":"dead_retry","all":true,"queue":"bulk"}"#),
+            Ok(Request::DeadRetry(_))
+        ));
     }
 
     #[test]

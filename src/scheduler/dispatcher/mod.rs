@@ -4,11 +4,20 @@
 //! (from connections) on one channel, and after each burst of messages it promotes due timers,
 //! hands ready jobs to free workers, and sends the `start`/`finish` records of the burst to the
 //! WAL as one append. Nothing else touches job state, so nothing on this path takes a lock.
+//!
+//! This file holds the thread, its loop, admission, timers, dispatch and completion;
+//! `lifecycle.rs` failures, retries, death, cancellation, dead letters and the history;
+//! `report.rs` what `status` and `stats` show.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::idmap::{id_map, IdMap};
+
+mod lifecycle;
+mod report;
+
+pub use lifecycle::{apply_finish, apply_retry, backoff, outcome_reason};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,16 +25,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use super::info::{AttemptInfo, AttemptOutcome, JobInfo, Percentiles, QueueStats, SchedStats};
+use super::info::{AttemptInfo, JobInfo};
 use super::ready::{Limits, ReadySet};
 use super::table::JobTable;
 use super::worker::{self, Task};
-use super::{DeadFilter, Done, Msg, Refused};
+use super::{Done, Msg};
 use crate::config::{Config, Order};
 use crate::handlers::{JobError, Kinds, StopReason, StopSignal};
 use crate::job::{now_ms, JobRef, State};
 use crate::wal::commit::{Acked, Append, RecordBatch, WalMsg};
-use crate::wal::record::{state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry, Start};
+use crate::wal::record::{Record, Start};
 
 /// A non-terminal or dead job recovered from the WAL.
 #[derive(Debug, Clone)]
@@ -151,20 +160,6 @@ impl QueueFigures {
             timeouts: 0,
             borrowed: 0,
         }
-    }
-}
-
-fn percentiles(h: &Histogram<u64>) -> Percentiles {
-    if h.is_empty() {
-        return Percentiles::default();
-    }
-    let ms = |v: u64| v as f64 / 1000.0;
-    Percentiles {
-        count: h.len(),
-        p50: ms(h.value_at_quantile(0.5)),
-        p90: ms(h.value_at_quantile(0.9)),
-        p99: ms(h.value_at_quantile(0.99)),
-        max: ms(h.max()),
     }
 }
 
@@ -679,228 +674,6 @@ impl Dispatcher {
         }
     }
 
-    fn succeeded(&mut self, id: u64) {
-        let now = now_ms();
-        let e = self.jobs.get_mut(&id).expect("live job");
-        let rec = Finish {
-            id,
-            attempt: e.attempt,
-            at: now,
-            state: state_code::SUCCEEDED,
-            outcome: Outcome::Succeeded,
-        };
-        if let Some(a) = e.attempts.last_mut() {
-            apply_finish(a, &rec);
-        }
-        self.records.push(&Record::Finish(rec));
-        self.set_state(id, State::Succeeded);
-        self.retire(id, now);
-    }
-
-    /// The current attempt failed: retry after a backoff, or end the job dead.
-    fn attempt_failed(&mut self, id: u64, err: JobError, timed_out: bool) {
-        let now = now_ms();
-        let e = self.jobs.get_mut(&id).expect("live job");
-        e.worker = IDLE;
-        e.failures += 1;
-        let q = &self.cfg.queues[e.job.queue as usize];
-        let fig = &mut self.figures[e.job.queue as usize];
-        fig.failures += 1;
-        if timed_out {
-            fig.timeouts += 1;
-        }
-        let outcome = |reason: String| match timed_out {
-            true => Outcome::TimedOut {
-                reason,
-                output_tail: err.output_tail.clone(),
-            },
-            false => Outcome::Failed {
-                reason,
-                exit_code: err.exit_code,
-                output_tail: err.output_tail.clone(),
-            },
-        };
-        let attempt = e.attempt;
-        let mut dead_reason = None;
-        if e.failures >= e.job.max_attempts {
-            dead_reason = Some(format!(
-                "{} (attempt {} of {})",
-                err.reason, e.failures, e.job.max_attempts
-            ));
-        }
-        let retry_at = now + backoff(&mut self.rng, q.backoff_base, q.backoff_cap, e.failures);
-        if dead_reason.is_none() && !q.retry_past_deadline && retry_at > e.job.deadline {
-            dead_reason = Some(format!(
-                "{}; not retried: the next attempt would start after the deadline",
-                err.reason
-            ));
-        }
-        match dead_reason {
-            Some(reason) => {
-                let rec = Finish {
-                    id,
-                    attempt,
-                    at: now,
-                    state: state_code::DEAD,
-                    outcome: outcome(reason),
-                };
-                if let Some(a) = e.attempts.last_mut() {
-                    apply_finish(a, &rec);
-                }
-                e.at = now;
-                log::warn!("job {id} is dead: {}", outcome_reason(&rec.outcome));
-                self.records.push(&Record::Finish(rec));
-                self.set_state(id, State::Dead);
-            }
-            None => {
-                let rec = Retry {
-                    id,
-                    attempt,
-                    at: now,
-                    retry_at,
-                    outcome: outcome(err.reason.clone()),
-                };
-                if let Some(a) = e.attempts.last_mut() {
-                    apply_retry(a, &rec);
-                }
-                fig.retries += 1;
-                self.records.push(&Record::Retry(rec));
-                self.wait_for_retry(id, retry_at);
-            }
-        }
-    }
-
-    /// Moves a job that reached `succeeded` or `cancelled` (or a purged dead job) from the live
-    /// table into the bounded history.
-    fn retire(&mut self, id: u64, now: u64) {
-        let e = self.jobs.remove(&id).expect("live job");
-        let j = &e.job;
-        self.remember(DoneJob {
-            id,
-            queue: self.queue_names[j.queue as usize].clone(),
-            kind: self.kind_names[j.kind as usize].clone(),
-            state: e.state,
-            submitted_at: j.submitted_at,
-            deadline: j.deadline,
-            run_at: j.run_at,
-            max_attempts: j.max_attempts,
-            timeout_ms: j.timeout_ms,
-            key: j.key.clone(),
-            finished_at: if e.state == State::Dead && e.at > 0 {
-                e.at
-            } else {
-                now
-            },
-            attempts: e.attempts,
-        });
-    }
-
-    fn remember(&mut self, done: DoneJob) {
-        if self.cfg.history_limit == 0 {
-            return;
-        }
-        while self.history_order.len() >= self.cfg.history_limit {
-            if let Some(old) = self.history_order.pop_front() {
-                self.history.remove(&old);
-            }
-        }
-        self.history_order.push_back(done.id);
-        self.history.insert(done.id, done);
-    }
-
-    /// Cancels a job that is not yet terminal. A running attempt is told to stop (an exec job's
-    /// process group is killed); whatever it reports later is ignored.
-    fn cancel(&mut self, id: u64) -> Result<&'static str, Refused> {
-        let Some(e) = self.jobs.get_mut(&id) else {
-            return match self.history.get(&id) {
-                Some(d) => Err(Refused::WrongState(d.state.name())),
-                None => Err(Refused::NotFound),
-            };
-        };
-        let was = e.state;
-        if was.is_terminal() {
-            return Err(Refused::WrongState(was.name()));
-        }
-        let now = now_ms();
-        if e.worker != IDLE {
-            let w = e.worker as usize;
-            e.worker = IDLE;
-            self.signals[w].raise(self.serials[w], StopReason::Cancelled);
-            if let Some(a) = e.attempts.last_mut() {
-                a.ended_at = Some(now);
-                a.outcome = Some(AttemptOutcome::Cancelled);
-            }
-        }
-        // Heap and timer entries are dropped lazily: they no longer point at a live job.
-        self.set_state(id, State::Cancelled);
-        self.retire(id, now);
-        self.records.push(&Record::Cancel(Cancel { id, at: now }));
-        Ok(was.name())
-    }
-
-    fn dead_ids(&self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
-        match which {
-            DeadFilter::Id(id) => match self.jobs.get(id).map(|e| e.state) {
-                Some(State::Dead) => Ok(vec![*id]),
-                Some(s) => Err(Refused::WrongState(s.name())),
-                None => match self.history.get(id) {
-                    // A dead job in the history was purged from the dead letters.
-                    Some(d) if d.state == State::Dead => Err(Refused::WrongState("purged")),
-                    Some(d) => Err(Refused::WrongState(d.state.name())),
-                    None => Err(Refused::NotFound),
-                },
-            },
-            DeadFilter::All { queue, before } => {
-                let mut ids: Vec<(u64, u64)> = self
-                    .jobs
-                    .iter()
-                    .filter(|(_, e)| e.state == State::Dead)
-                    .filter(|(_, e)| queue.is_none_or(|q| e.job.queue == q))
-                    .filter(|(_, e)| before.is_none_or(|b| e.at < b))
-                    .map(|(id, e)| (e.at, *id))
-                    .collect();
-                ids.sort_unstable();
-                Ok(ids.into_iter().map(|(_, id)| id).collect())
-            }
-        }
-    }
-
-    fn dead_list(&self, queue: Option<u16>, since: Option<u64>) -> Vec<JobInfo> {
-        let ids = self
-            .dead_ids(&DeadFilter::All {
-                queue,
-                before: None,
-            })
-            .unwrap_or_default();
-        ids.into_iter()
-            .filter(|id| since.is_none_or(|s| self.jobs[id].at >= s))
-            .filter_map(|id| self.status(id))
-            .collect()
-    }
-
-    fn dead_retry(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
-        let ids = self.dead_ids(which)?;
-        let now = now_ms();
-        for &id in &ids {
-            let e = self.jobs.get_mut(&id).expect("dead job");
-            e.failures = 0;
-            e.at = 0;
-            self.records.push(&Record::Revive(JobEvent { id, at: now }));
-            self.push_ready(id);
-        }
-        Ok(ids)
-    }
-
-    fn dead_purge(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
-        let ids = self.dead_ids(which)?;
-        let now = now_ms();
-        for &id in &ids {
-            self.records.push(&Record::Purge(JobEvent { id, at: now }));
-            self.retire(id, now);
-        }
-        Ok(ids)
-    }
-
     fn flush_records(&mut self) {
         if !self.records.is_empty() {
             let batch = std::mem::take(&mut self.records);
@@ -925,165 +698,5 @@ impl Dispatcher {
         if self.wal.send(msg).is_err() {
             log::error!("dispatcher: the WAL has stopped; state changes are no longer recorded");
         }
-    }
-
-    fn status(&self, id: u64) -> Option<JobInfo> {
-        if let Some(d) = self.history.get(&id) {
-            return Some(d.info());
-        }
-        let e = self.jobs.get(&id)?;
-        let j = &e.job;
-        Some(JobInfo {
-            id,
-            queue: self.queue_names[j.queue as usize].to_string(),
-            kind: self.kind_names[j.kind as usize].to_string(),
-            state: e.state.name().into(),
-            submitted_at: j.submitted_at,
-            deadline: j.deadline,
-            run_at: j.run_at,
-            max_attempts: j.max_attempts,
-            timeout_ms: j.timeout_ms,
-            key: j.key.as_deref().map(Into::into),
-            next_attempt_at: (e.state == State::Retrying).then_some(e.at),
-            finished_at: (e.state == State::Dead).then_some(e.at),
-            payload: serde_json::from_str(&j.payload).ok(),
-            attempts: e.attempts.clone(),
-        })
-    }
-
-    fn stats(&mut self) -> SchedStats {
-        let now = now_ms();
-        let now_us = self.now_us();
-        let mut totals: std::collections::BTreeMap<String, u64> = State::ALL
-            .iter()
-            .map(|s| (s.name().to_string(), 0))
-            .collect();
-        let mut queues = std::collections::BTreeMap::new();
-        for (q, qc) in self.cfg.queues.iter().enumerate() {
-            let mut states = std::collections::BTreeMap::new();
-            for s in State::ALL {
-                let c = self.counts[q][s.index()];
-                states.insert(s.name().to_string(), c);
-                *totals.get_mut(s.name()).expect("state") += c;
-            }
-            let jobs = &self.jobs;
-            let head = self
-                .ready
-                .head(q as u16, &mut |id| {
-                    jobs.get(&id).is_some_and(|e| e.state == State::Ready)
-                })
-                .and_then(|(_, id)| jobs.get(&id));
-            let fig = &self.figures[q];
-            queues.insert(
-                qc.name.clone(),
-                QueueStats {
-                    states,
-                    max_workers: qc.max_workers,
-                    reserved: qc.reserved,
-                    due_in_ms: qc.due_in.as_millis() as u64,
-                    oldest_ready_age_ms: head.map(|e| now_us.saturating_sub(e.ready_at_us) / 1000),
-                    slack_ms: head.map(|e| e.job.deadline as i64 - now as i64),
-                    deadline_misses: fig.misses,
-                    failures: fig.failures,
-                    retries: fig.retries,
-                    timeouts: fig.timeouts,
-                    borrowed: fig.borrowed,
-                    wait_ms: percentiles(&fig.wait_us),
-                    run_ms: percentiles(&fig.run_us),
-                },
-            );
-        }
-        SchedStats {
-            totals,
-            queues,
-            workers: self.workers.len(),
-            busy: self.workers.len() - self.free.len(),
-            order: self.cfg.order.name().into(),
-        }
-    }
-}
-
-/// Backoff before the next attempt after `failures` failures: uniformly random in
-/// `[0, min(cap, base * 2^(failures-1))]` ms ("full jitter").
-pub fn backoff(rng: &mut u64, base: Duration, cap: Duration, failures: u32) -> u64 {
-    let shift = failures.saturating_sub(1).min(40);
-    let ceiling = (base.as_millis() as u64)
-        .saturating_mul(1u64 << shift)
-        .min(cap.as_millis() as u64);
-    // xorshift64*: plenty for spreading retries, and no dependency.
-    *rng ^= *rng >> 12;
-    *rng ^= *rng << 25;
-    *rng ^= *rng >> 27;
-    let r = rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
-    r % (ceiling + 1)
-}
-
-/// The reason text of an outcome.
-pub fn outcome_reason(o: &Outcome) -> &str {
-    match o {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed { reason, .. } | Outcome::TimedOut { reason, .. } => reason,
-    }
-}
-
-fn apply_outcome(a: &mut AttemptInfo, at: u64, o: &Outcome) {
-    a.ended_at = Some(at);
-    match o {
-        Outcome::Succeeded => a.outcome = Some(AttemptOutcome::Succeeded),
-        Outcome::Failed {
-            reason,
-            exit_code,
-            output_tail,
-        } => {
-            a.outcome = Some(AttemptOutcome::Failed);
-            a.error = Some(reason.clone());
-            a.exit_code = *exit_code;
-            a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
-        }
-        Outcome::TimedOut {
-            reason,
-            output_tail,
-        } => {
-            a.outcome = Some(AttemptOutcome::TimedOut);
-            a.error = Some(reason.clone());
-            a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
-        }
-    }
-}
-
-/// Fills in an attempt's end from its `finish` record.
-pub fn apply_finish(a: &mut AttemptInfo, f: &Finish) {
-    apply_outcome(a, f.at, &f.outcome);
-}
-
-/// Fills in an attempt's end from its `retry` record.
-pub fn apply_retry(a: &mut AttemptInfo, r: &Retry) {
-    apply_outcome(a, r.at, &r.outcome);
-    a.retry_at = Some(r.retry_at);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_stays_within_full_jitter_bounds() {
-        let mut rng = 12345;
-        let (base, cap) = (Duration::from_millis(100), Duration::from_millis(1000));
-        let mut seen_max = [0u64; 6];
-        for _ in 0..2000 {
-            for f in 1..=6u32 {
-                let d = backoff(&mut rng, base, cap, f);
-                let bound = (100u64 << (f - 1)).min(1000);
-                assert!(d <= bound, "failure {f}: {d} > {bound}");
-                seen_max[f as usize - 1] = seen_max[f as usize - 1].max(d);
-            }
-        }
-        // Spread: the draws reach close to each bound.
-        assert!(seen_max[0] > 90 && seen_max[5] > 900, "{seen_max:?}");
-        assert!(
-            backoff(&mut rng, base, cap, 400) <= 1000,
-            "huge failure counts saturate"
-        );
     }
 }

@@ -1,0 +1,320 @@
+//! The job lifecycle inside the dispatcher: success, failure and retry with backoff, death,
+//! cancellation, the dead letters, and the bounded history of finished jobs.
+
+use std::time::Duration;
+
+use super::{Dispatcher, DoneJob, State, IDLE};
+use crate::handlers::{JobError, StopReason};
+use crate::job::now_ms;
+use crate::scheduler::info::{AttemptInfo, AttemptOutcome, JobInfo};
+use crate::scheduler::{DeadFilter, Refused};
+use crate::wal::record::{state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry};
+
+impl Dispatcher {
+    pub(super) fn succeeded(&mut self, id: u64) {
+        let now = now_ms();
+        let e = self.jobs.get_mut(&id).expect("live job");
+        let rec = Finish {
+            id,
+            attempt: e.attempt,
+            at: now,
+            state: state_code::SUCCEEDED,
+            outcome: Outcome::Succeeded,
+        };
+        if let Some(a) = e.attempts.last_mut() {
+            apply_finish(a, &rec);
+        }
+        self.records.push(&Record::Finish(rec));
+        self.set_state(id, State::Succeeded);
+        self.retire(id, now);
+    }
+
+    /// The current attempt failed: retry after a backoff, or end the job dead.
+    pub(super) fn attempt_failed(&mut self, id: u64, err: JobError, timed_out: bool) {
+        let now = now_ms();
+        let e = self.jobs.get_mut(&id).expect("live job");
+        e.worker = IDLE;
+        e.failures += 1;
+        let q = &self.cfg.queues[e.job.queue as usize];
+        let fig = &mut self.figures[e.job.queue as usize];
+        fig.failures += 1;
+        if timed_out {
+            fig.timeouts += 1;
+        }
+        let outcome = |reason: String| match timed_out {
+            true => Outcome::TimedOut {
+                reason,
+                output_tail: err.output_tail.clone(),
+            },
+            false => Outcome::Failed {
+                reason,
+                exit_code: err.exit_code,
+                output_tail: err.output_tail.clone(),
+            },
+        };
+        let attempt = e.attempt;
+        let mut dead_reason = None;
+        if e.failures >= e.job.max_attempts {
+            dead_reason = Some(format!(
+                "{} (attempt {} of {})",
+                err.reason, e.failures, e.job.max_attempts
+            ));
+        }
+        let retry_at = now + backoff(&mut self.rng, q.backoff_base, q.backoff_cap, e.failures);
+        if dead_reason.is_none() && !q.retry_past_deadline && retry_at > e.job.deadline {
+            dead_reason = Some(format!(
+                "{}; not retried: the next attempt would start after the deadline",
+                err.reason
+            ));
+        }
+        match dead_reason {
+            Some(reason) => {
+                let rec = Finish {
+                    id,
+                    attempt,
+                    at: now,
+                    state: state_code::DEAD,
+                    outcome: outcome(reason),
+                };
+                if let Some(a) = e.attempts.last_mut() {
+                    apply_finish(a, &rec);
+                }
+                e.at = now;
+                log::warn!("job {id} is dead: {}", outcome_reason(&rec.outcome));
+                self.records.push(&Record::Finish(rec));
+                self.set_state(id, State::Dead);
+            }
+            None => {
+                let rec = Retry {
+                    id,
+                    attempt,
+                    at: now,
+                    retry_at,
+                    outcome: outcome(err.reason.clone()),
+                };
+                if let Some(a) = e.attempts.last_mut() {
+                    apply_retry(a, &rec);
+                }
+                fig.retries += 1;
+                self.records.push(&Record::Retry(rec));
+                self.wait_for_retry(id, retry_at);
+            }
+        }
+    }
+
+    /// Moves a job that reached `succeeded` or `cancelled` (or a purged dead job) from the live
+    /// table into the bounded history.
+    pub(super) fn retire(&mut self, id: u64, now: u64) {
+        let e = self.jobs.remove(&id).expect("live job");
+        let j = &e.job;
+        self.remember(DoneJob {
+            id,
+            queue: self.queue_names[j.queue as usize].clone(),
+            kind: self.kind_names[j.kind as usize].clone(),
+            state: e.state,
+            submitted_at: j.submitted_at,
+            deadline: j.deadline,
+            run_at: j.run_at,
+            max_attempts: j.max_attempts,
+            timeout_ms: j.timeout_ms,
+            key: j.key.clone(),
+            finished_at: if e.state == State::Dead && e.at > 0 {
+                e.at
+            } else {
+                now
+            },
+            attempts: e.attempts,
+        });
+    }
+
+    pub(super) fn remember(&mut self, done: DoneJob) {
+        if self.cfg.history_limit == 0 {
+            return;
+        }
+        while self.history_order.len() >= self.cfg.history_limit {
+            if let Some(old) = self.history_order.pop_front() {
+                self.history.remove(&old);
+            }
+        }
+        self.history_order.push_back(done.id);
+        self.history.insert(done.id, done);
+    }
+
+    /// Cancels a job that is not yet terminal. A running attempt is told to stop (an exec job's
+    /// process group is killed); whatever it reports later is ignored.
+    pub(super) fn cancel(&mut self, id: u64) -> Result<&'static str, Refused> {
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return match self.history.get(&id) {
+                Some(d) => Err(Refused::WrongState(d.state.name())),
+                None => Err(Refused::NotFound),
+            };
+        };
+        let was = e.state;
+        if was.is_terminal() {
+            return Err(Refused::WrongState(was.name()));
+        }
+        let now = now_ms();
+        if e.worker != IDLE {
+            let w = e.worker as usize;
+            e.worker = IDLE;
+            self.signals[w].raise(self.serials[w], StopReason::Cancelled);
+            if let Some(a) = e.attempts.last_mut() {
+                a.ended_at = Some(now);
+                a.outcome = Some(AttemptOutcome::Cancelled);
+            }
+        }
+        // Heap and timer entries are dropped lazily: they no longer point at a live job.
+        self.set_state(id, State::Cancelled);
+        self.retire(id, now);
+        self.records.push(&Record::Cancel(Cancel { id, at: now }));
+        Ok(was.name())
+    }
+
+    pub(super) fn dead_ids(&self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
+        match which {
+            DeadFilter::Id(id) => match self.jobs.get(id).map(|e| e.state) {
+                Some(State::Dead) => Ok(vec![*id]),
+                Some(s) => Err(Refused::WrongState(s.name())),
+                None => match self.history.get(id) {
+                    // A dead job in the history was purged from the dead letters.
+                    Some(d) if d.state == State::Dead => Err(Refused::WrongState("purged")),
+                    Some(d) => Err(Refused::WrongState(d.state.name())),
+                    None => Err(Refused::NotFound),
+                },
+            },
+            DeadFilter::All { queue, before } => {
+                let mut ids: Vec<(u64, u64)> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, e)| e.state == State::Dead)
+                    .filter(|(_, e)| queue.is_none_or(|q| e.job.queue == q))
+                    .filter(|(_, e)| before.is_none_or(|b| e.at < b))
+                    .map(|(id, e)| (e.at, *id))
+                    .collect();
+                ids.sort_unstable();
+                Ok(ids.into_iter().map(|(_, id)| id).collect())
+            }
+        }
+    }
+
+    pub(super) fn dead_list(&self, queue: Option<u16>, since: Option<u64>) -> Vec<JobInfo> {
+        let ids = self
+            .dead_ids(&DeadFilter::All {
+                queue,
+                before: None,
+            })
+            .unwrap_or_default();
+        ids.into_iter()
+            .filter(|id| since.is_none_or(|s| self.jobs[id].at >= s))
+            .filter_map(|id| self.status(id))
+            .collect()
+    }
+
+    pub(super) fn dead_retry(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
+        let ids = self.dead_ids(which)?;
+        let now = now_ms();
+        for &id in &ids {
+            let e = self.jobs.get_mut(&id).expect("dead job");
+            e.failures = 0;
+            e.at = 0;
+            self.records.push(&Record::Revive(JobEvent { id, at: now }));
+            self.push_ready(id);
+        }
+        Ok(ids)
+    }
+
+    pub(super) fn dead_purge(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
+        let ids = self.dead_ids(which)?;
+        let now = now_ms();
+        for &id in &ids {
+            self.records.push(&Record::Purge(JobEvent { id, at: now }));
+            self.retire(id, now);
+        }
+        Ok(ids)
+    }
+}
+
+/// Backoff before the next attempt after `failures` failures: uniformly random in
+/// `[0, min(cap, base * 2^(failures-1))]` ms ("full jitter").
+pub fn backoff(rng: &mut u64, base: Duration, cap: Duration, failures: u32) -> u64 {
+    let shift = failures.saturating_sub(1).min(40);
+    let ceiling = (base.as_millis() as u64)
+        .saturating_mul(1u64 << shift)
+        .min(cap.as_millis() as u64);
+    // xorshift64*: plenty for spreading retries, and no dependency.
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    let r = rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    r % (ceiling + 1)
+}
+
+/// The reason text of an outcome.
+pub fn outcome_reason(o: &Outcome) -> &str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed { reason, .. } | Outcome::TimedOut { reason, .. } => reason,
+    }
+}
+
+fn apply_outcome(a: &mut AttemptInfo, at: u64, o: &Outcome) {
+    a.ended_at = Some(at);
+    match o {
+        Outcome::Succeeded => a.outcome = Some(AttemptOutcome::Succeeded),
+        Outcome::Failed {
+            reason,
+            exit_code,
+            output_tail,
+        } => {
+            a.outcome = Some(AttemptOutcome::Failed);
+            a.error = Some(reason.clone());
+            a.exit_code = *exit_code;
+            a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
+        }
+        Outcome::TimedOut {
+            reason,
+            output_tail,
+        } => {
+            a.outcome = Some(AttemptOutcome::TimedOut);
+            a.error = Some(reason.clone());
+            a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
+        }
+    }
+}
+
+/// Fills in an attempt's end from its `finish` record.
+pub fn apply_finish(a: &mut AttemptInfo, f: &Finish) {
+    apply_outcome(a, f.at, &f.outcome);
+}
+
+/// Fills in an attempt's end from its `retry` record.
+pub fn apply_retry(a: &mut AttemptInfo, r: &Retry) {
+    apply_outcome(a, r.at, &r.outcome);
+    a.retry_at = Some(r.retry_at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_full_jitter_bounds() {
+        let mut rng = 12345;
+        let (base, cap) = (Duration::from_millis(100), Duration::from_millis(1000));
+        let mut seen_max = [0u64; 6];
+        for _ in 0..2000 {
+            for f in 1..=6u32 {
+                let d = backoff(&mut rng, base, cap, f);
+                let bound = (100u64 << (f - 1)).min(1000);
+                assert!(d <= bound, "failure {f}: {d} > {bound}");
+                seen_max[f as usize - 1] = seen_max[f as usize - 1].max(d);
+            }
+        }
+        // Spread: the draws reach close to each bound.
+        assert!(seen_max[0] > 90 && seen_max[5] > 900, "{seen_max:?}");
+        assert!(
+            backoff(&mut rng, base, cap, 400) <= 1000,
+            "huge failure counts saturate"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! What the dispatcher reports: a job's status and timeline, and the `stats` figures.
+
+use hdrhistogram::Histogram;
+
+use super::Dispatcher;
+use crate::job::{now_ms, State};
+use crate::scheduler::info::{JobInfo, Percentiles, QueueStats, SchedStats};
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    Percentiles {
+        count: h.len(),
+        p50: ms(h.value_at_quantile(0.5)),
+        p90: ms(h.value_at_quantile(0.9)),
+        p99: ms(h.value_at_quantile(0.99)),
+        max: ms(h.max()),
+    }
+}
+
+impl Dispatcher {
+    pub(super) fn status(&self, id: u64) -> Option<JobInfo> {
+        if let Some(d) = self.history.get(&id) {
+            return Some(d.info());
+        }
+        let e = self.jobs.get(&id)?;
+        let j = &e.job;
+        Some(JobInfo {
+            id,
+            queue: self.queue_names[j.queue as usize].to_string(),
+            kind: self.kind_names[j.kind as usize].to_string(),
+            state: e.state.name().into(),
+            submitted_at: j.submitted_at,
+            deadline: j.deadline,
+            run_at: j.run_at,
+            max_attempts: j.max_attempts,
+            timeout_ms: j.timeout_ms,
+            key: j.key.as_deref().map(Into::into),
+            next_attempt_at: (e.state == State::Retrying).then_some(e.at),
+            finished_at: (e.state == State::Dead).then_some(e.at),
+            payload: serde_json::from_str(&j.payload).ok(),
+            attempts: e.attempts.clone(),
+        })
+    }
+
+    pub(super) fn stats(&mut self) -> SchedStats {
+        let now = now_ms();
+        let now_us = self.now_us();
+        let mut totals: std::collections::BTreeMap<String, u64> = State::ALL
+            .iter()
+            .map(|s| (s.name().to_string(), 0))
+            .collect();
+        let mut queues = std::collections::BTreeMap::new();
+        for (q, qc) in self.cfg.queues.iter().enumerate() {
+            let mut states = std::collections::BTreeMap::new();
+            for s in State::ALL {
+                let c = self.counts[q][s.index()];
+                states.insert(s.name().to_string(), c);
+                *totals.get_mut(s.name()).expect("state") += c;
+            }
+            let jobs = &self.jobs;
+            let head = self
+                .ready
+                .head(q as u16, &mut |id| {
+                    jobs.get(&id).is_some_and(|e| e.state == State::Ready)
+                })
+                .and_then(|(_, id)| jobs.get(&id));
+            let fig = &self.figures[q];
+            queues.insert(
+                qc.name.clone(),
+                QueueStats {
+                    states,
+                    max_workers: qc.max_workers,
+                    reserved: qc.reserved,
+                    due_in_ms: qc.due_in.as_millis() as u64,
+                    oldest_ready_age_ms: head.map(|e| now_us.saturating_sub(e.ready_at_us) / 1000),
+                    slack_ms: head.map(|e| e.job.deadline as i64 - now as i64),
+                    deadline_misses: fig.misses,
+                    failures: fig.failures,
+                    retries: fig.retries,
+                    timeouts: fig.timeouts,
+                    borrowed: fig.borrowed,
+                    wait_ms: percentiles(&fig.wait_us),
+                    run_ms: percentiles(&fig.run_us),
+                },
+            );
+        }
+        SchedStats {
+            totals,
+            queues,
+            workers: self.workers.len(),
+            busy: self.workers.len() - self.free.len(),
+            order: self.cfg.order.name().into(),
+        }
+    }
+}

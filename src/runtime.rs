@@ -343,17 +343,11 @@ impl Handle {
         if self.is_closing() {
             return Err(closed());
         }
-        let keys = jobs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, j)| j.key.clone().map(|k| (i as u32, k)))
-            .collect();
         self.inner
             .wal_tx
             .send(WalMsg::Append(Append {
                 records,
                 jobs,
-                keys,
                 ack: Some(ack),
             }))
             .map_err(|_| closed())
@@ -612,7 +606,6 @@ impl RuntimeBuilder {
             let _ = wal_tx.send(WalMsg::Append(Append {
                 records: rec.orphans,
                 jobs: vec![],
-                keys: vec![],
                 ack: Some(tx),
             }));
             if let Ok(Err(e)) = rx.recv() {

@@ -175,7 +175,6 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
             Record::Retry(_) => tally.set(id, "retrying"),
             Record::Finish(f) => match f.state {
                 state_code::SUCCEEDED => tally.end(id, "succeeded"),
-                state_code::RETRYING => tally.set(id, "retrying"),
                 _ => tally.end(id, "dead"),
             },
             Record::Cancel(_) => tally.end(id, "cancelled"),

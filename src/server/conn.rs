@@ -36,7 +36,7 @@ enum Slot {
     Batch(Vec<u64>),
 }
 
-/// The replies of one burst; `durable` says whether it awaits a WAL acknowledgement.
+/// The replies of one burst; `awaits_wal` says whether it awaits a WAL acknowledgement.
 struct Group {
     slots: Vec<Slot>,
     awaits_wal: bool,

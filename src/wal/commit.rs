@@ -94,11 +94,9 @@ pub type Acked = Result<AckInfo, Arc<WalError>>;
 pub struct Append {
     /// The records.
     pub records: RecordBatch,
-    /// Jobs to hand on after the records are durable. When `keys` is not empty, record `i` is the
-    /// submit of `jobs[i]`.
+    /// Jobs to hand on after the records are durable. When not empty, record `i` is the submit of
+    /// `jobs[i]` (whose `key`, if any, is checked for duplicates).
     pub jobs: Vec<JobRef>,
-    /// Idempotency keys of submit records: (record index, key).
-    pub keys: Vec<(u32, Box<str>)>,
     /// Where the acknowledgement goes.
     pub ack: Option<Sender<Acked>>,
 }
@@ -229,9 +227,8 @@ impl CommitLoop {
         self.dups.clear();
         for a in group {
             let mut dups = Vec::new();
-            let mut keys = a.keys.iter().peekable();
             for (i, (t, body)) in a.records.iter().enumerate() {
-                let key = keys.next_if(|(ki, _)| *ki as usize == i).map(|(_, k)| k);
+                let key = a.jobs.get(i).and_then(|j| j.key.as_deref());
                 if let Some(k) = key {
                     if let Some(e) = self.keys.get(k, now) {
                         dups.push(Duplicate {
@@ -367,7 +364,6 @@ mod tests {
             tx.send(WalMsg::Append(Append {
                 records: cancel_batch(i * 3..i * 3 + 3),
                 jobs: vec![],
-                keys: vec![],
                 ack: Some(atx),
             }))
             .unwrap();
@@ -403,7 +399,6 @@ mod tests {
             tx.send(WalMsg::Append(Append {
                 records: cancel_batch(0..1),
                 jobs: vec![],
-                keys: vec![],
                 ack: Some(atx),
             }))
             .unwrap();

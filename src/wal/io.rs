@@ -367,9 +367,8 @@ impl SegmentFile for MemHandle {
         self.with(|st, name| {
             s.op(st, "truncate")?;
             let f = file(st, name)?;
+            // The new size becomes durable with the next sync, like written bytes.
             f.current.resize(len as usize, 0);
-            // Size changes are metadata: modelled as durable with the next sync only.
-            f.unsynced.push((len, Vec::new()));
             Ok(())
         })
     }

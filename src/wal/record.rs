@@ -30,8 +30,6 @@ pub const SCHEMA: u8 = 1;
 
 /// State numbers stored in [`Finish::state`].
 pub mod state_code {
-    /// Reserved for the retry feature.
-    pub const RETRYING: u8 = 3;
     /// The job succeeded.
     pub const SUCCEEDED: u8 = 4;
     /// The job is dead.

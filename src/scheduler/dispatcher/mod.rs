@@ -692,7 +692,6 @@ impl Dispatcher {
         let msg = WalMsg::Append(Append {
             records,
             jobs: Vec::new(),
-            keys: Vec::new(),
             ack,
         });
         if self.wal.send(msg).is_err() {

@@ -11,7 +11,7 @@
 //! machine. Modes:
 //! - `submit`: durable submits only (jobs are delayed an hour, so nothing runs);
 //! - `cycle`: submit no-op jobs and count them through dispatch, run and the recorded completion;
-//! - `latency`: one connection, one request at a time.
+//! - `latency`: one connection, one request at a time (the jobs run, unless `--delayed`).
 //!
 //! Payloads are `--payload` bytes of JSON (default 200). Prints jobs/s and latency percentiles
 //! (per request: from write to reply).
@@ -53,12 +53,16 @@ struct Args {
     /// Workers of the daemon this starts.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// In latency mode, delay the jobs an hour so that nothing runs (a pure submit, like a put
+    /// nobody reserves).
+    #[arg(long)]
+    delayed: bool,
 }
 
 fn request(a: &Args) -> String {
     let pad_len = a.payload.saturating_sub(r#"{"pad":""}"#.len());
     let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad_len));
-    let delay = if a.mode == "submit" {
+    let delay = if a.mode == "submit" || a.delayed {
         r#","delay_ms":3600000"#
     } else {
         ""

@@ -84,6 +84,19 @@ impl RJob {
 struct Interner(Vec<Arc<str>>);
 
 impl Interner {
+    /// For each interned name, in order, what `resolve` says of it (evaluated once per name).
+    fn resolve<T>(&self, resolve: impl Fn(&str) -> T) -> Vec<T> {
+        self.0.iter().map(|a| resolve(a)).collect()
+    }
+
+    /// Position of an `Arc` this interner handed out (pointer comparison, no string compare).
+    fn position(&self, a: &Arc<str>) -> usize {
+        self.0
+            .iter()
+            .position(|b| Arc::ptr_eq(a, b))
+            .expect("interned name")
+    }
+
     fn get(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.0.iter().find(|a| &***a == s) {
             return a.clone();
@@ -236,28 +249,31 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
     for (pos, id) in ended.iter().enumerate() {
         last_end.insert(*id, pos);
     }
-    let mut history: Vec<(usize, DoneJob)> = Vec::new();
-    let mut live = Vec::new();
-    for j in jobs {
-        let finished = j.purged || matches!(j.state, State::Succeeded | State::Cancelled);
-        match last_end.get(&j.id) {
-            Some(&pos) if finished => history.push((pos, done_job(j.id, j))),
-            _ => live.push(j),
-        }
-    }
     drop(index);
-    history.sort_unstable_by_key(|(pos, _)| *pos);
-    let skip = history.len().saturating_sub(cfg.history_limit);
-    recovered.done = history.into_iter().skip(skip).map(|(_, d)| d).collect();
-    recovered.live.reserve(live.len());
-
-    for mut j in live {
+    // Queue and kind ids, looked up once per distinct name rather than once per job.
+    let queue_ids = names.resolve(|n| cfg.queue_id(n));
+    let kind_ids = names.resolve(|n| kinds.id(n));
+    let mut history: Vec<(usize, DoneJob)> = Vec::new();
+    let mut gone = Vec::new();
+    recovered
+        .live
+        .reserve(jobs.len() - last_end.len().min(jobs.len()));
+    // One pass, moving each job once: into the history or straight into the live set.
+    for mut j in jobs {
         let id = j.id;
+        let finished = j.purged || matches!(j.state, State::Succeeded | State::Cancelled);
+        if finished {
+            if let Some(&pos) = last_end.get(&id) {
+                history.push((pos, done_job(id, j)));
+                continue;
+            }
+        }
         if j.state == State::Running {
             j.interrupt_running();
             j.state = State::Ready;
         }
-        let (queue, kind) = (cfg.queue_id(&j.queue), kinds.id(&j.kind));
+        let queue = queue_ids[names.position(&j.queue)];
+        let kind = kind_ids[names.position(&j.kind)];
         let cannot_run = match (queue, kind) {
             (None, _) => Some(format!("queue {:?} is not configured any more", &*j.queue)),
             (_, None) => Some(format!("kind {:?} is not registered", &*j.kind)),
@@ -287,7 +303,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             if queue.is_none() || kind.is_none() {
                 j.state = State::Dead;
                 j.payload = None;
-                recovered.done.push(done_job(id, j));
+                gone.push(done_job(id, j));
                 continue;
             }
             j.state = State::Dead;
@@ -314,6 +330,10 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             attempts: j.attempts,
         });
     }
+    history.sort_unstable_by_key(|(pos, _)| *pos);
+    let skip = history.len().saturating_sub(cfg.history_limit);
+    recovered.done = history.into_iter().skip(skip).map(|(_, d)| d).collect();
+    recovered.done.extend(gone);
     Ok(Recovery {
         scan,
         recovered,

@@ -85,6 +85,95 @@ impl QueueConfig {
     }
 }
 
+/// How the connection to the SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (a relay on loopback or a trusted network only).
+    None,
+    /// Plain text upgraded with STARTTLS, which is required (default port 587).
+    StartTls,
+    /// TLS from the first byte ("implicit TLS", default port 465).
+    Tls,
+}
+
+impl SmtpTls {
+    /// Parses `none`, `starttls` or `tls`.
+    pub fn parse(s: &str) -> Result<SmtpTls, String> {
+        match s {
+            "none" => Ok(SmtpTls::None),
+            "starttls" => Ok(SmtpTls::StartTls),
+            "tls" => Ok(SmtpTls::Tls),
+            _ => Err(format!("unknown tls mode {s:?} (none, starttls or tls)")),
+        }
+    }
+    /// The usual port of the mode.
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 25,
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
+}
+
+/// A secret (the SMTP password): its `Debug` never shows it, so it cannot reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The secret itself (to hand to the SMTP client, nothing else).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// SMTP settings of the built-in `email` kind (`[smtp]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpConfig {
+    /// Server host name (also the name its TLS certificate is checked against).
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// User name for AUTH, if the server needs one.
+    pub username: Option<String>,
+    /// Password for AUTH.
+    pub password: Option<Secret>,
+    /// Timeout of each SMTP command (and of connecting).
+    pub timeout: Duration,
+    /// Connections kept open and reused; 0 opens a new connection for every email.
+    pub pool_size: u32,
+    /// Name sent in EHLO (default: this machine's host name).
+    pub hello_name: Option<String>,
+}
+
+impl SmtpConfig {
+    /// Defaults for a server at `host`: port 25 without TLS, 30 s timeout, a pool of 4.
+    pub fn new(host: &str) -> SmtpConfig {
+        SmtpConfig {
+            host: host.to_string(),
+            port: SmtpTls::None.default_port(),
+            tls: SmtpTls::None,
+            username: None,
+            password: None,
+            timeout: Duration::from_secs(30),
+            pool_size: 4,
+            hello_name: None,
+        }
+    }
+}
+
 /// Everything the runtime needs to know.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -110,6 +199,8 @@ pub struct Config {
     pub key_retention: Duration,
     /// Most keys kept; beyond it the oldest are forgotten early (logged, counted in `stats`).
     pub max_keys: usize,
+    /// SMTP server of the `email` kind; without it, email jobs are refused at submit.
+    pub smtp: Option<SmtpConfig>,
 }
 
 /// Default worker count: CPU count, at least 4 (SPEC §2).
@@ -140,6 +231,7 @@ impl Config {
             history_limit: 100_000,
             key_retention: Duration::from_secs(7 * 86_400),
             max_keys: 10_000_000,
+            smtp: None,
         }
     }
 
@@ -184,6 +276,9 @@ impl Config {
         }
         if let Some(m) = f.max_keys {
             c.max_keys = m;
+        }
+        if let Some(smtp) = f.smtp {
+            c.smtp = Some(smtp.build(&|name| std::env::var(name).ok())?);
         }
         if !f.queues.is_empty() {
             c.queues = Vec::new();
@@ -277,6 +372,20 @@ impl Config {
                 self.workers
             ));
         }
+        if let Some(s) = &self.smtp {
+            if s.host.is_empty() {
+                return Err("smtp.host must not be empty".into());
+            }
+            if s.port == 0 {
+                return Err("smtp.port must not be 0".into());
+            }
+            if s.timeout.is_zero() {
+                return Err("smtp.timeout must be positive".into());
+            }
+            if s.password.is_some() && s.username.is_none() {
+                return Err("smtp: a password needs a username".into());
+            }
+        }
         if self.max_line < 1024 {
             return Err("max_line_bytes must be at least 1024".into());
         }
@@ -317,6 +426,51 @@ struct FileConfig {
     max_keys: Option<usize>,
     #[serde(default)]
     queues: BTreeMap<String, FileQueue>,
+    smtp: Option<FileSmtp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSmtp {
+    host: String,
+    port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    timeout: Option<String>,
+    pool_size: Option<u32>,
+    hello_name: Option<String>,
+}
+
+impl FileSmtp {
+    /// The settings, reading the password from the environment when `password_env` names it.
+    fn build(self, env: &dyn Fn(&str) -> Option<String>) -> Result<SmtpConfig, String> {
+        let mut c = SmtpConfig::new(&self.host);
+        if let Some(t) = &self.tls {
+            c.tls = SmtpTls::parse(t).map_err(|e| format!("smtp.tls: {e}"))?;
+        }
+        c.port = self.port.unwrap_or(c.tls.default_port());
+        c.username = self.username;
+        c.password = match (self.password, self.password_env) {
+            (Some(_), Some(_)) => {
+                return Err("smtp: give password or password_env, not both".into())
+            }
+            (Some(p), None) => Some(Secret::new(p)),
+            (None, Some(var)) => Some(Secret::new(env(&var).ok_or_else(|| {
+                format!("smtp.password_env: environment variable {var} is not set")
+            })?)),
+            (None, None) => None,
+        };
+        if let Some(t) = &self.timeout {
+            c.timeout = parse_duration(t).map_err(|e| format!("smtp.timeout: {e}"))?;
+        }
+        if let Some(n) = self.pool_size {
+            c.pool_size = n;
+        }
+        c.hello_name = self.hello_name;
+        Ok(c)
+    }
 }
 
 #[derive(Deserialize)]
@@ -382,6 +536,61 @@ pub const MAX_DURATION_MS: u64 = 10 * 365 * 86_400_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn smtp(text: &str, env: &[(&str, &str)]) -> Result<SmtpConfig, String> {
+        #[derive(Deserialize)]
+        struct Only {
+            smtp: FileSmtp,
+        }
+        let f: Only = toml::from_str(text).map_err(|e| e.to_string())?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        f.smtp
+            .build(&|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn smtp_settings_ports_follow_the_tls_mode_and_secrets_stay_hidden() {
+        let c = smtp("[smtp]\nhost = \"mail.example.com\"\n", &[]).unwrap();
+        assert_eq!((c.port, c.tls, c.pool_size), (25, SmtpTls::None, 4));
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        let c = smtp("[smtp]\nhost = \"h\"\ntls = \"starttls\"\n", &[]).unwrap();
+        assert_eq!((c.port, c.tls), (587, SmtpTls::StartTls));
+        let c = smtp(
+            "[smtp]\nhost = \"h\"\ntls = \"tls\"\nport = 2465\npool_size = 0\ntimeout = \"5s\"\n\
+             username = \"u\"\npassword_env = \"PW\"\n",
+            &[("PW", "hunter2")],
+        )
+        .unwrap();
+        assert_eq!((c.port, c.tls, c.pool_size), (2465, SmtpTls::Tls, 0));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("hunter2"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let e = smtp("[smtp]\nhost = \"h\"\npassword_env = \"MISSING\"\n", &[]).unwrap_err();
+        assert!(e.contains("MISSING is not set"), "{e}");
+        let e = smtp(
+            "[smtp]\nhost = \"h\"\npassword = \"a\"\npassword_env = \"B\"\n",
+            &[("B", "b")],
+        )
+        .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = smtp("[smtp]\nhost = \"h\"\ntls = \"ssl\"\n", &[]).unwrap_err();
+        assert!(e.contains("none, starttls or tls"), "{e}");
+        let e = smtp("[smtp]\nhost = \"h\"\nuser = \"x\"\n", &[]).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        // Whole-config checks.
+        let e = Config::from_toml("[smtp]\nhost = \"\"\n", None).unwrap_err();
+        assert!(e.contains("smtp.host"), "{e}");
+        let e = Config::from_toml("[smtp]\nhost = \"h\"\npassword = \"p\"\n", None).unwrap_err();
+        assert!(e.contains("needs a username"), "{e}");
+        let c = Config::from_toml("[smtp]\nhost = \"h\"\nport = 2525\n", None).unwrap();
+        assert_eq!(c.smtp.map(|s| s.port), Some(2525));
+    }
 
     #[test]
     fn defaults_follow_the_spec() {

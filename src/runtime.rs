@@ -197,6 +197,9 @@ pub struct Stats {
     pub sched: SchedStats,
     /// WAL figures.
     pub wal: WalReport,
+    /// Kinds that depend on an outside service (`email`: the SMTP server), by name.
+    #[serde(default)]
+    pub kinds: std::collections::BTreeMap<String, crate::handlers::KindHealth>,
 }
 
 struct Inner {
@@ -305,19 +308,38 @@ impl Handle {
             Some(n) => n,
             None => q.max_attempts,
         };
-        self.inner
+        let admitted = self
+            .inner
             .kinds
             .handler(kind)
-            .validate(spec.payload)
+            .admit(spec.payload)
             .map_err(|m| Rejection::new(code::INVALID_PAYLOAD, m))?;
+        let key: Option<Box<str>> = match (spec.key, admitted.default_key) {
+            (Some(k), _) => Some(k.into()),
+            (None, Some(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k.into()),
+            (None, Some(k)) => {
+                return Err(Rejection::new(
+                    code::INVALID_PAYLOAD,
+                    format!(
+                        "the payload's key must be 1 to {MAX_KEY_BYTES} bytes, not {}",
+                        k.len()
+                    ),
+                ))
+            }
+            (None, None) => None,
+        };
+        let payload: Box<str> = match admitted.payload {
+            Some(p) => p.into(),
+            None => spec.payload.into(),
+        };
         let run_at = delay.filter(|&d| d > 0).map(|d| now + d);
         let deadline = run_at.unwrap_or(now) + due_in.unwrap_or(q.due_in.as_millis() as u64);
         Ok(Job {
             id: 0,
             queue,
             kind,
-            payload: spec.payload.into(),
-            key: spec.key.map(Into::into),
+            payload,
+            key,
             submitted_at: now,
             deadline,
             run_at,
@@ -397,6 +419,7 @@ impl Handle {
         Ok(Stats {
             sched,
             wal: self.wal_report(),
+            kinds: self.inner.kinds.health(),
         })
     }
 
@@ -534,6 +557,8 @@ pub struct RuntimeBuilder {
     config: Config,
     kinds: Kinds,
     storage: Option<Arc<dyn Storage>>,
+    /// The application registered its own `email` kind: `[smtp]` does not replace it.
+    own_email: bool,
 }
 
 impl RuntimeBuilder {
@@ -556,6 +581,7 @@ impl RuntimeBuilder {
     }
     /// Registers a kind.
     pub fn register(mut self, name: &str, handler: impl Handler) -> Self {
+        self.own_email |= name == "email";
         self.kinds.register(name, Arc::new(handler));
         self
     }
@@ -566,8 +592,18 @@ impl RuntimeBuilder {
     }
 
     /// Recovers the WAL and starts the threads.
-    pub fn start(self) -> Result<Runtime, Error> {
+    pub fn start(mut self) -> Result<Runtime, Error> {
         self.config.validate().map_err(Error::Config)?;
+        if let (Some(smtp), false) = (&self.config.smtp, self.own_email) {
+            self.kinds.configure_email(smtp).map_err(Error::Config)?;
+            log::info!(
+                "email: SMTP server {}:{} ({:?}, pool of {})",
+                smtp.host,
+                smtp.port,
+                smtp.tls,
+                smtp.pool_size
+            );
+        }
         let (storage, lock): (Arc<dyn Storage>, Option<File>) = match self.storage {
             Some(s) => (s, None),
             None => {
@@ -706,6 +742,7 @@ impl Runtime {
             config: Config::with_workers(crate::config::default_workers()),
             kinds: Kinds::builtin(),
             storage: None,
+            own_email: false,
         }
     }
 

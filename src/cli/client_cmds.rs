@@ -199,6 +199,20 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
         "WAL: sync {}, {} segments, {} records, {} bytes, {} fsyncs (p50 ≤{}µs, p99 ≤{}µs), {:.1} records/group",
         w.sync, w.segments, w.records, w.bytes, w.fsyncs, w.fsync_p50_us, w.fsync_p99_us, w.mean_group
     )?;
+    for (kind, h) in &s.kinds {
+        let state = match h.consecutive_failures {
+            0 => "ok".to_string(),
+            n => format!("FAILING ({n} attempts in a row)"),
+        };
+        writeln!(
+            out,
+            "{kind}: {state}; {} sent, {} temporary failures, {} permanent",
+            h.succeeded, h.temporary_failures, h.permanent_failures
+        )?;
+        if let (Some(e), Some(at)) = (&h.last_error, h.last_error_at) {
+            writeln!(out, "  last error at {}: {e}", crate::cli::fmt::time(at))?;
+        }
+    }
     Ok(())
 }
 

@@ -240,6 +240,7 @@ fn run_tracked(
             reason,
             exit_code: status.code(),
             output_tail: tail,
+            permanent: false,
         });
     }
     if status.success() {
@@ -254,6 +255,7 @@ fn run_tracked(
         reason,
         exit_code: status.code(),
         output_tail: tail,
+        permanent: false,
     })
 }
 

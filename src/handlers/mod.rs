@@ -1,16 +1,17 @@
 //! Job kinds: the [`Handler`] trait, the registry of kinds, and the built-in kinds
-//! (`noop`, `sleep`, [`exec`]).
+//! (`noop`, `sleep`, [`exec`], [`email`]).
 //!
 //! A handler validates a payload at submit time (so a bad payload is rejected before it is
 //! acknowledged) and runs a job on a worker thread.
 
+pub mod email;
 pub mod exec;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a running attempt is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,17 +108,56 @@ pub struct JobError {
     pub exit_code: Option<i32>,
     /// Last bytes of output.
     pub output_tail: String,
+    /// Retrying cannot help (an SMTP server's 5xx rejection, say): the job ends `dead` at once,
+    /// whatever attempts it has left.
+    pub permanent: bool,
 }
 
 impl JobError {
-    /// A failure with just a reason.
+    /// A failure with just a reason; the job is retried while it has attempts left.
     pub fn new(reason: impl Into<String>) -> JobError {
         JobError {
             reason: reason.into(),
             exit_code: None,
             output_tail: String::new(),
+            permanent: false,
         }
     }
+
+    /// A failure that retrying cannot mend: the job ends `dead` now.
+    pub fn permanent(reason: impl Into<String>) -> JobError {
+        JobError {
+            permanent: true,
+            ..JobError::new(reason)
+        }
+    }
+}
+
+/// What a kind makes of a payload at submit time, beyond accepting it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// The payload to store instead of the one submitted (completed, e.g. with a generated
+    /// Message-ID, so that every attempt and every replay sends the same thing).
+    pub payload: Option<String>,
+    /// The job's idempotency key when the submit gives none (an email's Message-ID).
+    pub default_key: Option<String>,
+}
+
+/// How a kind that talks to an outside service is faring (shown by `stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindHealth {
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed in a way a retry may mend (server down, 4xx).
+    pub temporary_failures: u64,
+    /// Attempts that failed for good (5xx).
+    pub permanent_failures: u64,
+    /// Failures since the last success (0: healthy).
+    pub consecutive_failures: u64,
+    /// The last failure's reason.
+    pub last_error: Option<String>,
+    /// When it happened (ms since the epoch).
+    pub last_error_at: Option<u64>,
 }
 
 impl From<String> for JobError {
@@ -137,6 +177,15 @@ pub trait Handler: Send + Sync + 'static {
     /// Checks a payload at submit time; the error text goes back to the client.
     fn validate(&self, _payload: &str) -> Result<(), String> {
         Ok(())
+    }
+    /// Checks a payload at submit time and may complete it (see [`Admitted`]). The default
+    /// calls [`Handler::validate`] and keeps the payload as it is.
+    fn admit(&self, payload: &str) -> Result<Admitted, String> {
+        self.validate(payload).map(|()| Admitted::default())
+    }
+    /// How the outside service this kind depends on is faring, if it has one.
+    fn health(&self) -> Option<KindHealth> {
+        None
     }
     /// Runs one attempt. A panic counts as a failed attempt; the worker survives.
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError>;
@@ -173,13 +222,30 @@ impl Kinds {
         Kinds::default()
     }
 
-    /// The built-in kinds: `noop`, `sleep`, `exec`.
+    /// The built-in kinds: `noop`, `sleep`, `exec`, and `email` (which refuses jobs until an SMTP
+    /// server is configured: [`Kinds::configure_email`]).
     pub fn builtin() -> Kinds {
         let mut k = Kinds::empty();
         k.register("noop", Arc::new(Noop));
         k.register("sleep", Arc::new(Sleep));
         k.register("exec", Arc::new(exec::Exec::default()));
+        k.register("email", Arc::new(email::Email::unconfigured()));
         k
+    }
+
+    /// Points the built-in `email` kind at an SMTP server.
+    pub fn configure_email(&mut self, smtp: &crate::config::SmtpConfig) -> Result<(), String> {
+        self.register("email", Arc::new(email::Email::new(smtp)?));
+        Ok(())
+    }
+
+    /// Health of every kind that reports one, by name.
+    pub fn health(&self) -> std::collections::BTreeMap<String, KindHealth> {
+        self.names
+            .iter()
+            .zip(&self.handlers)
+            .filter_map(|(n, h)| Some((n.clone(), h.health()?)))
+            .collect()
     }
 
     /// Adds or replaces a kind.

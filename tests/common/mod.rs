@@ -18,6 +18,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub log: PathBuf,
     extra: Vec<String>,
+    /// Environment variables set for the daemon (beside `RUST_LOG`).
+    pub envs: Vec<(String, String)>,
 }
 
 /// Numbers the log files of all daemons of this test binary (several may share a directory).
@@ -30,7 +32,19 @@ impl Daemon {
             child: None,
             log: dir.join("daemon.log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
         }
+    }
+
+    /// Like [`Daemon::start_in`], with extra environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::new(dir, extra);
+        d.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.restart();
+        d
     }
 
     /// Starts a daemon in `dir` with `extra` serve arguments and waits until it serves.
@@ -80,6 +94,7 @@ impl Daemon {
             .arg(self.data())
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

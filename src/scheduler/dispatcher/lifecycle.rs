@@ -54,7 +54,9 @@ impl Dispatcher {
         };
         let attempt = e.attempt;
         let mut dead_reason = None;
-        if e.failures >= e.job.max_attempts {
+        if err.permanent {
+            dead_reason = Some(format!("{} (permanent: not retried)", err.reason));
+        } else if e.failures >= e.job.max_attempts {
             dead_reason = Some(format!(
                 "{} (attempt {} of {})",
                 err.reason, e.failures, e.job.max_attempts

@@ -1,0 +1,664 @@
+//! `email`: sends one email through the configured SMTP server, with lettre's blocking SMTP
+//! transport (pooled connections, rustls).
+//!
+//! Payload (JSON):
+//!
+//! ```json
+//! {"from": "Shop <shop@example.com>", "to": ["ann@example.com"], "cc": [], "bcc": [],
+//!  "reply_to": "help@example.com", "subject": "Your order", "text": "...", "html": "<p>...</p>",
+//!  "headers": {"X-Order": "1234"}, "message_id": "<order-1234@example.com>"}
+//! ```
+//!
+//! `to`, `cc`, `bcc` and `reply_to` take one address or a list; `text` and/or `html` give the
+//! body (both: a multipart/alternative). Everything is checked at submit time by building the
+//! whole message, so a bad address or header is refused before the job is acknowledged.
+//!
+//! Without `message_id` one is generated at submit time and written into the stored payload, so
+//! every attempt (and every replay) sends the same Message-ID, and the job's idempotency key
+//! defaults to it: a resubmitted email with the same Message-ID is not sent twice.
+//!
+//! Failures: a permanent SMTP rejection (5xx, other than an authentication failure) ends the job
+//! `dead` at once with the server's reply; anything else (4xx, connection refused, timeout, TLS,
+//! authentication) is temporary and retried with the queue's backoff. [`Handler::health`] shows
+//! the server's state in `stats`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, Message, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::{PoolConfig, SmtpTransport, SmtpTransportBuilder};
+use lettre::Transport;
+use serde::Deserialize;
+
+use super::{Admitted, Handler, JobContext, JobError, KindHealth};
+use crate::config::{SmtpConfig, SmtpTls};
+
+/// Most recipients (to + cc + bcc) of one email.
+pub const MAX_RECIPIENTS: usize = 1000;
+/// Longest Message-ID (it doubles as the idempotency key, at most 256 bytes).
+pub const MAX_MESSAGE_ID: usize = 250;
+/// Longest extra header value (RFC 5322's line limit).
+pub const MAX_HEADER_VALUE: usize = 998;
+
+/// Headers the payload sets through its own fields (or the transport sets); `headers` may not.
+const RESERVED_HEADERS: &[&str] = &[
+    "from",
+    "sender",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "subject",
+    "message-id",
+    "date",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+];
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// An email job's payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailPayload {
+    /// Sender.
+    pub from: String,
+    /// Recipients.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub to: Vec<String>,
+    /// Copy recipients.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cc: Vec<String>,
+    /// Blind copy recipients (in the envelope, not in the headers).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub bcc: Vec<String>,
+    /// Reply-To addresses.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub reply_to: Vec<String>,
+    /// Subject.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: Option<String>,
+    /// HTML body.
+    pub html: Option<String>,
+    /// Extra headers, name to value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Message-ID, with or without the angle brackets.
+    pub message_id: Option<String>,
+}
+
+fn parse_payload(payload: &str) -> Result<EmailPayload, String> {
+    serde_json::from_str(payload).map_err(|e| format!("email payload: {e}"))
+}
+
+fn mailbox(field: &str, i: Option<usize>, s: &str) -> Result<Mailbox, String> {
+    let at = match i {
+        Some(i) => format!("{field}[{i}]"),
+        None => field.to_string(),
+    };
+    if s.contains(['\r', '\n']) {
+        return Err(format!("email payload: {at}: line breaks are not allowed"));
+    }
+    Mailbox::from_str(s).map_err(|e| format!("email payload: {at}: invalid address {s:?}: {e}"))
+}
+
+/// `<id@domain>` from `id@domain` or `<id@domain>`, checked.
+fn normalize_message_id(id: &str) -> Result<String, String> {
+    let inner = id
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(id);
+    let ok = !inner.is_empty()
+        && inner.len() + 2 <= MAX_MESSAGE_ID
+        && inner
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+        && inner.split_once('@').is_some_and(|(l, r)| {
+            !l.is_empty() && !r.is_empty() && !r.contains('@') && !l.contains('@')
+        });
+    if !ok {
+        return Err(format!(
+            "email payload: message_id {id:?}: use <left@right>, printable ASCII without spaces, \
+             at most {MAX_MESSAGE_ID} bytes"
+        ));
+    }
+    Ok(format!("<{inner}>"))
+}
+
+fn check_header(name: &str, value: &str) -> Result<HeaderValue, String> {
+    let bad_name = name.is_empty()
+        || name.len() > 76
+        || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    if bad_name {
+        return Err(format!(
+            "email payload: header name {name:?}: use 1-76 printable ASCII characters, no ':' or space"
+        ));
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "email payload: header {name:?} is set from the payload's own fields, not `headers`"
+        ));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(format!(
+            "email payload: header {name}: line breaks are not allowed in the value"
+        ));
+    }
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(format!(
+            "email payload: header {name}: value longer than {MAX_HEADER_VALUE} bytes"
+        ));
+    }
+    let hn = HeaderName::new_from_ascii(name.to_string())
+        .map_err(|_| format!("email payload: header name {name:?} is not valid"))?;
+    Ok(HeaderValue::new(hn, value.to_string()))
+}
+
+/// Builds the message a payload describes, checking every field.
+pub fn build_message(p: &EmailPayload) -> Result<Message, String> {
+    let mut b = Message::builder().from(mailbox("from", None, &p.from)?);
+    let recipients = p.to.len() + p.cc.len() + p.bcc.len();
+    if recipients == 0 {
+        return Err("email payload: no recipient (give to, cc or bcc)".into());
+    }
+    if recipients > MAX_RECIPIENTS {
+        return Err(format!(
+            "email payload: {recipients} recipients; at most {MAX_RECIPIENTS}"
+        ));
+    }
+    for (i, a) in p.to.iter().enumerate() {
+        b = b.to(mailbox("to", Some(i), a)?);
+    }
+    for (i, a) in p.cc.iter().enumerate() {
+        b = b.cc(mailbox("cc", Some(i), a)?);
+    }
+    for (i, a) in p.bcc.iter().enumerate() {
+        b = b.bcc(mailbox("bcc", Some(i), a)?);
+    }
+    for (i, a) in p.reply_to.iter().enumerate() {
+        b = b.reply_to(mailbox("reply_to", Some(i), a)?);
+    }
+    if p.subject.contains(['\r', '\n']) {
+        return Err("email payload: subject: line breaks are not allowed".into());
+    }
+    b = b.subject(p.subject.as_str());
+    if let Some(id) = &p.message_id {
+        b = b.message_id(Some(normalize_message_id(id)?));
+    }
+    for (name, value) in &p.headers {
+        b = b.raw_header(check_header(name, value)?);
+    }
+    let built = match (&p.text, &p.html) {
+        (Some(t), Some(h)) => b.multipart(MultiPart::alternative_plain_html(t.clone(), h.clone())),
+        (Some(t), None) => b.singlepart(SinglePart::plain(t.clone())),
+        (None, Some(h)) => b.singlepart(SinglePart::html(h.clone())),
+        (None, None) => return Err("email payload: give text, html or both".into()),
+    };
+    built.map_err(|e| format!("email payload: {e}"))
+}
+
+/// A fresh Message-ID on the sender's domain.
+fn generate_message_id(from: &Mailbox) -> String {
+    let ms = crate::job::now_ms();
+    format!(
+        "<{ms:x}.{:016x}{:016x}@{}>",
+        fastrand::u64(..),
+        fastrand::u64(..),
+        from.email.domain()
+    )
+}
+
+/// Checks an email payload and, when it has no Message-ID, adds one.
+pub fn admit_payload(payload: &str) -> Result<Admitted, String> {
+    let p = parse_payload(payload)?;
+    build_message(&p)?;
+    match &p.message_id {
+        Some(id) => Ok(Admitted {
+            payload: None,
+            default_key: Some(normalize_message_id(id)?),
+        }),
+        None => {
+            let id = generate_message_id(&mailbox("from", None, &p.from)?);
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(payload).map_err(|e| format!("email payload: {e}"))?;
+            v.insert("message_id".into(), serde_json::Value::String(id.clone()));
+            Ok(Admitted {
+                payload: Some(serde_json::Value::Object(v).to_string()),
+                default_key: Some(id),
+            })
+        }
+    }
+}
+
+/// Where messages go.
+enum Outbox {
+    /// No SMTP server configured: every email job is refused at submit.
+    Unconfigured,
+    /// One transport whose pool keeps connections open.
+    Pooled(SmtpTransport),
+    /// A new connection for each email (`pool_size = 0`).
+    Unpooled(SmtpTransportBuilder),
+    /// Unit tests: lettre's stub, which records instead of sending.
+    #[cfg(test)]
+    Stub(lettre::transport::stub::StubTransport),
+}
+
+/// Counters behind [`Handler::health`]. Atomics on the success path; the mutex only on failure.
+#[derive(Default)]
+struct Health {
+    succeeded: AtomicU64,
+    temporary: AtomicU64,
+    permanent: AtomicU64,
+    consecutive: AtomicU64,
+    last_error: Mutex<Option<(String, u64)>>,
+}
+
+/// The `email` kind.
+pub struct Email {
+    outbox: Outbox,
+    server: String,
+    health: Health,
+}
+
+fn transport_builder(c: &SmtpConfig) -> Result<SmtpTransportBuilder, String> {
+    let tls = |host: &str| {
+        TlsParameters::new(host.to_string()).map_err(|e| format!("smtp: TLS setup for {host}: {e}"))
+    };
+    let mut b = SmtpTransport::builder_dangerous(c.host.as_str())
+        .port(c.port)
+        .timeout(Some(c.timeout))
+        .tls(match c.tls {
+            SmtpTls::None => Tls::None,
+            SmtpTls::StartTls => Tls::Required(tls(&c.host)?),
+            SmtpTls::Tls => Tls::Wrapper(tls(&c.host)?),
+        });
+    if let Some(user) = &c.username {
+        let pass = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        b = b.credentials(Credentials::new(user.clone(), pass.to_string()));
+    }
+    if let Some(h) = &c.hello_name {
+        b = b.hello_name(ClientId::Domain(h.clone()));
+    }
+    if c.pool_size > 0 {
+        b = b.pool_config(PoolConfig::new().max_size(c.pool_size));
+    }
+    Ok(b)
+}
+
+/// SMTP reply codes of a failed authentication: a configuration problem, mended by fixing the
+/// credentials, not by giving up on the email.
+const AUTH_CODES: &[&str] = &["530", "534", "535", "538"];
+
+/// Whether an SMTP error ends the email for good.
+fn is_permanent(e: &lettre::transport::smtp::Error) -> bool {
+    if e.is_permanent() {
+        let code = e.status().map(|c| c.to_string()).unwrap_or_default();
+        return !AUTH_CODES.contains(&code.as_str());
+    }
+    // The message itself could not be sent (not the server's state): retrying cannot help.
+    e.is_client()
+}
+
+impl Email {
+    /// The kind before any SMTP server is configured: refuses every email job at submit.
+    pub fn unconfigured() -> Email {
+        Email {
+            outbox: Outbox::Unconfigured,
+            server: String::new(),
+            health: Health::default(),
+        }
+    }
+
+    /// The kind sending through `smtp`.
+    pub fn new(smtp: &SmtpConfig) -> Result<Email, String> {
+        let b = transport_builder(smtp)?;
+        let outbox = if smtp.pool_size > 0 {
+            Outbox::Pooled(b.build())
+        } else {
+            Outbox::Unpooled(b)
+        };
+        Ok(Email {
+            outbox,
+            server: format!("{}:{}", smtp.host, smtp.port),
+            health: Health::default(),
+        })
+    }
+
+    #[cfg(test)]
+    fn stub(t: lettre::transport::stub::StubTransport) -> Email {
+        Email {
+            outbox: Outbox::Stub(t),
+            server: "stub".into(),
+            health: Health::default(),
+        }
+    }
+
+    fn send(&self, m: &Message) -> Result<(), JobError> {
+        let r = match &self.outbox {
+            Outbox::Unconfigured => {
+                return Err(JobError::permanent(
+                    "no SMTP server is configured ([smtp] in the config file)",
+                ))
+            }
+            Outbox::Pooled(t) => t.send(m).map(|_| ()),
+            Outbox::Unpooled(b) => b.clone().build().send(m).map(|_| ()),
+            #[cfg(test)]
+            Outbox::Stub(t) => {
+                return t
+                    .send(m)
+                    .map_err(|e| JobError::new(format!("stub transport: {e}")))
+            }
+        };
+        r.map_err(|e| {
+            if is_permanent(&e) {
+                JobError::permanent(format!(
+                    "SMTP server {} rejected the email for good: {e}",
+                    self.server
+                ))
+            } else {
+                JobError::new(format!(
+                    "SMTP server {}: temporary failure, will retry: {e}",
+                    self.server
+                ))
+            }
+        })
+    }
+
+    fn record(&self, id: u64, r: &Result<(), JobError>) {
+        let h = &self.health;
+        match r {
+            Ok(()) => {
+                h.succeeded.fetch_add(1, Ordering::Relaxed);
+                let was = h.consecutive.swap(0, Ordering::Relaxed);
+                if was > 0 {
+                    log::info!(
+                        "email: SMTP server {} accepts mail again after {was} failed attempts",
+                        self.server
+                    );
+                }
+            }
+            Err(e) => {
+                let counter = if e.permanent {
+                    &h.permanent
+                } else {
+                    &h.temporary
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let n = h.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Ok(mut last) = h.last_error.lock() {
+                    *last = Some((e.reason.clone(), crate::job::now_ms()));
+                }
+                if e.permanent {
+                    log::warn!("email job {id}: {}", e.reason);
+                } else if n == 1 || n.is_power_of_two() {
+                    log::error!(
+                        "email job {id}: {} ({n} failed attempts in a row)",
+                        e.reason
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Handler for Email {
+    fn validate(&self, payload: &str) -> Result<(), String> {
+        self.admit(payload).map(|_| ())
+    }
+
+    fn admit(&self, payload: &str) -> Result<Admitted, String> {
+        if matches!(self.outbox, Outbox::Unconfigured) {
+            return Err(
+                "the email kind has no SMTP server: add an [smtp] section to the config file"
+                    .into(),
+            );
+        }
+        admit_payload(payload)
+    }
+
+    fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
+        // Checked at submit; a payload that fails now (a WAL from another version) cannot be
+        // mended by retrying.
+        let p = parse_payload(ctx.payload).map_err(JobError::permanent)?;
+        let m = build_message(&p).map_err(JobError::permanent)?;
+        let r = self.send(&m);
+        self.record(ctx.id, &r);
+        r
+    }
+
+    fn health(&self) -> Option<KindHealth> {
+        if matches!(self.outbox, Outbox::Unconfigured) {
+            return None;
+        }
+        let h = &self.health;
+        let last = h.last_error.lock().ok().and_then(|l| l.clone());
+        Some(KindHealth {
+            succeeded: h.succeeded.load(Ordering::Relaxed),
+            temporary_failures: h.temporary.load(Ordering::Relaxed),
+            permanent_failures: h.permanent.load(Ordering::Relaxed),
+            consecutive_failures: h.consecutive.load(Ordering::Relaxed),
+            last_error_at: last.as_ref().map(|l| l.1),
+            last_error: last.map(|l| l.0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::StopSignal;
+    use lettre::transport::stub::StubTransport;
+
+    fn ok(payload: &str) -> Admitted {
+        admit_payload(payload).unwrap_or_else(|e| panic!("{payload}: {e}"))
+    }
+
+    fn err(payload: &str) -> String {
+        admit_payload(payload).expect_err(payload)
+    }
+
+    #[test]
+    fn a_message_id_is_generated_once_and_becomes_the_key() {
+        let a = ok(r#"{"from":"a@example.com","to":"b@example.org","subject":"hi","text":"x"}"#);
+        let stored = a.payload.expect("payload completed");
+        let v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        let id = v["message_id"].as_str().unwrap();
+        assert!(id.starts_with('<') && id.ends_with("@example.com>"), "{id}");
+        assert_eq!(a.default_key.as_deref(), Some(id));
+        // The stored payload is accepted as it is: the id is kept, not generated again.
+        let again = ok(&stored);
+        assert_eq!(again.payload, None);
+        assert_eq!(again.default_key.as_deref(), Some(id));
+        // Two submits without an id get different ids.
+        let b = ok(r#"{"from":"a@example.com","to":"b@example.org","subject":"hi","text":"x"}"#);
+        assert_ne!(b.default_key, Some(id.to_string()));
+    }
+
+    #[test]
+    fn a_given_message_id_is_normalized_into_the_key() {
+        let a = ok(
+            r#"{"from":"a@x.io","to":["b@y.io"],"subject":"s","html":"<p>h</p>","message_id":"k1@x.io"}"#,
+        );
+        assert_eq!(a.default_key.as_deref(), Some("<k1@x.io>"));
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_with_the_field_named() {
+        let cases: &[(&str, &str)] = &[
+            ("not json", "email payload"),
+            (
+                r#"{"to":"b@y.io","subject":"s","text":"t"}"#,
+                "missing field `from`",
+            ),
+            (
+                r#"{"from":"nobody","to":"b@y.io","subject":"s","text":"t"}"#,
+                "from: invalid address",
+            ),
+            (
+                r#"{"from":"a@x.io","to":["b@y.io","bad@@y"],"subject":"s","text":"t"}"#,
+                "to[1]: invalid address",
+            ),
+            (
+                r#"{"from":"a@x.io","cc":"c d@y.io","subject":"s","text":"t"}"#,
+                "cc[0]: invalid address",
+            ),
+            (
+                r#"{"from":"a@x.io","subject":"s","text":"t"}"#,
+                "no recipient",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"s"}"#,
+                "give text, html or both",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"a\r\nBcc: evil@z.io","text":"t"}"#,
+                "subject: line breaks",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t","headers":{"X-A":"1\r\nBcc: e@z.io"}}"#,
+                "line breaks are not allowed in the value",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t","headers":{"Bad Name":"1"}}"#,
+                "header name",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t","headers":{"bcc":"e@z.io"}}"#,
+                "set from the payload's own fields",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t","message_id":"no-at-sign"}"#,
+                "message_id",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t","message_id":"<a b@x.io>"}"#,
+                "message_id",
+            ),
+            (
+                r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t","attachments":[]}"#,
+                "unknown field `attachments`",
+            ),
+            (
+                r#"{"from":"a@x.io","to":5,"subject":"s","text":"t"}"#,
+                "email payload",
+            ),
+        ];
+        for (payload, want) in cases {
+            let e = err(payload);
+            assert!(e.contains(want), "{payload}: {e:?} lacks {want:?}");
+        }
+        let many: Vec<String> = (0..=MAX_RECIPIENTS).map(|i| format!("u{i}@y.io")).collect();
+        let p = serde_json::json!({"from":"a@x.io","bcc":many,"subject":"s","text":"t"});
+        assert!(err(&p.to_string()).contains("at most 1000"));
+    }
+
+    #[test]
+    fn an_unconfigured_kind_refuses_at_submit_and_fails_for_good() {
+        let e = Email::unconfigured();
+        let p = r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t"}"#;
+        assert!(e.admit(p).unwrap_err().contains("[smtp]"));
+        assert_eq!(e.health(), None);
+    }
+
+    #[test]
+    fn the_stub_transport_gets_the_message_with_its_headers() {
+        let stub = StubTransport::new_ok();
+        let email = Email::stub(stub.clone());
+        let payload = r#"{"from":"Shop <shop@x.io>","to":["ann@y.io","Bob <bob@y.io>"],"cc":"c@y.io",
+            "bcc":"hidden@y.io","reply_to":"help@x.io","subject":"Grüße","text":"plain","html":"<b>rich</b>",
+            "headers":{"X-Order":"1234"},"message_id":"<m1@x.io>"}"#;
+        let stop = StopSignal::new();
+        let ctx = JobContext {
+            id: 7,
+            attempt: 1,
+            queue: "notifications",
+            payload,
+            timeout: None,
+            stop: &stop,
+            serial: 1,
+        };
+        email.run(&ctx).unwrap();
+        let sent = stub.messages();
+        assert_eq!(sent.len(), 1);
+        let (envelope, text) = &sent[0];
+        let mut rcpt: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
+        rcpt.sort();
+        assert_eq!(
+            rcpt,
+            ["ann@y.io", "bob@y.io", "c@y.io", "hidden@y.io"],
+            "bcc is in the envelope"
+        );
+        assert_eq!(
+            envelope.from().map(|a| a.to_string()).as_deref(),
+            Some("shop@x.io")
+        );
+        for want in [
+            "From: Shop <shop@x.io>",
+            "Reply-To: help@x.io",
+            "Cc: c@y.io",
+            "Message-ID: <m1@x.io>",
+            "X-Order: 1234",
+            "multipart/alternative",
+            "plain",
+            "<b>rich</b>",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains("hidden@y.io"),
+            "bcc must not be in the headers"
+        );
+        assert!(
+            text.contains("Subject: =?utf-8?"),
+            "non-ASCII subject encoded:\n{text}"
+        );
+        let h = email.health().unwrap();
+        assert_eq!((h.succeeded, h.consecutive_failures), (1, 0));
+    }
+
+    #[test]
+    fn stub_failures_are_temporary_and_counted() {
+        let email = Email::stub(StubTransport::new_error());
+        let stop = StopSignal::new();
+        let ctx = JobContext {
+            id: 1,
+            attempt: 1,
+            queue: "q",
+            payload: r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t"}"#,
+            timeout: None,
+            stop: &stop,
+            serial: 1,
+        };
+        for _ in 0..2 {
+            let e = email.run(&ctx).unwrap_err();
+            assert!(!e.permanent);
+        }
+        let h = email.health().unwrap();
+        assert_eq!(
+            (h.temporary_failures, h.consecutive_failures, h.succeeded),
+            (2, 2, 0)
+        );
+        assert!(h.last_error.unwrap().contains("stub transport"));
+    }
+}

@@ -255,7 +255,7 @@ fn text_and_html_mails_arrive_with_their_headers() {
         "bcc": ["audit@example.com"],
         "reply_to": "help@example.com",
         "subject": "Your order 1234",
-        "text": "Thanks for your order.\nIt ships today.",
+        "text": "Thanks for your order.\nIt ships today.\n.A line that starts with a dot\n.",
         "headers": {"X-Order": "1234", "List-Unsubscribe": "<mailto:unsub@example.com>"},
         "message_id": "<order-1234@example.com>"
     })));
@@ -304,6 +304,13 @@ fn text_and_html_mails_arrive_with_their_headers() {
     assert_eq!(m.header("list-unsubscribe"), "<mailto:unsub@example.com>");
     assert!(m.header("content-type").starts_with("text/plain"));
     assert!(m.data.contains("It ships today."), "{}", m.data);
+    // Dot-stuffed on the wire, un-stuffed by the server: the line arrives as written.
+    assert!(
+        m.data.contains("\n.A line that starts with a dot\n.\n")
+            || m.data.ends_with("\n.A line that starts with a dot\n."),
+        "{:?}",
+        m.data
+    );
     assert!(
         !m.headers.contains_key("bcc"),
         "bcc leaked into the headers"

@@ -242,6 +242,21 @@ fn stats(c: &mut Conn) -> Value {
     c.call(r#"{"op":"stats"}"#)
 }
 
+/// Polls `status` until the job has made `n` attempts; returns the first attempt's error, after
+/// checking that the failures did not end the job.
+fn wait_attempts(c: &mut Conn, id: u64, n: usize) -> String {
+    let t = Instant::now();
+    loop {
+        let j = c.status(id);
+        if j["attempts"].as_array().unwrap().len() >= n {
+            assert_ne!(j["state"], "dead", "{j}");
+            return j["attempts"][0]["error"].as_str().unwrap().to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{j}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn text_and_html_mails_arrive_with_their_headers() {
     let dir = tempdir();
@@ -363,19 +378,8 @@ fn a_permanent_rejection_ends_the_job_dead_at_once_and_a_temporary_one_retries()
         "the server's reply is kept: {err}"
     );
     // The 4xx keeps retrying (1000 attempts allowed): wait for a few, then cancel it.
-    let t = Instant::now();
-    loop {
-        let j = c.status(deferred);
-        let n = j["attempts"].as_array().unwrap().len();
-        if n >= 3 {
-            assert_ne!(j["state"], "dead", "{j}");
-            let e = j["attempts"][0]["error"].as_str().unwrap();
-            assert!(e.contains("451") && e.contains("will retry"), "{e}");
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "{j}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let e = wait_attempts(&mut c, deferred, 3);
+    assert!(e.contains("451") && e.contains("will retry"), "{e}");
     assert_eq!(
         c.call(&format!(r#"{{"op":"cancel","id":{deferred}}}"#))["ok"],
         true
@@ -626,18 +630,8 @@ fn credentials_come_from_the_environment_and_never_reach_the_log() {
     );
     let mut c = d2.conn();
     let id = c.submit(&email(simple(8)));
-    let t = Instant::now();
-    loop {
-        let j = c.status(id);
-        if j["attempts"].as_array().unwrap().len() >= 2 {
-            assert_ne!(j["state"], "dead", "{j}");
-            let e = j["attempts"][0]["error"].as_str().unwrap();
-            assert!(e.contains("535"), "{e}");
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "{j}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let e = wait_attempts(&mut c, id, 2);
+    assert!(e.contains("535"), "{e}");
     for log in [d.log_text(), d2.log_text()] {
         assert!(
             !log.contains(secret) && !log.contains("wrong-password"),

@@ -156,6 +156,9 @@ pub struct SmtpConfig {
     pub pool_size: u32,
     /// Name sent in EHLO (default: this machine's host name).
     pub hello_name: Option<String>,
+    /// A PEM file with one more trusted root certificate (a relay with a private CA), beside
+    /// the built-in web PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl SmtpConfig {
@@ -170,6 +173,7 @@ impl SmtpConfig {
             timeout: Duration::from_secs(30),
             pool_size: 4,
             hello_name: None,
+            ca_file: None,
         }
     }
 }
@@ -441,6 +445,7 @@ struct FileSmtp {
     timeout: Option<String>,
     pool_size: Option<u32>,
     hello_name: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl FileSmtp {
@@ -469,6 +474,7 @@ impl FileSmtp {
             c.pool_size = n;
         }
         c.hello_name = self.hello_name;
+        c.ca_file = self.ca_file;
         Ok(c)
     }
 }
@@ -566,6 +572,12 @@ mod tests {
         .unwrap();
         assert_eq!((c.port, c.tls, c.pool_size), (2465, SmtpTls::Tls, 0));
         assert_eq!(c.password.as_ref().map(Secret::expose), Some("hunter2"));
+        assert_eq!(c.ca_file, None);
+        let c = smtp("[smtp]\nhost = \"h\"\nca_file = \"/etc/ca.pem\"\n", &[]).unwrap();
+        assert_eq!(
+            c.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
         let shown = format!("{c:?}");
         assert!(
             !shown.contains("hunter2") && shown.contains("<redacted>"),

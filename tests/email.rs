@@ -670,3 +670,129 @@ fn credentials_come_from_the_environment_and_never_reach_the_log() {
         d3.log_text()
     );
 }
+
+/// A throwaway CA and a certificate for `localhost` signed by it, made with the openssl command.
+/// Returns (CA file, certificate, key).
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the TLS tests need the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=duejob test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+/// A daemon sending to `localhost` (the name in the test certificate) with TLS mode `mode`.
+fn tls_daemon(dir: &Path, port: u16, mode: &str, smtp_extra: &str) -> Daemon {
+    let cfg = dir.join("duejob.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = 2\n[queues.email]\ndue_in = \"1h\"\nmax_attempts = 1000\n\
+             backoff = {{ base = \"50ms\", cap = \"200ms\" }}\n\
+             [smtp]\nhost = \"localhost\"\nport = {port}\ntls = \"{mode}\"\n{smtp_extra}\n"
+        ),
+    )
+    .unwrap();
+    Daemon::start_in(dir, &["--config", cfg.to_str().unwrap()])
+}
+
+#[test]
+fn starttls_and_implicit_tls_deliver_and_an_untrusted_certificate_is_refused() {
+    let dir = tempdir();
+    let (ca, cert, key) = test_certificates(dir.path());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let tls_args = |mode| vec!["--tls", mode, "--cert", cert, "--key", key];
+    for (mode, server_mode) in [("starttls", "starttls"), ("tls", "implicit")] {
+        let sub = dir.path().join(mode);
+        std::fs::create_dir_all(&sub).unwrap();
+        // The server refuses MAIL before STARTTLS (or speaks only TLS): a delivery proves TLS.
+        let mut args = tls_args(server_mode);
+        args.extend(["--user", "u", "--password", "p"]);
+        let smtp = Smtp::started(&sub, &args);
+        let extra = format!(
+            "ca_file = \"{}\"\nusername = \"u\"\npassword = \"p\"",
+            ca.display()
+        );
+        let d = tls_daemon(&sub, smtp.port, mode, &extra);
+        let mut c = d.conn();
+        let id = c.submit(&email(simple(1)));
+        c.wait_state(id, "succeeded");
+        let m = smtp.wait_for(1, Duration::from_secs(30));
+        assert_eq!(m[0].message_id(), "<mail-1@example.com>", "{mode}");
+    }
+
+    // Without the CA the certificate is not trusted: a temporary failure, never a plain-text send.
+    let sub = dir.path().join("untrusted");
+    std::fs::create_dir_all(&sub).unwrap();
+    let smtp = Smtp::started(&sub, &tls_args("starttls"));
+    let d = tls_daemon(&sub, smtp.port, "starttls", "");
+    let mut c = d.conn();
+    let id = c.submit(&email(simple(2)));
+    let e = wait_attempts(&mut c, id, 2);
+    assert!(
+        e.contains("temporary failure") && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
+    assert!(smtp.messages().is_empty());
+}

@@ -39,7 +39,7 @@ use std::time::Duration;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::Error as SmtpError;
@@ -279,10 +279,7 @@ impl Server {
     fn new(c: &SmtpConfig) -> Result<Server, String> {
         let tls = match c.tls {
             SmtpTls::None => None,
-            SmtpTls::StartTls | SmtpTls::Tls => Some(
-                TlsParameters::new(c.host.clone())
-                    .map_err(|e| format!("smtp: TLS setup for {}: {e}", c.host))?,
-            ),
+            SmtpTls::StartTls | SmtpTls::Tls => Some(tls_parameters(c)?),
         };
         Ok(Server {
             host: c.host.clone(),
@@ -377,6 +374,20 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// Certificate checks for `c.host`: the web PKI roots, plus `ca_file` when given.
+fn tls_parameters(c: &SmtpConfig) -> Result<TlsParameters, String> {
+    let mut b = TlsParameters::builder(c.host.clone());
+    if let Some(path) = &c.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("smtp.ca_file {}: {e}", path.display()))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| format!("smtp.ca_file {}: {e}", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build()
+        .map_err(|e| format!("smtp: TLS setup for {}: {e}", c.host))
 }
 
 /// The body as SMTP carries it after DATA: lines starting with `.` get another `.` (RFC 5321

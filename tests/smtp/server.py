@@ -6,7 +6,9 @@ temporary name first and renamed, so a reader never sees half a message. Behavio
 - one starting with "tempfail" gets 451 (temporary);
 - --delay-ms N stores the message, then waits N ms before answering DATA (so that a sender
   killed in that window has had its mail accepted without hearing so: the at-least-once case);
-- --user/--password require AUTH PLAIN/LOGIN with those credentials (no TLS, loopback only).
+- --user/--password require AUTH PLAIN/LOGIN with those credentials;
+- --tls starttls|implicit with --cert/--key: STARTTLS required before MAIL, or TLS from the
+  first byte.
 Prints "READY <port>" on stdout once it accepts connections; runs until killed.
 """
 
@@ -16,6 +18,7 @@ import itertools
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 
@@ -64,8 +67,18 @@ def main():
     p.add_argument("--delay-ms", type=int, default=0)
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--tls", choices=["starttls", "implicit"])
+    p.add_argument("--cert")
+    p.add_argument("--key")
     a = p.parse_args()
     kwargs = {}
+    if a.tls:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(a.cert, a.key)
+        if a.tls == "starttls":
+            kwargs.update(tls_context=ctx, require_starttls=True)
+        else:
+            kwargs.update(ssl_context=ctx)
     if a.user is not None:
         def authenticator(server, session, envelope, mechanism, auth_data):
             ok = (
@@ -75,7 +88,7 @@ def main():
             )
             return AuthResult(success=ok, handled=False)
 
-        kwargs = dict(authenticator=authenticator, auth_required=True, auth_require_tls=False)
+        kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=False)
     controller = Controller(
         Store(a.dir, a.delay_ms), hostname="127.0.0.1", port=a.port, **kwargs
     )

@@ -573,9 +573,9 @@ mod tests {
         assert_eq!((c.port, c.tls, c.pool_size), (2465, SmtpTls::Tls, 0));
         assert_eq!(c.password.as_ref().map(Secret::expose), Some("hunter2"));
         assert_eq!(c.ca_file, None);
-        let c = smtp("[smtp]\nhost = \"h\"\nca_file = \"/etc/ca.pem\"\n", &[]).unwrap();
+        let with_ca = smtp("[smtp]\nhost = \"h\"\nca_file = \"/etc/ca.pem\"\n", &[]).unwrap();
         assert_eq!(
-            c.ca_file.as_deref(),
+            with_ca.ca_file.as_deref(),
             Some(std::path::Path::new("/etc/ca.pem"))
         );
         let shown = format!("{c:?}");

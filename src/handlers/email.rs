@@ -556,7 +556,13 @@ impl Email {
                     &h.temporary
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                let n = h.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                // A 5xx is about this message: the server is up and answering.
+                let n = if e.permanent {
+                    h.consecutive.store(0, Ordering::Relaxed);
+                    0
+                } else {
+                    h.consecutive.fetch_add(1, Ordering::Relaxed) + 1
+                };
                 if let Ok(mut last) = h.last_error.lock() {
                     *last = Some((e.reason.clone(), crate::job::now_ms()));
                 }

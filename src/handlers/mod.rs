@@ -152,7 +152,8 @@ pub struct KindHealth {
     pub temporary_failures: u64,
     /// Attempts that failed for good (5xx).
     pub permanent_failures: u64,
-    /// Failures since the last success (0: healthy).
+    /// Temporary failures since the last success or permanent rejection (0: the service
+    /// answers).
     pub consecutive_failures: u64,
     /// The last failure's reason.
     pub last_error: Option<String>,

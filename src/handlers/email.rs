@@ -507,9 +507,11 @@ impl Email {
 
     fn send(&self, m: &Message) -> Result<(), JobError> {
         let r = match &self.outbox {
+            // Only jobs accepted under an earlier config get here (the kind refuses new ones):
+            // they wait in retrying until the daemon runs with [smtp] again.
             Outbox::Unconfigured => {
-                return Err(JobError::permanent(
-                    "no SMTP server is configured ([smtp] in the config file)",
+                return Err(JobError::new(
+                    "no SMTP server is configured ([smtp] in the config file); will retry",
                 ))
             }
             Outbox::Smtp(server) => server.send(m),
@@ -741,11 +743,24 @@ mod tests {
     }
 
     #[test]
-    fn an_unconfigured_kind_refuses_at_submit_and_fails_for_good() {
+    fn an_unconfigured_kind_refuses_at_submit_and_keeps_older_jobs_retrying() {
         let e = Email::unconfigured();
         let p = r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t"}"#;
         assert!(e.admit(p).unwrap_err().contains("[smtp]"));
         assert_eq!(e.health(), None);
+        // A job accepted while [smtp] was configured, recovered without it: not dropped.
+        let stop = StopSignal::new();
+        let ctx = JobContext {
+            id: 1,
+            attempt: 1,
+            queue: "q",
+            payload: p,
+            timeout: None,
+            stop: &stop,
+            serial: 1,
+        };
+        let err = e.run(&ctx).unwrap_err();
+        assert!(!err.permanent && err.reason.contains("[smtp]"), "{err:?}");
     }
 
     #[test]

@@ -269,12 +269,7 @@ impl Handle {
             )
         })?;
         if let Some(k) = spec.key {
-            if k.is_empty() || k.len() > MAX_KEY_BYTES {
-                return Err(Rejection::new(
-                    code::BAD_REQUEST,
-                    format!("key must be 1 to {MAX_KEY_BYTES} bytes, not {}", k.len()),
-                ));
-            }
+            check_key(k, code::BAD_REQUEST, "key")?;
         }
         let dur = |name: &str, v: Option<u64>| -> Result<Option<u64>, Rejection> {
             match v {
@@ -316,15 +311,9 @@ impl Handle {
             .map_err(|m| Rejection::new(code::INVALID_PAYLOAD, m))?;
         let key: Option<Box<str>> = match (spec.key, admitted.default_key) {
             (Some(k), _) => Some(k.into()),
-            (None, Some(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k.into()),
             (None, Some(k)) => {
-                return Err(Rejection::new(
-                    code::INVALID_PAYLOAD,
-                    format!(
-                        "the payload's key must be 1 to {MAX_KEY_BYTES} bytes, not {}",
-                        k.len()
-                    ),
-                ))
+                check_key(&k, code::INVALID_PAYLOAD, "the payload's key")?;
+                Some(k.into())
             }
             (None, None) => None,
         };
@@ -541,6 +530,17 @@ fn wait_durable(ack: &crossbeam_channel::Receiver<Acked>) -> Result<(), Rejectio
         Ok(Err(e)) => Err(wal_rejection(&e)),
         Err(_) => Err(closed()),
     }
+}
+
+/// Idempotency keys are 1 to [`MAX_KEY_BYTES`] bytes.
+fn check_key(k: &str, code: &'static str, what: &str) -> Result<(), Rejection> {
+    if k.is_empty() || k.len() > MAX_KEY_BYTES {
+        return Err(Rejection::new(
+            code,
+            format!("{what} must be 1 to {MAX_KEY_BYTES} bytes, not {}", k.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// The rejection a client sees when the WAL could not make its records durable.

@@ -1,5 +1,5 @@
 //! `email`: sends one email through the configured SMTP server, with lettre's blocking SMTP
-//! transport (pooled connections, rustls).
+//! client (rustls) over a small pool of connections.
 //!
 //! Payload (JSON):
 //!
@@ -459,7 +459,6 @@ struct Health {
 /// The `email` kind.
 pub struct Email {
     outbox: Outbox,
-    server: String,
     health: Health,
 }
 
@@ -482,7 +481,6 @@ impl Email {
     pub fn unconfigured() -> Email {
         Email {
             outbox: Outbox::Unconfigured,
-            server: String::new(),
             health: Health::default(),
         }
     }
@@ -491,7 +489,6 @@ impl Email {
     pub fn new(smtp: &SmtpConfig) -> Result<Email, String> {
         Ok(Email {
             outbox: Outbox::Smtp(Server::new(smtp)?),
-            server: format!("{}:{}", smtp.host, smtp.port),
             health: Health::default(),
         })
     }
@@ -500,8 +497,15 @@ impl Email {
     fn stub(t: lettre::transport::stub::StubTransport) -> Email {
         Email {
             outbox: Outbox::Stub(t),
-            server: "stub".into(),
             health: Health::default(),
+        }
+    }
+
+    /// The server, for error texts and logs.
+    fn server(&self) -> String {
+        match &self.outbox {
+            Outbox::Smtp(s) => format!("{}:{}", s.host, s.port),
+            _ => "(none)".into(),
         }
     }
 
@@ -527,12 +531,12 @@ impl Email {
             if is_permanent(&e) {
                 JobError::permanent(format!(
                     "SMTP server {} rejected the email for good: {e}",
-                    self.server
+                    self.server()
                 ))
             } else {
                 JobError::new(format!(
                     "SMTP server {}: temporary failure, will retry: {e}",
-                    self.server
+                    self.server()
                 ))
             }
         })
@@ -547,34 +551,28 @@ impl Email {
                 if was > 0 {
                     log::info!(
                         "email: SMTP server {} accepts mail again after {was} failed attempts",
-                        self.server
+                        self.server()
                     );
                 }
             }
             Err(e) => {
-                let counter = if e.permanent {
-                    &h.permanent
-                } else {
-                    &h.temporary
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                // A 5xx is about this message: the server is up and answering.
-                let n = if e.permanent {
-                    h.consecutive.store(0, Ordering::Relaxed);
-                    0
-                } else {
-                    h.consecutive.fetch_add(1, Ordering::Relaxed) + 1
-                };
                 if let Ok(mut last) = h.last_error.lock() {
                     *last = Some((e.reason.clone(), crate::job::now_ms()));
                 }
                 if e.permanent {
+                    // A 5xx is about this message: the server is up and answering.
+                    h.permanent.fetch_add(1, Ordering::Relaxed);
+                    h.consecutive.store(0, Ordering::Relaxed);
                     log::warn!("email job {id}: {}", e.reason);
-                } else if n == 1 || n.is_power_of_two() {
-                    log::error!(
-                        "email job {id}: {} ({n} failed attempts in a row)",
-                        e.reason
-                    );
+                } else {
+                    h.temporary.fetch_add(1, Ordering::Relaxed);
+                    let n = h.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        log::error!(
+                            "email job {id}: {} ({n} failed attempts in a row)",
+                            e.reason
+                        );
+                    }
                 }
             }
         }

@@ -122,7 +122,10 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
     let mut records = 0u64;
     let scan = read_log(storage, &mut |r| {
         records += 1;
-        let id = r.record.job_id();
+        // Sync marks are about the log, not a job.
+        let Some(id) = r.record.job_id() else {
+            return Ok(());
+        };
         if let Record::Submit(s) = &r.record {
             max_id = max_id.max(s.id);
             if index.contains_key(&s.id) {
@@ -166,7 +169,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         let open = !j.state.is_terminal();
         let dead = j.state == State::Dead && !j.purged;
         match &r.record {
-            Record::Submit(_) => {}
+            Record::Submit(_) | Record::Sync(_) => {}
             Record::Start(s) if open => {
                 j.interrupt_running();
                 j.attempt = s.attempt;

@@ -74,15 +74,9 @@ impl std::fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            Error::Wal(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// Every message is complete in itself (it includes its cause), so `source()` returns nothing: a
+/// caller that prints the chain of causes prints each cause once.
+impl std::error::Error for Error {}
 
 impl From<WalError> for Error {
     fn from(e: WalError) -> Error {
@@ -173,8 +167,11 @@ pub struct WalReport {
     pub segments: u64,
     /// Bytes appended since start.
     pub bytes: u64,
-    /// Records appended since start.
+    /// Records appended since start (sync marks included).
     pub records: u64,
+    /// Sync marks appended since start (records that say how far the log was durable).
+    #[serde(default)]
+    pub sync_marks: u64,
     /// Group commits since start.
     pub groups: u64,
     /// Mean records per group.
@@ -422,6 +419,7 @@ impl Handle {
             segments: s.segments.load(Relaxed),
             bytes: s.bytes.load(Relaxed),
             records,
+            sync_marks: s.marks.load(Relaxed),
             groups,
             mean_group: if groups == 0 {
                 0.0
@@ -538,6 +536,15 @@ fn check_key(k: &str, code: &'static str, what: &str) -> Result<(), Rejection> {
         return Err(Rejection::new(
             code,
             format!("{what} must be 1 to {MAX_KEY_BYTES} bytes, not {}", k.len()),
+        ));
+    }
+    // Keys are identifiers. Control characters (NUL above all) have no place in one, and keeping
+    // NUL bytes out of every client-chosen string is what keeps a record body from ever holding
+    // a forged sync mark (docs/wal-format.md).
+    if k.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            code,
+            format!("{what} must not contain control characters"),
         ));
     }
     Ok(())

@@ -244,11 +244,23 @@ fn stats(c: &mut Conn) -> Value {
 
 /// Polls `status` until the job has made `n` attempts; returns the first attempt's error, after
 /// checking that the failures did not end the job.
+/// Attempts of a job (its `status`) that have *ended* in failure. An attempt that has started
+/// but not yet failed does not count: it may still be cut short, or still be counted elsewhere.
+fn failed_attempts(job: &Value) -> usize {
+    job["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "failed")
+        .count()
+}
+
+/// Waits until `n` attempts of job `id` have failed; returns the first attempt's error.
 fn wait_attempts(c: &mut Conn, id: u64, n: usize) -> String {
     let t = Instant::now();
     loop {
         let j = c.status(id);
-        if j["attempts"].as_array().unwrap().len() >= n {
+        if failed_attempts(&j) >= n {
             assert_ne!(j["state"], "dead", "{j}");
             return j["attempts"][0]["error"].as_str().unwrap().to_string();
         }
@@ -410,7 +422,7 @@ fn a_server_that_is_down_delays_email_only_and_every_mail_goes_out_once_it_retur
     loop {
         let tries: Vec<usize> = ids
             .iter()
-            .map(|&id| c.status(id)["attempts"].as_array().unwrap().len())
+            .map(|&id| failed_attempts(&c.status(id)))
             .collect();
         if tries.iter().all(|&n| n >= 2) {
             break;

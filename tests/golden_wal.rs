@@ -1,5 +1,7 @@
 //! Golden WAL segments lock the on-disk format: `tests/golden/v1/` was written by format version 1
 //! and must keep reading to the same records, and today's writer must produce the same bytes.
+//! `tests/golden/v1-all/` holds every record type of version 1, those added later included
+//! (`retry`, `revive`, `purge`, the `sync` mark, the `TimedOut` outcome).
 //! Regenerate (only when deliberately changing the format, with a new version number):
 //! `cargo test --test golden_wal -- --ignored`.
 
@@ -9,12 +11,57 @@ use std::sync::Arc;
 use duejob::wal::appender::Appender;
 use duejob::wal::io::{FileStorage, MemStorage};
 use duejob::wal::reader::read_log;
-use duejob::wal::record::{state_code, Cancel, Finish, Outcome, Record, Start, Submit, SCHEMA};
+use duejob::wal::record::{
+    state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry, Start, Submit, SyncMark, SCHEMA,
+};
 
 const SEG: &str = "00000000000000000001.wal";
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1/wal")
+}
+
+fn golden_all_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-all/wal")
+}
+
+/// Every record type, in a plausible order: the first set, then a retry, a revive, a purge and
+/// a sync mark.
+fn all_records() -> Vec<Record<'static>> {
+    let t = 1_764_000_000_000;
+    let mut v = records();
+    v.push(Record::Retry(Retry {
+        id: 4,
+        attempt: 1,
+        at: t + 12,
+        retry_at: t + 1012,
+        outcome: Outcome::TimedOut {
+            reason: "timed out after 200 ms; process group killed".into(),
+            output_tail: "half done\n".into(),
+        },
+    }));
+    v.push(Record::Revive(JobEvent { id: 3, at: t + 13 }));
+    v.push(Record::Purge(JobEvent { id: 5, at: t + 14 }));
+    v.push(Record::Sync(SyncMark {
+        synced_lsn: 9,
+        at: t + 15,
+    }));
+    v
+}
+
+/// The segment today's writer produces for `recs`.
+fn written(recs: Vec<Record<'static>>) -> Vec<u8> {
+    let mem = MemStorage::new();
+    let scan = read_log(&mem, &mut |_| Ok(())).unwrap();
+    let mut a = Appender::open(Arc::new(mem.clone()), &scan, 0, Arc::default()).unwrap();
+    for r in recs {
+        let mut body = Vec::new();
+        r.encode_into(&mut body);
+        a.push(r.rtype(), SCHEMA, &body).unwrap();
+    }
+    a.write().unwrap();
+    a.sync().unwrap();
+    mem.file_bytes(SEG).unwrap()
 }
 
 fn records() -> Vec<Record<'static>> {
@@ -73,17 +120,7 @@ fn records() -> Vec<Record<'static>> {
 
 /// The segment today's writer produces for [`records`].
 fn written_today() -> Vec<u8> {
-    let mem = MemStorage::new();
-    let scan = read_log(&mem, &mut |_| Ok(())).unwrap();
-    let mut a = Appender::open(Arc::new(mem.clone()), &scan, 0, Arc::default()).unwrap();
-    for r in records() {
-        let mut body = Vec::new();
-        r.encode_into(&mut body);
-        a.push(r.rtype(), SCHEMA, &body).unwrap();
-    }
-    a.write().unwrap();
-    a.sync().unwrap();
-    mem.file_bytes(SEG).unwrap()
+    written(records())
 }
 
 #[test]
@@ -116,8 +153,30 @@ fn todays_writer_produces_the_golden_bytes() {
 }
 
 #[test]
+fn golden_v1_segment_with_every_record_type_reads_and_is_what_todays_writer_writes() {
+    let storage = FileStorage::new(golden_all_dir());
+    let mut got = Vec::new();
+    let scan = read_log(&storage, &mut |r| {
+        got.push((r.lsn, r.record.clone().into_owned()));
+        Ok(())
+    })
+    .expect("golden segment reads");
+    let want: Vec<(u64, Record<'static>)> = all_records()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (i as u64 + 1, r))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(scan.marked_lsn, 9);
+    let golden = std::fs::read(golden_all_dir().join(SEG)).unwrap();
+    assert_eq!(written(all_records()), golden, "the on-disk format changed");
+}
+
+#[test]
 #[ignore = "regenerates the golden files"]
 fn regenerate() {
     std::fs::create_dir_all(golden_dir()).unwrap();
     std::fs::write(golden_dir().join(SEG), written_today()).unwrap();
+    std::fs::create_dir_all(golden_all_dir()).unwrap();
+    std::fs::write(golden_all_dir().join(SEG), written(all_records())).unwrap();
 }

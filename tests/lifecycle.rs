@@ -81,7 +81,11 @@ fn an_always_failing_job_dies_is_listed_and_dead_retry_runs_it_again() {
     let runs = dir.path().join("runs");
     let mut req = exec(
         "work",
-        &format!("echo run >> {}; echo boom >&2; exit 7", runs.display()),
+        // The program prints a NUL byte: it is kept as U+FFFD, never as NUL in the WAL.
+        &format!(
+            "echo run >> {}; printf 'bo\\000om\\n' >&2; exit 7",
+            runs.display()
+        ),
     );
     req["max_attempts"] = 2.into(); // the job's own limit overrides the queue's 5
     let mut c = d.conn();
@@ -91,7 +95,7 @@ fn an_always_failing_job_dies_is_listed_and_dead_retry_runs_it_again() {
     assert_eq!(j["attempts"].as_array().unwrap().len(), 2, "{j}");
     let last = &j["attempts"][1];
     assert_eq!(last["error"], "exited with status 7 (attempt 2 of 2)");
-    assert_eq!(last["output_tail"], "--- stderr ---\nboom\n");
+    assert_eq!(last["output_tail"], "--- stderr ---\nbo\u{fffd}om\n");
     assert!(j["finished_at"].is_u64());
     c.wait_state(ok_id, "succeeded");
 

@@ -167,3 +167,216 @@ fn tools_read_a_log_while_the_daemon_writes_it() {
     }
     writer.join().unwrap();
 }
+
+/// The segment files of a data dir, in order.
+fn segments(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `wal dump --json` of a data dir, one value per record.
+fn dump(data: &std::path::Path) -> Vec<Value> {
+    let (st, out, err) = cli(&["wal", "dump", "--json", data.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Spawns the daemon on a damaged log: it must refuse to start, name `segment` in its error
+/// (once, not twice), and leave every file as it was.
+fn refuses_to_start(d: &mut Daemon, segment: &str, offset: u64) {
+    let before = snapshot(&d.data().join("wal"));
+    d.spawn();
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert!(!st.success());
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("corrupt WAL"))
+        .unwrap_or_else(|| panic!("no error naming the damage:\n{log}"));
+    assert!(
+        line.contains(segment) && line.contains(&format!("offset {offset}")),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches("corrupt WAL").count(),
+        1,
+        "the error is printed once: {line}"
+    );
+    assert!(
+        before == snapshot(&d.data().join("wal")),
+        "refusing to start changed a file"
+    );
+}
+
+#[test]
+fn a_zeroed_header_on_the_last_segment_is_corruption_and_salvage_recovers_every_acknowledged_job() {
+    let dir = tempdir();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(&cfg, "segment_size_mib = 1\n").unwrap();
+    let mut d = Daemon::start_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let mut c = d.conn();
+    let pad = "p".repeat(280);
+    const N: u64 = 8000;
+    let sender = {
+        let mut w = c.w.try_clone().unwrap();
+        let pad = pad.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut buf = Vec::new();
+            for _ in 0..N {
+                writeln!(
+                    buf,
+                    r#"{{"op":"submit","queue":"bulk","kind":"noop","delay_ms":3600000,"payload":{{"pad":"{pad}"}}}}"#
+                )
+                .unwrap();
+            }
+            w.write_all(&buf).unwrap();
+        })
+    };
+    for i in 1..=N {
+        assert_eq!(c.recv()["id"], i);
+    }
+    sender.join().unwrap();
+    assert!(d.stop().success());
+    let segs = segments(&d.data());
+    assert!(segs.len() >= 3, "{segs:?}");
+    let last = segs.last().unwrap().clone();
+    let name = last.file_name().unwrap().to_str().unwrap().to_string();
+    // `dd if=/dev/zero of=LAST bs=40 count=1 conv=notrunc`
+    let mut bytes = std::fs::read(&last).unwrap();
+    assert!(bytes[40..].iter().any(|&b| b != 0));
+    bytes[..40].fill(0);
+    std::fs::write(&last, &bytes).unwrap();
+
+    let data = d.data();
+    let (st, out, err) = cli(&["wal", "verify", data.to_str().unwrap()]);
+    assert!(!st.success(), "verify must fail: {out}{err}");
+    assert!(
+        err.contains(&name) && err.contains("zeroed") && err.contains("offset 0"),
+        "{err}"
+    );
+    // What was read before the damage is reported, not "0 segments, 0 records".
+    assert!(!out.contains(" 0 records"), "{out}");
+    refuses_to_start(&mut d, &name, 0);
+    assert!(last.exists(), "the segment is never deleted");
+
+    // The way out: a copy stops at the damage; with --past-damage it has every job.
+    let copy = dir.path().join("copy");
+    let (st, out, err) = cli(&[
+        "wal",
+        "salvage",
+        data.to_str().unwrap(),
+        "--to",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(st.success(), "{err}");
+    assert!(err.contains("stops at the first damage"), "{err}");
+    assert!(out.contains("salvaged"), "{out}");
+    // A daemon directory (its `data/` is the copy), to run on it afterwards.
+    let root = dir.path().join("restored");
+    let full = root.join("data");
+    let (st, _, err) = cli(&[
+        "wal",
+        "salvage",
+        data.to_str().unwrap(),
+        "--to",
+        full.to_str().unwrap(),
+        "--past-damage",
+    ]);
+    assert!(st.success(), "{err}");
+    let (st, out, err) = cli(&["wal", "inspect", "--json", full.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["jobs_by_state"]["ready"], N, "{v}");
+    let (st, _, err) = cli(&["wal", "verify", full.to_str().unwrap()]);
+    assert!(st.success(), "the copy is sound: {err}");
+    // Salvage never writes into a directory that holds something.
+    let (st, _, err) = cli(&[
+        "wal",
+        "salvage",
+        data.to_str().unwrap(),
+        "--to",
+        full.to_str().unwrap(),
+    ]);
+    assert!(!st.success() && err.contains("not empty"), "{err}");
+
+    // The daemon runs on the copy: every job is there, and ids go on after the last one.
+    let d2 = Daemon::start_in(&root, &[]);
+    let mut c = d2.conn();
+    let s = c.call(r#"{"op":"stats"}"#);
+    assert_eq!(s["totals"]["scheduled"], N, "{s}");
+    assert_eq!(c.status(N)["state"], "scheduled");
+    let v = c.call(r#"{"op":"submit","queue":"bulk","kind":"noop"}"#);
+    assert_eq!(v["id"], N + 1, "{v}");
+}
+
+/// Flips one byte in the body of the last record that is about a job; returns (segment name,
+/// offset of that record).
+fn flip_last_job_record(data: &std::path::Path) -> (String, u64) {
+    let recs = dump(data);
+    let last = recs
+        .iter()
+        .rev()
+        .find(|r| r["type"] != "sync")
+        .expect("a job record");
+    let seg = data
+        .join("wal")
+        .join(format!("{:020}.wal", last["segment"].as_u64().unwrap()));
+    let off = last["offset"].as_u64().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[off as usize + 20 + 2] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    (seg.file_name().unwrap().to_str().unwrap().to_string(), off)
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_record_is_corruption_not_a_torn_tail() {
+    // After a clean stop: the last sync mark vouches for every record.
+    let (_dir, mut d, _) = stopped_with_jobs();
+    let (name, off) = flip_last_job_record(&d.data());
+    let (st, _, err) = cli(&["wal", "verify", d.data().to_str().unwrap()]);
+    assert!(
+        !st.success(),
+        "a flipped byte in synced data is not a torn tail"
+    );
+    assert!(
+        err.contains(&name) && err.contains(&format!("offset {off}")) && err.contains("sync mark"),
+        "{err}"
+    );
+    refuses_to_start(&mut d, &name, off);
+
+    // After SIGKILL, once the log went idle: the mark written then vouches for it too.
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mut c = d.conn();
+    for _ in 0..5 {
+        c.submit(r#"{"op":"submit","queue":"default","kind":"noop"}"#);
+    }
+    d.wait_idle(Duration::from_secs(60));
+    // The exact event: a sync mark is the last record, and it speaks for every record before it.
+    let t = std::time::Instant::now();
+    loop {
+        let recs = dump(&d.data());
+        let last = recs.last().unwrap();
+        let before = recs[recs.len() - 2]["lsn"].as_u64().unwrap();
+        if last["type"] == "sync" && last["record"]["synced_lsn"].as_u64() == Some(before) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no idle mark: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.kill9();
+    let (name, off) = flip_last_job_record(&d.data());
+    refuses_to_start(&mut d, &name, off);
+}

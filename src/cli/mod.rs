@@ -66,7 +66,7 @@ enum Command {
     /// Queues.
     #[command(subcommand)]
     Queue(QueueCommand),
-    /// Offline WAL tools (read-only; safe while the daemon runs).
+    /// Offline WAL tools (read-only, but for salvage's new copy; safe while the daemon runs).
     #[command(subcommand)]
     Wal(WalCommand),
     /// Demo: a bulk flood with notifications overtaking it, against plain FIFO.
@@ -99,6 +99,9 @@ enum WalCommand {
     },
     /// Print records, one per line.
     Dump(crate::waltool::DumpArgs),
+    /// Copy every record that checks out into a new data directory (the way out of a damaged
+    /// log; the damaged one is only read).
+    Salvage(crate::waltool::SalvageArgs),
 }
 
 /// Parses `args` and runs the subcommand. Returns the process exit code.
@@ -129,6 +132,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Wal(WalCommand::Verify { data }) => return crate::waltool::verify(&data),
         Command::Wal(WalCommand::Inspect { data, json }) => crate::waltool::inspect(&data, json),
         Command::Wal(WalCommand::Dump(a)) => crate::waltool::dump(&a),
+        Command::Wal(WalCommand::Salvage(a)) => crate::waltool::salvage(&a),
         Command::Demo(a) => crate::demo::run(&a),
     };
     match result {

@@ -5,6 +5,12 @@
 //! then one fdatasync ([`Appender::sync`]). After any failed write or sync the appender is
 //! poisoned: every later call returns [`WalError::Failed`] (the kernel may have dropped the dirty
 //! pages, so a retried fsync could claim success for lost data).
+//!
+//! The appender also writes the log's sync marks ([`Appender::push_mark`]): a `sync` record that
+//! says every record up to an LSN was durable before it was written. The commit thread puts one at
+//! the start of a group when a sync has made records durable since the last mark, and writes one
+//! on its own when the log goes idle, so that recovery can tell a torn write (after the last
+//! sync) from damage to synced data.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use super::format::{
 };
 use super::io::{SegmentFile, Storage};
 use super::reader::{LogScan, Tail};
+use super::record::{rtype, Record, SyncMark, SCHEMA, SYNC_MARK_LEN};
 use super::stats::WalStats;
 use super::WalError;
 
@@ -37,14 +44,23 @@ pub struct Appender {
     buffered: u64,
     /// Bytes written since the last sync.
     unsynced: bool,
+    /// LSN of the last record pushed that is not a sync mark.
+    pushed_data_lsn: u64,
+    /// ... of the last such record written to the file.
+    written_data_lsn: u64,
+    /// ... of the last such record made durable by a completed fdatasync.
+    synced_data_lsn: u64,
+    /// The highest LSN a sync mark in the log (written or buffered) says was durable.
+    marked_lsn: u64,
     failed: Option<String>,
     stats: Arc<WalStats>,
 }
 
 impl Appender {
     /// Opens the log for appending after `scan` (from [`super::reader::read_log`]) read it:
-    /// removes a segment whose creation was cut short, truncates and syncs a torn tail (logging a
-    /// warning with segment and offset), or creates the first segment of an empty log.
+    /// removes a segment whose creation was cut short, truncates a torn tail (logging a warning
+    /// with segment and offset), or creates the first segment of an empty log. The last segment
+    /// is synced, so that everything recovery read is durable before anything new is written.
     pub fn open(
         storage: Arc<dyn Storage>,
         scan: &LogScan,
@@ -76,12 +92,19 @@ impl Appender {
                 file,
                 1,
                 SEGMENT_HEADER_LEN as u64,
-                scan.next_lsn,
+                scan,
                 segment_size,
                 stats,
             ));
         };
         let loc = storage.location(&last.name);
+        if let Tail::Damaged { offset } = last.tail {
+            return Err(WalError::corrupt(
+                loc,
+                offset,
+                "the log is damaged here; it cannot be appended to".into(),
+            ));
+        }
         let file = storage
             .open(&last.name, true)
             .map_err(|e| WalError::io(loc.clone(), e))?;
@@ -92,9 +115,14 @@ impl Appender {
             file.allocate(segment_size.max(*offset))
                 .map_err(|e| WalError::io(loc.clone(), e))?;
             file.sync_data().map_err(|e| WalError::io(loc.clone(), e))?;
-        } else if file.size().map_err(|e| WalError::io(loc.clone(), e))? < segment_size {
-            file.allocate(segment_size)
-                .map_err(|e| WalError::io(loc.clone(), e))?;
+        } else {
+            if file.size().map_err(|e| WalError::io(loc.clone(), e))? < segment_size {
+                file.allocate(segment_size)
+                    .map_err(|e| WalError::io(loc.clone(), e))?;
+            }
+            // Records written before a crash may still sit unsynced in the page cache: make them
+            // durable before anything new (and before a sync mark that speaks for them).
+            file.sync_data().map_err(|e| WalError::io(loc.clone(), e))?;
         }
         stats.segments.store(segments.len() as u64, Relaxed);
         Ok(Appender::with_file(
@@ -102,7 +130,7 @@ impl Appender {
             file,
             last.seq,
             last.end,
-            scan.next_lsn,
+            scan,
             segment_size,
             stats,
         ))
@@ -113,10 +141,13 @@ impl Appender {
         file: Box<dyn SegmentFile>,
         seq: u64,
         offset: u64,
-        next_lsn: u64,
+        scan: &LogScan,
         segment_size: u64,
         stats: Arc<WalStats>,
     ) -> Appender {
+        let next_lsn = scan.next_lsn;
+        // Everything the scan read is durable now (open synced it).
+        let durable = next_lsn - 1;
         Appender {
             storage,
             file,
@@ -129,6 +160,10 @@ impl Appender {
             buf: Vec::with_capacity(1 << 20),
             buffered: 0,
             unsynced: false,
+            pushed_data_lsn: durable,
+            written_data_lsn: durable,
+            synced_data_lsn: durable,
+            marked_lsn: scan.marked_lsn.min(durable),
             failed: None,
             stats,
         }
@@ -167,6 +202,42 @@ impl Appender {
     /// Buffers one record and returns its LSN. Rotates to a new segment first when the record
     /// would not fit (writing and syncing what is buffered for the old one).
     pub fn push(&mut self, rtype: u8, schema: u8, body: &[u8]) -> Result<u64, WalError> {
+        let lsn = self.push_record(rtype, schema, body)?;
+        self.pushed_data_lsn = lsn;
+        Ok(lsn)
+    }
+
+    /// Whether a completed sync made records durable that no sync mark speaks for yet.
+    pub fn mark_due(&self) -> bool {
+        self.synced_data_lsn > self.marked_lsn
+    }
+
+    /// Buffers a sync mark if one is due ([`Appender::mark_due`]): a `sync` record saying that
+    /// every record up to the last one synced was durable. Returns its LSN.
+    pub fn push_mark(&mut self, now_ms: u64) -> Result<Option<u64>, WalError> {
+        if !self.mark_due() {
+            return Ok(None);
+        }
+        let claim = self.synced_data_lsn;
+        let mut body = Vec::with_capacity(SYNC_MARK_LEN as usize);
+        Record::Sync(SyncMark {
+            synced_lsn: claim,
+            at: now_ms,
+        })
+        .encode_into(&mut body);
+        let lsn = self.push_record(rtype::SYNC, SCHEMA, &body)?;
+        self.marked_lsn = claim;
+        self.stats.marks.fetch_add(1, Relaxed);
+        Ok(Some(lsn))
+    }
+
+    /// LSN of the last record made durable by a completed fdatasync (sync marks aside): every
+    /// record up to it survives a power cut.
+    pub fn durable_lsn(&self) -> u64 {
+        self.synced_data_lsn
+    }
+
+    fn push_record(&mut self, rtype: u8, schema: u8, body: &[u8]) -> Result<u64, WalError> {
         self.check()?;
         let size = (RECORD_HEADER_LEN + body.len()) as u64;
         if self.offset + self.buf.len() as u64 + size > self.segment_size
@@ -202,6 +273,7 @@ impl Appender {
         self.buf.clear();
         self.buffered = 0;
         self.unsynced = true;
+        self.written_data_lsn = self.pushed_data_lsn;
         Ok(())
     }
 
@@ -218,6 +290,7 @@ impl Appender {
         }
         self.stats.record_fsync(t.elapsed().as_micros() as u64);
         self.unsynced = false;
+        self.synced_data_lsn = self.written_data_lsn;
         Ok(())
     }
 
@@ -240,6 +313,8 @@ impl Appender {
 
 /// Creates segment `seq`: preallocates it, writes and syncs its header, then fsyncs the
 /// directory, so that no record can land in a segment whose name might vanish in a crash.
+/// If any step fails, the file is removed again: a half-allocated segment would hold disk space
+/// (on a full disk, all of it) for nothing.
 fn create_segment(
     storage: &dyn Storage,
     seq: u64,
@@ -250,13 +325,26 @@ fn create_segment(
     let loc = storage.location(&name);
     let io = |e| WalError::io(loc.clone(), e);
     let file = storage.create(&name).map_err(io)?;
-    file.allocate(segment_size).map_err(io)?;
-    file.write_at(&SegmentHeader { seq, first_lsn }.encode(), 0)
-        .map_err(io)?;
-    file.sync_data().map_err(io)?;
-    storage
-        .sync_dir()
-        .map_err(|e| WalError::io(storage.location(""), e))?;
+    let made = file
+        .allocate(segment_size)
+        .and_then(|_| file.write_at(&SegmentHeader { seq, first_lsn }.encode(), 0))
+        .and_then(|_| file.sync_data())
+        .map_err(io)
+        .and_then(|_| {
+            storage
+                .sync_dir()
+                .map_err(|e| WalError::io(storage.location(""), e))
+        });
+    if let Err(e) = made {
+        drop(file);
+        match storage.remove(&name).and_then(|_| storage.sync_dir()) {
+            Ok(()) => log::warn!("WAL: could not create segment {loc} ({e}); removed it again"),
+            Err(r) => log::error!(
+                "WAL: could not create segment {loc} ({e}), nor remove it ({r}); remove it by hand"
+            ),
+        }
+        return Err(e);
+    }
     log::debug!("WAL: new segment {loc} from LSN {first_lsn}");
     Ok(file)
 }
@@ -277,7 +365,7 @@ mod tests {
     fn ids(storage: &MemStorage) -> (Vec<u64>, LogScan) {
         let mut ids = Vec::new();
         let scan = read_log(storage, &mut |r| {
-            ids.push(r.record.job_id());
+            ids.extend(r.record.job_id());
             Ok(())
         })
         .unwrap();
@@ -320,8 +408,9 @@ mod tests {
 
     #[test]
     fn a_failed_sync_poisons_the_appender() {
-        // ops 0-3 create segment 1 (create, header write, sync, dir sync); write=4, sync=5.
-        let s = MemStorage::with_fault(Fault::IoErrorAt(5));
+        // ops 0-4 create segment 1 (create, fallocate, header write, sync, dir sync); then the
+        // write is op 5 and its sync op 6.
+        let s = MemStorage::with_fault(Fault::IoErrorAt(6));
         let mut a = open(&s, 1 << 20);
         a.push(rtype::CANCEL, SCHEMA, &body(1)).unwrap();
         a.write().unwrap();
@@ -336,7 +425,7 @@ mod tests {
 
     #[test]
     fn enospc_on_write_is_reported_and_sticky() {
-        let s = MemStorage::with_fault(Fault::NoSpaceAt(4));
+        let s = MemStorage::with_fault(Fault::NoSpaceAt(5));
         let mut a = open(&s, 1 << 20);
         a.push(rtype::CANCEL, SCHEMA, &body(1)).unwrap();
         let e = a.write().unwrap_err();

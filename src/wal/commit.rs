@@ -16,6 +16,11 @@
 //! In mode `batch:MS` acknowledgements follow the write, and an fdatasync follows at most MS ms
 //! later (timed with `recv_deadline`, not by polling). In mode `never` only rotation and shutdown
 //! sync.
+//!
+//! Sync marks: a group written after a sync that made records durable starts with a `sync` record
+//! saying so; when the log goes idle, such a mark is written on its own after [`MARK_IDLE`]
+//! (written, not synced: it rides with the next sync), and shutdown writes and syncs a last one.
+//! Recovery uses them to tell a torn write from damage to synced data.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,6 +39,10 @@ pub const GROUP_BYTES: usize = 4 << 20;
 
 /// In mode `always`, how long written records that nobody waits on may stay unsynced.
 pub const DEFERRED_SYNC: Duration = Duration::from_millis(5);
+
+/// How long after a sync the log may stay without a sync mark that speaks for it, when no group
+/// comes to carry one.
+pub const MARK_IDLE: Duration = Duration::from_millis(5);
 
 /// Encoded record bodies, back to back, with their types and lengths.
 #[derive(Debug, Default, Clone)]
@@ -196,36 +205,64 @@ impl CommitLoop {
                 let _ = s.send(result.clone().map(|_| ()));
             }
             if let Some(s) = stop {
+                self.close();
                 let _ = s.send(());
                 return;
             }
         }
         // Every sender is gone: make what was written durable before leaving.
-        let _ = self.appender.write().and_then(|_| self.appender.sync());
+        self.close();
     }
 
-    /// The next message, or `None` when every sender is gone. In batch mode with unsynced data,
-    /// wakes up at the sync deadline to sync.
+    /// Writes and syncs what is buffered, then a last sync mark, so that a log closed cleanly
+    /// has every record covered by a mark.
+    fn close(&mut self) {
+        let _ = self.appender.write().and_then(|_| self.appender.sync());
+        let _ = self
+            .appender
+            .push_mark(crate::job::now_ms())
+            .and_then(|_| self.appender.write())
+            .and_then(|_| self.appender.sync());
+    }
+
+    /// The next message, or `None` when every sender is gone. Meanwhile wakes up to sync (batch
+    /// mode with unsynced data, or deferred records in mode `always`) and to write a sync mark
+    /// when the log has gone idle without one.
     fn next_message(&mut self) -> Option<WalMsg> {
         loop {
-            let deadline = match self.mode {
+            let sync_at = match self.mode {
                 SyncMode::Batch(every) if self.appender.has_unsynced() => {
                     Some(self.last_sync + every)
                 }
                 SyncMode::Always => self.unsynced_since.map(|t| t + DEFERRED_SYNC),
                 _ => None,
             };
-            let Some(deadline) = deadline else {
-                return self.rx.recv().ok();
+            let mark_at = (self.appender.mark_due() && self.appender.failed().is_none())
+                .then(|| self.last_sync + MARK_IDLE);
+            let deadline = match (sync_at, mark_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(d) => d,
+                    None => return self.rx.recv().ok(),
+                },
             };
             match self.rx.recv_deadline(deadline) {
                 Ok(m) => return Some(m),
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.appender.sync().is_ok() {
-                        self.last_sync = Instant::now();
+                    let now = Instant::now();
+                    if sync_at.is_some_and(|t| t <= now) {
+                        if self.appender.sync().is_ok() {
+                            self.last_sync = Instant::now();
+                        }
+                        // After a failed sync the appender is poisoned and every later append fails.
+                        self.unsynced_since = None;
+                    } else if mark_at.is_some_and(|t| t <= now) {
+                        // Written, not synced: the next sync (or shutdown) takes it along.
+                        let _ = self
+                            .appender
+                            .push_mark(crate::job::now_ms())
+                            .and_then(|_| self.appender.write());
                     }
-                    // After a failed sync the appender is poisoned and every later append fails.
-                    self.unsynced_since = None;
                 }
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
@@ -235,8 +272,9 @@ impl CommitLoop {
     /// Drops submits whose key is known, encodes the rest, writes and (per mode) syncs the group.
     /// Returns the LSN of its first record.
     fn commit(&mut self, group: &[Append], force_sync: bool) -> Result<u64, Arc<WalError>> {
-        let first = self.appender.next_lsn();
         let now = crate::job::now_ms();
+        self.appender.push_mark(now).map_err(Arc::new)?;
+        let first = self.appender.next_lsn();
         if !self.keys.is_empty() {
             self.keys.expire(now);
         }
@@ -376,6 +414,21 @@ mod tests {
         b
     }
 
+    /// The job records (sync marks aside) of an image, in log order.
+    fn job_records(image: &MemStorage) -> Vec<u64> {
+        let mut ids = Vec::new();
+        read_log(image, &mut |r| {
+            ids.extend(r.record.job_id());
+            Ok(())
+        })
+        .unwrap();
+        ids
+    }
+
+    fn records_in(image: &MemStorage) -> usize {
+        job_records(image).len()
+    }
+
     #[test]
     fn acks_carry_consecutive_lsns_and_survive_a_power_cut() {
         let storage = MemStorage::new();
@@ -395,30 +448,26 @@ mod tests {
             .iter()
             .map(|r| r.recv().unwrap().unwrap().first_lsn)
             .collect();
-        assert_eq!(lsns, (0..50).map(|i| 1 + 3 * i).collect::<Vec<_>>());
-        // Everything acknowledged is in the synced image.
+        // Each append's 3 records are consecutive; a sync mark may sit between two groups.
+        assert_eq!(lsns[0], 1);
+        for w in lsns.windows(2) {
+            assert!(w[1] == w[0] + 3 || w[1] == w[0] + 4, "{lsns:?}");
+        }
+        // Everything acknowledged is in the synced image, in order, and at the LSN acknowledged.
         let img = storage.crash_image(0);
-        let mut n = 0;
-        read_log(&img, &mut |_| {
-            n += 1;
+        assert_eq!(job_records(&img), (0..150).collect::<Vec<_>>());
+        let mut at = std::collections::HashMap::new();
+        read_log(&img, &mut |r| {
+            if let Some(id) = r.record.job_id() {
+                at.insert(id, r.lsn);
+            }
             Ok(())
         })
         .unwrap();
-        assert_eq!(n, 150);
-        let (stx, srx) = crossbeam_channel::bounded(1);
-        tx.send(WalMsg::Stop(stx)).unwrap();
-        srx.recv().unwrap();
-        h.join().unwrap();
-    }
-
-    fn records_in(image: &MemStorage) -> usize {
-        let mut n = 0;
-        read_log(image, &mut |_| {
-            n += 1;
-            Ok(())
-        })
-        .unwrap();
-        n
+        for (i, lsn) in lsns.iter().enumerate() {
+            assert_eq!(at[&(i as u64 * 3)], *lsn);
+        }
+        stop(&tx, h);
     }
 
     fn stop(tx: &Sender<WalMsg>, h: JoinHandle<()>) {
@@ -477,8 +526,8 @@ mod tests {
 
     #[test]
     fn a_failed_sync_fails_the_group_and_everything_after() {
-        // ops 0-3 create segment 1; op 4 is the first write, op 5 its sync.
-        let storage = MemStorage::with_fault(Fault::IoErrorAt(5));
+        // ops 0-4 create segment 1; op 5 is the first write, op 6 its sync.
+        let storage = MemStorage::with_fault(Fault::IoErrorAt(6));
         let (tx, jobs, h) = start(&storage, SyncMode::Always);
         for _ in 0..2 {
             let (atx, arx) = crossbeam_channel::bounded(1);

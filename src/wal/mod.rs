@@ -135,14 +135,9 @@ impl fmt::Display for WalError {
     }
 }
 
-impl std::error::Error for WalError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            WalError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// Messages include their cause (the I/O error's text), so `source()` returns nothing: printing
+/// the chain of causes never repeats one.
+impl std::error::Error for WalError {}
 
 #[cfg(test)]
 mod tests {

@@ -1,16 +1,24 @@
-//! The one WAL decoder. Recovery and the offline tools (`duejob wal verify|inspect|dump`) both
-//! read through [`read_log`], so they can never disagree about what a segment holds.
+//! The one WAL decoder. Recovery, the offline tools (`duejob wal verify|inspect|dump|salvage`)
+//! and everything else that reads the log go through [`walk_log`] (or its strict form
+//! [`read_log`]), so they can never disagree about what a segment holds.
 //!
 //! Reading is streaming: a window of at least 1 MiB slides over each segment, so a WAL of any size
 //! is read in bounded memory. The reader never writes; recovery applies the truncation of a torn
 //! tail itself, afterwards.
+//!
+//! How a bad record is judged (the full policy is in `docs/wal-format.md`, "What recovery assumes
+//! about the disk"): in any segment but the last, it is corruption. In the last segment it is a
+//! torn tail (bytes written after the last completed fdatasync, which a crash may leave partly
+//! persisted, in any order) unless a sync mark says the log was already durable past it: then it
+//! is damage to synced data, and an error. Sync marks are looked for both before the bad record
+//! and anywhere after it in the segment.
 
 use super::format::{
     parse_segment_file_name, record_crc, segment_salt, HeaderProblem, RecordHeader, SegmentHeader,
     MAX_BODY, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use super::io::{SegmentFile, Storage};
-use super::record::{DecodeProblem, Record};
+use super::record::{rtype, DecodeProblem, Record, SCHEMA, SYNC_MARK_LEN};
 use super::WalError;
 
 const WINDOW: usize = 1 << 20;
@@ -33,17 +41,24 @@ pub struct RecordView<'b> {
 /// How a segment's records end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tail {
-    /// At an end marker or exactly at the end of the file.
+    /// At an end marker followed only by zeros, or exactly at the end of the file.
     Clean,
-    /// A record that a crash (or a writer still at work) cut short.
+    /// A write that a crash (or a writer still at work) cut short: nothing from `offset` on was
+    /// ever durable.
     Torn {
         /// Where the torn record starts; recovery truncates here.
         offset: u64,
         /// What was wrong with it.
         reason: String,
     },
-    /// A last segment whose header was never completed (removed by recovery).
+    /// A last segment whose creation was cut short: its header and everything after it are zeros
+    /// (removed by recovery).
     EmptySegment,
+    /// Reading stopped at damage (reported as an error); the records before `offset` are sound.
+    Damaged {
+        /// Where the damage starts.
+        offset: u64,
+    },
 }
 
 /// What scanning one segment found.
@@ -53,9 +68,9 @@ pub struct SegmentScan {
     pub name: String,
     /// Sequence number.
     pub seq: u64,
-    /// LSN of the first record, from the header (0 for an empty segment).
+    /// LSN of the first record, from the header (0 for an empty or unreadable segment).
     pub first_lsn: u64,
-    /// Number of valid records.
+    /// Number of valid records read.
     pub records: u64,
     /// LSN of the last valid record.
     pub last_lsn: Option<u64>,
@@ -70,10 +85,12 @@ pub struct SegmentScan {
 /// What scanning the whole log found.
 #[derive(Debug, Clone, Default)]
 pub struct LogScan {
-    /// Every segment, in order.
+    /// Every segment read, in order (a damaged one too, with the records before the damage).
     pub segments: Vec<SegmentScan>,
     /// The LSN the next record gets.
     pub next_lsn: u64,
+    /// The highest LSN a sync mark says was durable (0 if none).
+    pub marked_lsn: u64,
 }
 
 impl LogScan {
@@ -84,6 +101,28 @@ impl LogScan {
             _ => None,
         }
     }
+
+    /// Records read, all segments.
+    pub fn records(&self) -> u64 {
+        self.segments.iter().map(|s| s.records).sum()
+    }
+
+    /// LSN of the last record read.
+    pub fn last_lsn(&self) -> Option<u64> {
+        self.segments.iter().rev().find_map(|s| s.last_lsn)
+    }
+}
+
+/// What the reader does when it meets damage (corruption, an unreadable file, a gap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDamage {
+    /// Stop: recovery, and the tools that print records.
+    Stop,
+    /// Report it and go on with the next segment, from that segment's own header (`wal verify`).
+    NextSegment,
+    /// Report it and go on with the next record that checks out, even inside the damaged segment
+    /// (`wal salvage --past-damage`).
+    NextRecord,
 }
 
 /// Lists segment files in sequence order; other files are ignored.
@@ -102,57 +141,45 @@ pub fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, WalErr
 /// Reads every record of every segment in order, calling `visit` for each valid one.
 ///
 /// Errors: corruption (with segment and offset), a newer format, I/O, or whatever `visit`
-/// returns. A torn tail of the last segment is not an error: it is reported in the result.
+/// returns; `visit` has seen every record before the problem. A torn tail of the last segment is
+/// not an error: it is reported in the result.
 pub fn read_log(
     storage: &dyn Storage,
     visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
 ) -> Result<LogScan, WalError> {
-    let segs = list_segments(storage)?;
-    let mut scan = LogScan {
-        segments: Vec::new(),
-        next_lsn: 1,
-    };
-    for (i, (seq, name)) in segs.iter().enumerate() {
-        let is_last = i + 1 == segs.len();
-        if i > 0 && *seq != segs[i - 1].0 + 1 {
-            return Err(WalError::corrupt(
-                storage.location(name),
-                0,
-                format!("segment sequence gap: {} follows {}", seq, segs[i - 1].0),
-            ));
-        }
-        let file = storage
-            .open(name, false)
-            .map_err(|e| WalError::io(storage.location(name), e))?;
-        let s = scan_segment(
-            storage,
-            file.as_ref(),
-            name,
-            *seq,
-            Some(scan.next_lsn),
-            is_last,
-            visit,
-        )?;
-        if let Some(l) = s.last_lsn {
-            scan.next_lsn = l + 1;
-        }
-        scan.segments.push(s);
+    let (scan, mut problems) = walk_log(storage, OnDamage::Stop, visit);
+    if problems.is_empty() {
+        Ok(scan)
+    } else {
+        Err(problems.swap_remove(0))
     }
-    Ok(scan)
 }
 
 /// Checks every segment, going on past a damaged one (from the next segment's own header), and
 /// returns what the log holds plus every problem found. Used by `duejob wal verify`.
 pub fn verify_log(storage: &dyn Storage) -> (LogScan, Vec<WalError>) {
-    let mut problems = Vec::new();
+    walk_log(storage, OnDamage::NextSegment, &mut |_| Ok(()))
+}
+
+/// Reads the log, calling `visit` for every valid record, and returns what was read and every
+/// problem met; `on_damage` says whether to go on after one. An error from `visit` always stops
+/// the walk (it is the last problem returned).
+pub fn walk_log(
+    storage: &dyn Storage,
+    on_damage: OnDamage,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+) -> (LogScan, Vec<WalError>) {
     let mut scan = LogScan {
         segments: Vec::new(),
         next_lsn: 1,
+        marked_lsn: 0,
     };
+    let mut problems = Vec::new();
     let segs = match list_segments(storage) {
         Ok(s) => s,
         Err(e) => return (scan, vec![e]),
     };
+    // The LSN the next record must have; unknown after damage (then a header says it).
     let mut expected = Some(1);
     for (i, (seq, name)) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
@@ -162,41 +189,69 @@ pub fn verify_log(storage: &dyn Storage) -> (LogScan, Vec<WalError>) {
                 0,
                 format!("segment sequence gap: {} follows {}", seq, segs[i - 1].0),
             ));
+            if on_damage == OnDamage::Stop {
+                break;
+            }
             expected = None;
         }
         let file = match storage.open(name, false) {
             Ok(f) => f,
             Err(e) => {
                 problems.push(WalError::io(storage.location(name), e));
+                if on_damage == OnDamage::Stop {
+                    break;
+                }
                 expected = None;
                 continue;
             }
         };
-        match scan_segment(
-            storage,
-            file.as_ref(),
-            name,
-            *seq,
-            expected,
+        let mut seg = SegmentWalk {
+            loc: storage.location(name),
+            seq: *seq,
             is_last,
-            &mut |_| Ok(()),
-        ) {
-            Ok(s) => {
-                scan.next_lsn = match s.last_lsn {
-                    Some(l) => l + 1,
-                    None if s.first_lsn > 0 => s.first_lsn,
-                    None => scan.next_lsn,
-                };
-                expected = Some(scan.next_lsn);
-                scan.segments.push(s);
-            }
-            Err(e) => {
-                problems.push(e);
-                expected = None;
-            }
+            on_damage,
+            w: Window {
+                file: file.as_ref(),
+                buf: Vec::new(),
+                start: 0,
+                file_len: 0,
+            },
+            scan: SegmentScan {
+                name: name.to_string(),
+                seq: *seq,
+                first_lsn: 0,
+                records: 0,
+                last_lsn: None,
+                end: 0,
+                file_len: 0,
+                tail: Tail::Clean,
+            },
+            marked: &mut scan.marked_lsn,
+            problems: &mut problems,
+        };
+        let flow = seg.run(expected, visit);
+        let s = seg.scan;
+        if let Some(l) = s.last_lsn {
+            scan.next_lsn = l + 1;
+        } else if s.first_lsn > 0 && !matches!(s.tail, Tail::Damaged { .. }) {
+            scan.next_lsn = s.first_lsn;
+        }
+        expected = match &s.tail {
+            Tail::Damaged { .. } => None,
+            _ => Some(scan.next_lsn),
+        };
+        scan.segments.push(s);
+        if flow == Flow::Stop {
+            break;
         }
     }
     (scan, problems)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
 }
 
 /// A sliding read window over one file.
@@ -232,6 +287,63 @@ impl<'f> Window<'f> {
         let to = (from + n).min(self.buf.len());
         Ok(&self.buf[from..to])
     }
+
+    /// Offset of the first non-zero byte at or after `from`.
+    fn first_nonzero(&mut self, from: u64) -> std::io::Result<Option<u64>> {
+        let mut pos = from;
+        while pos < self.file_len {
+            let chunk = self.get(pos, WINDOW)?;
+            if chunk.is_empty() {
+                break;
+            }
+            if let Some(i) = first_nonzero_in(chunk) {
+                return Ok(Some(pos + i as u64));
+            }
+            pos += chunk.len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Offsets at or after `from` where a record header passes `pre` (a cheap filter on the
+    /// 20 header bytes), in order; at most `max` of them from one window. Returns them and where
+    /// the next search should start.
+    fn candidates(
+        &mut self,
+        from: u64,
+        pre: &dyn Fn(&RecordHeader) -> bool,
+    ) -> std::io::Result<(Vec<u64>, u64)> {
+        let chunk = self.get(from, WINDOW)?;
+        if chunk.len() < RECORD_HEADER_LEN {
+            return Ok((Vec::new(), self.file_len));
+        }
+        let last = chunk.len() - RECORD_HEADER_LEN;
+        let mut found = Vec::new();
+        for i in 0..=last {
+            let t = chunk[i + 8];
+            // Most positions fail on the type byte: only 1..=8 exist.
+            if t == 0 || t > rtype::SYNC || chunk[i + 9] != SCHEMA {
+                continue;
+            }
+            let h = RecordHeader::parse(chunk[i..i + RECORD_HEADER_LEN].try_into().expect("20"));
+            if pre(&h) {
+                found.push(from + i as u64);
+            }
+        }
+        Ok((found, from + last as u64 + 1))
+    }
+}
+
+/// Index of the first non-zero byte of `b`.
+fn first_nonzero_in(b: &[u8]) -> Option<usize> {
+    // Whole 64-byte blocks first (the OR of a block vectorizes), then the byte inside.
+    let mut i = 0;
+    for block in b.chunks(64) {
+        if block.iter().fold(0u8, |a, &x| a | x) != 0 {
+            return block.iter().position(|&x| x != 0).map(|p| i + p);
+        }
+        i += block.len();
+    }
+    None
 }
 
 enum Check<'b> {
@@ -287,137 +399,330 @@ fn check_record<'w>(
     Ok(Check::Valid(h, body))
 }
 
-fn scan_segment(
-    storage: &dyn Storage,
-    file: &dyn SegmentFile,
-    name: &str,
+/// Walking one segment.
+struct SegmentWalk<'a, 'f> {
+    loc: String,
     seq: u64,
-    expected_lsn: Option<u64>,
     is_last: bool,
-    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
-) -> Result<SegmentScan, WalError> {
-    let loc = storage.location(name);
-    let io_err = |e| WalError::io(loc.clone(), e);
-    let file_len = file.size().map_err(io_err)?;
-    let mut w = Window {
-        file,
-        buf: Vec::new(),
-        start: 0,
-        file_len,
-    };
-    let hb = w.get(0, SEGMENT_HEADER_LEN).map_err(io_err)?.to_vec();
-    let mut scan = SegmentScan {
-        name: name.to_string(),
-        seq,
-        first_lsn: 0,
-        records: 0,
-        last_lsn: None,
-        end: 0,
-        file_len,
-        tail: Tail::Clean,
-    };
-    let header = match SegmentHeader::decode(&hb) {
-        Ok(h) => h,
-        Err(HeaderProblem::Empty) if is_last => {
-            scan.tail = Tail::EmptySegment;
-            return Ok(scan);
-        }
-        Err(HeaderProblem::Empty) => {
-            return Err(WalError::corrupt(loc, 0, "segment header missing".into()))
-        }
-        Err(HeaderProblem::Corrupt(d)) => return Err(WalError::corrupt(loc, 0, d)),
-        Err(HeaderProblem::NewerVersion(v)) => {
-            return Err(WalError::NewerVersion {
-                segment: loc,
-                what: format!("format version {v}"),
-            })
-        }
-    };
-    if header.seq != seq {
-        return Err(WalError::corrupt(
-            loc,
-            16,
-            format!(
-                "header names segment {} but the file is segment {seq}",
-                header.seq
-            ),
-        ));
-    }
-    if let Some(expected) = expected_lsn.filter(|&e| e != header.first_lsn) {
-        return Err(WalError::corrupt(
-            loc,
-            24,
-            format!(
-                "segment starts at LSN {} but LSN {expected} was expected",
-                header.first_lsn
-            ),
-        ));
-    }
-    scan.first_lsn = header.first_lsn;
-    let salt = segment_salt(seq);
-    let mut off = SEGMENT_HEADER_LEN as u64;
-    let mut lsn = header.first_lsn;
-    loop {
-        let problem = match check_record(&mut w, off, salt).map_err(io_err)? {
-            Check::End => break,
-            Check::Valid(h, _) if h.lsn != lsn => {
-                format!("LSN {} out of sequence (expected {lsn})", h.lsn)
-            }
-            Check::Valid(h, body) => {
-                let record = Record::decode(h.rtype, h.schema, body).map_err(|p| match p {
-                    DecodeProblem::Unknown { rtype, schema } => WalError::NewerVersion {
-                        segment: format!("{loc} at offset {off}"),
-                        what: format!("record type {rtype} schema {schema}"),
-                    },
-                    DecodeProblem::Invalid(d) => WalError::corrupt(
-                        loc.clone(),
-                        off,
-                        format!("record body does not decode: {d}"),
-                    ),
-                })?;
-                let size = RECORD_HEADER_LEN as u32 + h.body_len;
-                visit(&RecordView {
-                    segment: seq,
-                    offset: off,
-                    lsn,
-                    size,
-                    record,
-                })?;
-                scan.records += 1;
-                scan.last_lsn = Some(lsn);
-                lsn += 1;
-                off += size as u64;
-                continue;
-            }
-            Check::Bad(p) => p,
-        };
-        // A bad record. In the last segment it is a torn tail unless a valid record follows it.
-        if is_last && !followed_by_valid_record(&mut w, off, salt).map_err(io_err)? {
-            scan.tail = Tail::Torn {
-                offset: off,
-                reason: problem,
-            };
-            break;
-        }
-        return Err(WalError::corrupt(loc, off, problem));
-    }
-    scan.end = off;
-    Ok(scan)
+    on_damage: OnDamage,
+    w: Window<'f>,
+    scan: SegmentScan,
+    /// The highest LSN sync marks read so far say was durable (for the appender to go on from).
+    marked: &'a mut u64,
+    problems: &'a mut Vec<WalError>,
 }
 
-/// True when the record header at `off` has a readable length and a valid record sits right
-/// after the body it claims: then the bad record is damage in the middle, not a torn tail.
-fn followed_by_valid_record(w: &mut Window<'_>, off: u64, salt: u32) -> std::io::Result<bool> {
-    let hb = w.get(off, RECORD_HEADER_LEN)?;
-    if hb.len() < RECORD_HEADER_LEN {
-        return Ok(false);
+impl SegmentWalk<'_, '_> {
+    fn io(&self, e: std::io::Error) -> WalError {
+        WalError::io(self.loc.clone(), e)
     }
-    let h = RecordHeader::parse(hb.try_into().expect("20 bytes"));
-    if h.body_len == 0 || h.body_len > MAX_BODY {
-        return Ok(false);
+
+    fn corrupt(&self, off: u64, detail: String) -> WalError {
+        WalError::corrupt(self.loc.clone(), off, detail)
     }
-    let next = off + RECORD_HEADER_LEN as u64 + h.body_len as u64;
-    Ok(matches!(check_record(w, next, salt)?, Check::Valid(..)))
+
+    /// Records damage at `off`. Returns whether the walk of this segment goes on.
+    fn damage(&mut self, off: u64, e: WalError) -> bool {
+        if !matches!(self.scan.tail, Tail::Damaged { .. }) {
+            self.scan.tail = Tail::Damaged { offset: off };
+        }
+        self.problems.push(e);
+        self.on_damage == OnDamage::NextRecord
+    }
+
+    fn flow(&self) -> Flow {
+        match (&self.scan.tail, self.on_damage) {
+            (Tail::Damaged { .. }, OnDamage::Stop) => Flow::Stop,
+            _ => Flow::Go,
+        }
+    }
+
+    fn run(
+        &mut self,
+        expected: Option<u64>,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+    ) -> Flow {
+        match self.walk(expected, visit) {
+            Ok(()) => self.flow(),
+            Err(Stopped::Visitor(e)) => {
+                self.problems.push(e);
+                Flow::Stop
+            }
+            Err(Stopped::Io(e)) => {
+                let off = self.scan.end;
+                let e = self.io(e);
+                if !matches!(self.scan.tail, Tail::Damaged { .. }) {
+                    self.scan.tail = Tail::Damaged { offset: off };
+                }
+                self.problems.push(e);
+                match self.on_damage {
+                    OnDamage::Stop => Flow::Stop,
+                    _ => Flow::Go,
+                }
+            }
+        }
+    }
+
+    fn walk(
+        &mut self,
+        expected: Option<u64>,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+    ) -> Result<(), Stopped> {
+        self.w.file_len = self.w.file.size()?;
+        self.scan.file_len = self.w.file_len;
+        let hb = self.w.get(0, SEGMENT_HEADER_LEN)?.to_vec();
+        let header = match SegmentHeader::decode(&hb) {
+            Ok(h) => h,
+            Err(HeaderProblem::Empty) => {
+                // Creation cut short only if nothing at all follows the (zero) header.
+                if let Some(at) = self.w.first_nonzero(hb.len() as u64)? {
+                    let e = self.corrupt(
+                        0,
+                        format!(
+                            "the segment header is zeroed but the segment holds data (from offset \
+                             {at}): this is damage, not a segment whose creation was cut short"
+                        ),
+                    );
+                    return self.header_damage(e, expected, visit);
+                }
+                if self.is_last {
+                    self.scan.tail = Tail::EmptySegment;
+                    return Ok(());
+                }
+                let e = self.corrupt(
+                    0,
+                    "segment header missing (zeros, or the file is cut short)".into(),
+                );
+                self.damage(0, e);
+                return Ok(());
+            }
+            Err(HeaderProblem::Corrupt(d)) => {
+                let e = self.corrupt(0, d);
+                return self.header_damage(e, expected, visit);
+            }
+            Err(HeaderProblem::NewerVersion(v)) => {
+                let e = WalError::NewerVersion {
+                    segment: self.loc.clone(),
+                    what: format!("format version {v}"),
+                };
+                self.damage(0, e);
+                return Ok(());
+            }
+        };
+        if header.seq != self.seq {
+            let e = self.corrupt(
+                16,
+                format!(
+                    "header names segment {} but the file is segment {}",
+                    header.seq, self.seq
+                ),
+            );
+            return self.header_damage(e, expected, visit);
+        }
+        if let Some(exp) = expected.filter(|&e| e != header.first_lsn) {
+            let e = self.corrupt(
+                24,
+                format!(
+                    "segment starts at LSN {} but LSN {exp} was expected",
+                    header.first_lsn
+                ),
+            );
+            if !self.damage(24, e) {
+                return Ok(());
+            }
+        }
+        self.scan.first_lsn = header.first_lsn;
+        self.records(SEGMENT_HEADER_LEN as u64, header.first_lsn, visit)
+    }
+
+    /// The header is unusable: report it, and in `NextRecord` mode go on from the first record
+    /// that checks out.
+    fn header_damage(
+        &mut self,
+        e: WalError,
+        expected: Option<u64>,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+    ) -> Result<(), Stopped> {
+        if !self.damage(0, e) {
+            return Ok(());
+        }
+        let after = expected.map_or(0, |e| e.saturating_sub(1));
+        match self.resync(SEGMENT_HEADER_LEN as u64, after)? {
+            Some((off, lsn)) => self.records(off, lsn, visit),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads records from `off`, the first of which must have LSN `lsn`.
+    fn records(
+        &mut self,
+        mut off: u64,
+        mut lsn: u64,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+    ) -> Result<(), Stopped> {
+        let salt = segment_salt(self.seq);
+        self.scan.end = self.scan.end.max(off);
+        loop {
+            let problem = match check_record(&mut self.w, off, salt)? {
+                Check::End => match self.w.first_nonzero(off)? {
+                    None => break,
+                    Some(at) => format!(
+                        "the records end here (a zeroed record header) but the segment holds \
+                         data further on, from offset {at}"
+                    ),
+                },
+                Check::Valid(h, _) if h.lsn != lsn => {
+                    format!("LSN {} out of sequence (expected {lsn})", h.lsn)
+                }
+                Check::Valid(h, body) => {
+                    let record = match Record::decode(h.rtype, h.schema, body) {
+                        Ok(r) => r,
+                        Err(DecodeProblem::Unknown { rtype, schema }) => {
+                            let e = WalError::NewerVersion {
+                                segment: format!("{} at offset {off}", self.loc),
+                                what: format!("record type {rtype} schema {schema}"),
+                            };
+                            self.damage(off, e);
+                            return Ok(());
+                        }
+                        Err(DecodeProblem::Invalid(d)) => {
+                            // A record whose checksum holds was written whole: not a torn write.
+                            let e = self.corrupt(off, format!("record body does not decode: {d}"));
+                            if !self.damage(off, e) {
+                                return Ok(());
+                            }
+                            match self.resync(off + 1, lsn)? {
+                                Some((o, l)) => {
+                                    off = o;
+                                    lsn = l;
+                                    continue;
+                                }
+                                None => return Ok(()),
+                            }
+                        }
+                    };
+                    if let Record::Sync(m) = &record {
+                        // A mark can only speak for records before it.
+                        *self.marked = (*self.marked).max(m.synced_lsn.min(lsn.saturating_sub(1)));
+                    }
+                    let size = RECORD_HEADER_LEN as u32 + h.body_len;
+                    visit(&RecordView {
+                        segment: self.seq,
+                        offset: off,
+                        lsn,
+                        size,
+                        record,
+                    })
+                    .map_err(Stopped::Visitor)?;
+                    self.scan.records += 1;
+                    self.scan.last_lsn = Some(lsn);
+                    lsn += 1;
+                    off += size as u64;
+                    self.scan.end = off;
+                    continue;
+                }
+                Check::Bad(p) => p,
+            };
+            // A bad record at `off`, which should have had LSN `lsn`.
+            // A mark only speaks for records before it, so the marks that can vouch for this
+            // record lie after it: look for one.
+            let e = if !self.is_last {
+                self.corrupt(off, problem)
+            } else if let Some((at, claim)) = self.mark_claiming(off + 1, lsn)? {
+                self.corrupt(
+                    off,
+                    format!(
+                        "{problem}; a sync mark further on (offset {at}) says the log was durable \
+                         through LSN {claim}, so this is damage to synced data, not a torn write"
+                    ),
+                )
+            } else {
+                self.scan.tail = Tail::Torn {
+                    offset: off,
+                    reason: problem,
+                };
+                break;
+            };
+            if !self.damage(off, e) {
+                return Ok(());
+            }
+            match self.resync(off + 1, lsn.saturating_sub(1))? {
+                Some((o, l)) => {
+                    off = o;
+                    lsn = l;
+                }
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// A valid sync mark at or after `from` that claims LSN `lsn` or later was durable:
+    /// (its offset, its claim). A mark only counts if it sits after that LSN (its own LSN is
+    /// higher) and claims less than its own LSN, as every real mark does.
+    fn mark_claiming(&mut self, from: u64, lsn: u64) -> std::io::Result<Option<(u64, u64)>> {
+        let salt = segment_salt(self.seq);
+        let pre =
+            |h: &RecordHeader| h.rtype == rtype::SYNC && h.body_len == SYNC_MARK_LEN && h.lsn > lsn;
+        let mut pos = from;
+        while pos < self.w.file_len {
+            let (found, next) = self.w.candidates(pos, &pre)?;
+            for off in found {
+                if let Check::Valid(h, body) = check_record(&mut self.w, off, salt)? {
+                    if let Ok(Record::Sync(m)) = Record::decode(h.rtype, h.schema, body) {
+                        if m.synced_lsn >= lsn && m.synced_lsn < h.lsn {
+                            return Ok(Some((off, m.synced_lsn)));
+                        }
+                    }
+                }
+            }
+            pos = next;
+        }
+        Ok(None)
+    }
+
+    /// The first record at or after `from` that checks out (checksum, known type, body decodes)
+    /// with an LSN above `after`: (offset, LSN). For reading on past damage.
+    fn resync(&mut self, from: u64, after: u64) -> std::io::Result<Option<(u64, u64)>> {
+        if self.on_damage != OnDamage::NextRecord {
+            return Ok(None);
+        }
+        let salt = segment_salt(self.seq);
+        let len = self.w.file_len;
+        let pre = |h: &RecordHeader| {
+            h.lsn > after && h.body_len > 0 && h.body_len <= MAX_BODY && h.crc != 0
+        };
+        let mut pos = from;
+        while pos < len {
+            let (found, next) = self.w.candidates(pos, &pre)?;
+            for off in found {
+                if off + RECORD_HEADER_LEN as u64 > len {
+                    continue;
+                }
+                if let Check::Valid(h, body) = check_record(&mut self.w, off, salt)? {
+                    if Record::decode(h.rtype, h.schema, body).is_ok() {
+                        return Ok(Some((off, h.lsn)));
+                    }
+                }
+            }
+            pos = next;
+        }
+        Ok(None)
+    }
+}
+
+/// Why a segment walk stopped early.
+enum Stopped {
+    /// Reading the file failed.
+    Io(std::io::Error),
+    /// The visitor returned an error.
+    Visitor(WalError),
+}
+
+impl From<std::io::Error> for Stopped {
+    fn from(e: std::io::Error) -> Stopped {
+        Stopped::Io(e)
+    }
 }
 
 #[cfg(test)]
@@ -429,6 +734,193 @@ mod tests {
 
     fn read(storage: &MemStorage) -> Result<LogScan, WalError> {
         read_log(storage, &mut |_| Ok(()))
+    }
+
+    use crate::wal::appender::Appender;
+    use crate::wal::record::{Cancel, SyncMark};
+    use std::sync::Arc;
+
+    const SEG1: &str = "00000000000000000001.wal";
+
+    fn cancel(id: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        Record::Cancel(Cancel { id, at: 1 }).encode_into(&mut b);
+        b
+    }
+
+    /// A log of one segment: `synced` job records (ids 1..), written and synced; then, if
+    /// `mark`, a sync mark for them; then `unsynced` more records, written but not synced.
+    /// Returns the storage and each job record's (offset, LSN).
+    fn log(synced: u64, mark: bool, unsynced: u64) -> (MemStorage, Vec<(u64, u64)>) {
+        let mem = MemStorage::new();
+        let scan = read(&mem).unwrap();
+        let mut a = Appender::open(Arc::new(mem.clone()), &scan, 1 << 20, Arc::default()).unwrap();
+        for id in 1..=synced {
+            a.push(rtype::CANCEL, SCHEMA, &cancel(id)).unwrap();
+        }
+        a.write().unwrap();
+        a.sync().unwrap();
+        if mark {
+            assert!(a.push_mark(7).unwrap().is_some());
+        }
+        for id in synced + 1..=synced + unsynced {
+            a.push(rtype::CANCEL, SCHEMA, &cancel(id)).unwrap();
+        }
+        a.write().unwrap();
+        let mut at = Vec::new();
+        read_log(&mem, &mut |r| {
+            if r.record.job_id().is_some() {
+                at.push((r.offset, r.lsn));
+            }
+            Ok(())
+        })
+        .unwrap();
+        (mem, at)
+    }
+
+    fn poke(mem: &MemStorage, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut b = mem.file_bytes(SEG1).unwrap();
+        f(&mut b);
+        mem.set_file_bytes(SEG1, b);
+    }
+
+    fn corrupt_at(r: Result<LogScan, WalError>) -> (u64, String) {
+        match r {
+            Err(WalError::Corrupt { offset, detail, .. }) => (offset, detail),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_zeroed_header_on_the_last_segment_with_records_behind_it_is_damage_not_a_cut_short_creation(
+    ) {
+        let (mem, _) = log(10, true, 0);
+        poke(&mem, |b| b[..40].fill(0));
+        let (off, detail) = corrupt_at(read(&mem));
+        assert_eq!(off, 0);
+        assert!(
+            detail.contains("zeroed") && detail.contains("holds data"),
+            "{detail}"
+        );
+        let (_, problems) = verify_log(&mem);
+        assert_eq!(problems.len(), 1);
+        // Read on past the damage, every record is still there.
+        let mut ids = Vec::new();
+        let (_, problems) = walk_log(&mem, OnDamage::NextRecord, &mut |r| {
+            ids.extend(r.record.job_id());
+            Ok(())
+        });
+        assert_eq!(problems.len(), 1);
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+        // Only a segment that is zeros all through is one whose creation was cut short.
+        let (mem, _) = log(0, false, 0);
+        poke(&mem, |b| b.fill(0));
+        let scan = read(&mem).unwrap();
+        assert_eq!(scan.segments[0].tail, Tail::EmptySegment);
+    }
+
+    #[test]
+    fn a_damaged_record_that_a_later_sync_mark_vouches_for_is_corruption_not_a_torn_tail() {
+        let (mem, at) = log(5, true, 3);
+        // Record 3 was synced, and the mark after record 5 says so.
+        let (off3, _) = at[2];
+        poke(&mem, |b| b[off3 as usize + 22] ^= 1);
+        let (off, detail) = corrupt_at(read(&mem));
+        assert_eq!(off, off3);
+        assert!(
+            detail.contains("sync mark") && detail.contains("not a torn write"),
+            "{detail}"
+        );
+        // The same flip after the mark (record 7: written, never synced) is a torn tail.
+        let (mem, at) = log(5, true, 3);
+        let (off7, _) = at[6];
+        poke(&mem, |b| b[off7 as usize + 22] ^= 1);
+        let scan = read(&mem).unwrap();
+        assert_eq!(scan.torn_tail().map(|t| t.1), Some(off7));
+        assert_eq!(scan.last_lsn(), Some(7), "records 1-5, the mark, record 6");
+    }
+
+    #[test]
+    fn a_zeroed_record_header_in_the_last_segment_is_not_the_end_of_the_log() {
+        // Synced and vouched for: zeros over record 4's header are damage.
+        let (mem, at) = log(6, true, 2);
+        let (off4, _) = at[3];
+        poke(&mem, |b| b[off4 as usize..off4 as usize + 20].fill(0));
+        let (off, detail) = corrupt_at(read(&mem));
+        assert_eq!(off, off4);
+        assert!(detail.contains("holds data further on"), "{detail}");
+        // Without a mark to vouch for it, it is a torn tail, which recovery truncates (and the
+        // data behind it goes with the truncation).
+        let (mem, at) = log(0, false, 8);
+        let (off4, _) = at[3];
+        poke(&mem, |b| b[off4 as usize..off4 as usize + 20].fill(0));
+        let scan = read(&mem).unwrap();
+        assert_eq!(scan.torn_tail().map(|t| t.1), Some(off4));
+    }
+
+    #[test]
+    fn data_after_the_end_of_a_sealed_segment_is_corruption() {
+        let (mem, at) = log(4, false, 0);
+        let end = at[3].0 as usize + 20 + cancel(4).len();
+        poke(&mem, |b| b[end + 100] = 9);
+        mem.set_file_bytes(
+            &segment_file_name(2),
+            SegmentHeader {
+                seq: 2,
+                first_lsn: 5,
+            }
+            .encode()
+            .to_vec(),
+        );
+        let (off, _) = corrupt_at(read(&mem));
+        assert_eq!(off as usize, end);
+        // In the last segment, with nothing to vouch for it, the same is a torn tail.
+        let (mem, _) = log(4, false, 0);
+        poke(&mem, |b| b[end + 100] = 9);
+        assert_eq!(
+            read(&mem).unwrap().torn_tail().map(|t| t.1),
+            Some(end as u64)
+        );
+    }
+
+    #[test]
+    fn a_forged_mark_inside_a_record_cannot_claim_the_log() {
+        // A mark only counts if its own LSN is above the damaged one and it claims less than its
+        // own LSN: a copy of an old mark, or one claiming the future, vouches for nothing.
+        let (mem, at) = log(3, true, 2);
+        let mut b = mem.file_bytes(SEG1).unwrap();
+        let mut forged = Vec::new();
+        let mut body = Vec::new();
+        Record::Sync(SyncMark {
+            synced_lsn: 1000,
+            at: 0,
+        })
+        .encode_into(&mut body);
+        crate::wal::format::encode_record(
+            &mut forged,
+            rtype::SYNC,
+            SCHEMA,
+            1000,
+            &body,
+            segment_salt(1),
+        );
+        let end = at[4].0 as usize + 20 + cancel(5).len();
+        b[end + 64..end + 64 + forged.len()].copy_from_slice(&forged);
+        let (off6, _) = at[4];
+        b[off6 as usize + 22] ^= 1;
+        mem.set_file_bytes(SEG1, b);
+        assert_eq!(read(&mem).unwrap().torn_tail().map(|t| t.1), Some(off6));
+    }
+
+    #[test]
+    fn first_nonzero_finds_the_exact_byte() {
+        let mut b = vec![0u8; 1000];
+        assert_eq!(first_nonzero_in(&b), None);
+        b[777] = 3;
+        assert_eq!(first_nonzero_in(&b), Some(777));
+        b[63] = 1;
+        assert_eq!(first_nonzero_in(&b), Some(63));
+        assert_eq!(first_nonzero_in(&[]), None);
     }
 
     proptest! {
@@ -450,6 +942,12 @@ mod tests {
                 Err(WalError::NewerVersion { .. }) => {}
                 Err(e) => prop_assert!(false, "unexpected error {e}"),
             }
+            for mode in [OnDamage::NextSegment, OnDamage::NextRecord] {
+                let (scan, _) = walk_log(&s, mode, &mut |_| Ok(()));
+                for seg in &scan.segments {
+                    prop_assert!(seg.end <= seg.file_len);
+                }
+            }
         }
 
         /// Entirely random segment files.
@@ -460,6 +958,7 @@ mod tests {
             s.set_file_bytes(&segment_file_name(2), bytes);
             let _ = read(&s);
             let _ = verify_log(&s);
+            let _ = walk_log(&s, OnDamage::NextRecord, &mut |_| Ok(()));
         }
     }
 }

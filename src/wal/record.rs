@@ -23,6 +23,8 @@ pub mod rtype {
     pub const REVIVE: u8 = 6;
     /// A dead job was removed from the dead letters (`dead purge`).
     pub const PURGE: u8 = 7;
+    /// A sync mark: every record up to an LSN was durable before this one was written.
+    pub const SYNC: u8 = 8;
 }
 
 /// The schema version this build writes for every type.
@@ -147,6 +149,21 @@ pub struct JobEvent {
     pub at: u64,
 }
 
+/// Body of a `sync` record (a sync mark): every record with an LSN up to `synced_lsn` had been
+/// made durable (fdatasync returned) before this record was written. Recovery uses it to tell a
+/// write that a crash cut short (after the last sync) from damage to synced data
+/// (`docs/wal-format.md`, "What recovery assumes about the disk").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncMark {
+    /// Every record with an LSN up to this one was durable.
+    pub synced_lsn: u64,
+    /// When the mark was written (ms).
+    pub at: u64,
+}
+
+/// Encoded size of a [`SyncMark`] body.
+pub const SYNC_MARK_LEN: u32 = 16;
+
 /// A decoded record body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -164,6 +181,8 @@ pub enum Record<'a> {
     Revive(JobEvent),
     /// `purge`
     Purge(JobEvent),
+    /// `sync`: a sync mark (about the log, not about a job)
+    Sync(SyncMark),
 }
 
 /// Why a body did not decode.
@@ -205,6 +224,7 @@ impl<'a> Record<'a> {
             rtype::RETRY => decode_exact(body).map(Record::Retry),
             rtype::REVIVE => decode_exact(body).map(Record::Revive),
             rtype::PURGE => decode_exact(body).map(Record::Purge),
+            rtype::SYNC => decode_exact(body).map(Record::Sync),
             _ => Err(DecodeProblem::Unknown { rtype, schema }),
         }
     }
@@ -219,18 +239,20 @@ impl<'a> Record<'a> {
             Record::Retry(_) => rtype::RETRY,
             Record::Revive(_) => rtype::REVIVE,
             Record::Purge(_) => rtype::PURGE,
+            Record::Sync(_) => rtype::SYNC,
         }
     }
 
-    /// The job the record is about.
-    pub fn job_id(&self) -> u64 {
+    /// The job the record is about (`None` for a sync mark).
+    pub fn job_id(&self) -> Option<u64> {
         match self {
-            Record::Submit(s) => s.id,
-            Record::Start(s) => s.id,
-            Record::Finish(f) => f.id,
-            Record::Cancel(c) => c.id,
-            Record::Retry(r) => r.id,
-            Record::Revive(e) | Record::Purge(e) => e.id,
+            Record::Submit(s) => Some(s.id),
+            Record::Start(s) => Some(s.id),
+            Record::Finish(f) => Some(f.id),
+            Record::Cancel(c) => Some(c.id),
+            Record::Retry(r) => Some(r.id),
+            Record::Revive(e) | Record::Purge(e) => Some(e.id),
+            Record::Sync(_) => None,
         }
     }
 
@@ -243,6 +265,7 @@ impl<'a> Record<'a> {
             Record::Cancel(c) => c.at,
             Record::Retry(r) => r.at,
             Record::Revive(e) | Record::Purge(e) => e.at,
+            Record::Sync(m) => m.at,
         }
     }
 
@@ -272,6 +295,7 @@ impl<'a> Record<'a> {
             Record::Retry(r) => Record::Retry(r),
             Record::Revive(e) => Record::Revive(e),
             Record::Purge(e) => Record::Purge(e),
+            Record::Sync(m) => Record::Sync(m),
         }
     }
 
@@ -284,6 +308,7 @@ impl<'a> Record<'a> {
             Record::Cancel(c) => encode_body(out, c),
             Record::Retry(r) => encode_body(out, r),
             Record::Revive(e) | Record::Purge(e) => encode_body(out, e),
+            Record::Sync(m) => encode_body(out, m),
         }
     }
 }
@@ -298,6 +323,7 @@ pub fn type_name(rtype: u8) -> &'static str {
         rtype::RETRY => "retry",
         rtype::REVIVE => "revive",
         rtype::PURGE => "purge",
+        rtype::SYNC => "sync",
         _ => "unknown",
     }
 }
@@ -373,6 +399,24 @@ mod tests {
         assert_eq!(
             buf,
             [7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x00, 0x68, 0xE5, 0xCF, 0x8B, 0x01, 0, 0]
+        );
+    }
+
+    #[test]
+    fn sync_mark_has_its_fixed_size() {
+        let mut buf = Vec::new();
+        Record::Sync(SyncMark {
+            synced_lsn: 41,
+            at: 1_700_000_000_000,
+        })
+        .encode_into(&mut buf);
+        assert_eq!(buf.len(), SYNC_MARK_LEN as usize);
+        assert_eq!(
+            Record::decode(rtype::SYNC, SCHEMA, &buf).unwrap(),
+            Record::Sync(SyncMark {
+                synced_lsn: 41,
+                at: 1_700_000_000_000
+            })
         );
     }
 

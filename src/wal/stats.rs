@@ -8,8 +8,10 @@ const BUCKETS: usize = 32;
 /// WAL counters. Only the commit thread writes; anyone may read.
 #[derive(Debug)]
 pub struct WalStats {
-    /// Records appended.
+    /// Records appended (sync marks included).
     pub records: AtomicU64,
+    /// Sync marks appended.
+    pub marks: AtomicU64,
     /// Bytes appended (headers included).
     pub bytes: AtomicU64,
     /// Group commits (one write each).
@@ -31,6 +33,7 @@ impl Default for WalStats {
     fn default() -> Self {
         WalStats {
             records: AtomicU64::new(0),
+            marks: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             groups: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),

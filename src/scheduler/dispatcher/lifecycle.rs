@@ -10,6 +10,17 @@ use crate::scheduler::info::{AttemptInfo, AttemptOutcome, JobInfo};
 use crate::scheduler::{DeadFilter, Refused};
 use crate::wal::record::{state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry};
 
+/// Failure texts come from programs and remote servers: their NUL bytes become U+FFFD, so that no
+/// record body ever holds a run of outside bytes with NULs in it (what a forged sync mark would
+/// need; docs/wal-format.md).
+fn without_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{fffd}")
+    } else {
+        s
+    }
+}
+
 impl Dispatcher {
     pub(super) fn succeeded(&mut self, id: u64) {
         let now = now_ms();
@@ -43,13 +54,13 @@ impl Dispatcher {
         }
         let outcome = |reason: String| match timed_out {
             true => Outcome::TimedOut {
-                reason,
-                output_tail: err.output_tail.clone(),
+                reason: without_nul(reason),
+                output_tail: without_nul(err.output_tail.clone()),
             },
             false => Outcome::Failed {
-                reason,
+                reason: without_nul(reason),
                 exit_code: err.exit_code,
-                output_tail: err.output_tail.clone(),
+                output_tail: without_nul(err.output_tail.clone()),
             },
         };
         let attempt = e.attempt;

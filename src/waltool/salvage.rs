@@ -1,0 +1,202 @@
+//! `duejob wal salvage DATA --to DIR [--past-damage]`: the way out of a damaged log.
+//!
+//! The daemon refuses to start on a log with damage before its tail (it cannot know what the
+//! damaged records said, and guessing could run a job twice or drop one). Salvage copies every
+//! record that checks out into a new data directory, for the operator to inspect and run on
+//! knowingly: `duejob wal verify DIR` and `duejob wal inspect DIR` work on it, `duejob serve
+//! --data DIR` runs it. The damaged log is only read.
+//!
+//! - By default the copy stops at the first damage: it is exactly the log as it was up to that
+//!   point (same records, same LSNs).
+//! - With `--past-damage` it goes on at the next record that checks out (in the damaged segment,
+//!   or from the next segment's header) and reports every stretch it skipped. Records after a gap
+//!   get new LSNs (the log has no gaps), and the old sync marks after it are dropped. A job whose
+//!   records were partly lost is recovered from what remains: a lost `finish` means the job runs
+//!   again (at least once), a lost `submit` means its later records are ignored.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::wal_dir;
+use crate::cli::CliResult;
+use crate::wal::appender::{Appender, DEFAULT_SEGMENT_SIZE};
+use crate::wal::io::{FileStorage, Storage};
+use crate::wal::reader::{list_segments, read_log, walk_log, OnDamage, Tail};
+use crate::wal::record::{Record, SCHEMA};
+use crate::wal::WalError;
+
+/// `wal salvage` arguments.
+#[derive(Debug, Args)]
+pub struct SalvageArgs {
+    /// Data directory whose log is damaged (only read).
+    pub data: PathBuf,
+    /// New data directory for the copy (must not exist yet, or be empty).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Go on after damage with the next record that checks out (otherwise the copy stops at the
+    /// first damage).
+    #[arg(long)]
+    pub past_damage: bool,
+}
+
+/// A stretch of LSNs the copy does not have.
+struct Gap {
+    /// First missing LSN.
+    from: u64,
+    /// Last missing LSN (inclusive); `None` when the next record read had a lower LSN.
+    to: Option<u64>,
+}
+
+/// `wal salvage`.
+pub fn salvage(a: &SalvageArgs) -> CliResult {
+    let src = wal_dir(&a.data)?;
+    let dst = prepare_destination(&a.to)?;
+    let source = FileStorage::new(&src);
+    let out: Arc<dyn Storage> = Arc::new(FileStorage::new(&dst));
+    let empty = read_log(out.as_ref(), &mut |_| Ok(()))?;
+    let mut app = Appender::open(out.clone(), &empty, DEFAULT_SEGMENT_SIZE, Arc::default())?;
+
+    let mode = if a.past_damage {
+        OnDamage::NextRecord
+    } else {
+        OnDamage::Stop
+    };
+    let mut copied = 0u64;
+    let mut renumbered = false;
+    let mut prev: Option<u64> = None;
+    let mut gaps: Vec<Gap> = Vec::new();
+    let mut write_error: Option<WalError> = None;
+    let mut body = Vec::new();
+    let (scan, problems) = walk_log(&source, mode, &mut |r| {
+        match prev {
+            Some(p) if r.lsn > p + 1 => gaps.push(Gap {
+                from: p + 1,
+                to: Some(r.lsn - 1),
+            }),
+            Some(p) if r.lsn <= p => gaps.push(Gap {
+                from: p + 1,
+                to: None,
+            }),
+            _ => {}
+        }
+        prev = Some(r.lsn);
+        renumbered |= r.lsn != app.next_lsn();
+        if renumbered && matches!(r.record, Record::Sync(_)) {
+            return Ok(()); // it speaks for old LSNs; the copy gets marks of its own
+        }
+        body.clear();
+        r.record.encode_into(&mut body);
+        let pushed = app.push(r.record.rtype(), SCHEMA, &body).and_then(|_| {
+            copied += 1;
+            if copied % 1024 == 0 {
+                app.write()
+            } else {
+                Ok(())
+            }
+        });
+        pushed.map_err(|e| {
+            write_error = Some(e);
+            WalError::Closed // stops the walk; the real error is in write_error
+        })
+    });
+    if let Some(e) = write_error {
+        return Err(format!("writing the copy into {}: {e}", dst.display()).into());
+    }
+    app.write()?;
+    app.sync()?;
+    // A last sync mark: the copy is complete and durable.
+    app.push_mark(crate::job::now_ms())?;
+    app.write()?;
+    app.sync()?;
+    drop(app);
+
+    for p in &problems {
+        eprintln!("damage: {p}");
+    }
+    let total_segments = list_segments(&source).map(|s| s.len()).unwrap_or(0);
+    if !problems.is_empty() && !a.past_damage {
+        let later = total_segments.saturating_sub(scan.segments.len());
+        let rest = match later {
+            0 => "the rest of that segment".to_string(),
+            n => format!("the rest of that segment and {n} later segment(s)"),
+        };
+        eprintln!(
+            "the copy stops at the first damage: {rest} was not copied; add --past-damage to go \
+             on with the next record that checks out"
+        );
+    }
+    for g in &gaps {
+        match g.to {
+            Some(to) => eprintln!(
+                "skipped: LSN {}..{to} ({} record(s)) could not be read",
+                g.from,
+                to + 1 - g.from
+            ),
+            None => eprintln!(
+                "skipped: from LSN {} on, the log went back to lower LSNs (damaged numbering)",
+                g.from
+            ),
+        }
+    }
+    if let Some((name, off, reason)) = scan.torn_tail() {
+        eprintln!(
+            "left out: the incomplete record at the end of {} (offset {off}: {reason}); a write \
+             that a crash cut short, never acknowledged",
+            src.join(name).display()
+        );
+    }
+    let damaged = scan
+        .segments
+        .iter()
+        .filter(|s| matches!(s.tail, Tail::Damaged { .. }))
+        .count();
+    println!(
+        "salvaged {copied} record(s) from {} into {}{}",
+        src.display(),
+        dst.display(),
+        if renumbered {
+            " (LSNs renumbered after the first gap)"
+        } else {
+            ""
+        }
+    );
+    if problems.is_empty() {
+        println!("the log had no damage: the copy is complete");
+    } else {
+        println!(
+            "{} problem(s) in {damaged} damaged segment(s); check the copy with `duejob wal \
+             inspect {}`, then run it with `duejob serve --data {}` (or stop the daemon, move \
+             {} aside and move {} in its place)",
+            problems.len(),
+            a.to.display(),
+            a.to.display(),
+            src.display(),
+            dst.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates `DIR/wal` (mode 0700) for the copy; `DIR` must not exist or be empty.
+fn prepare_destination(to: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if to.exists() {
+        let mut entries =
+            std::fs::read_dir(to).map_err(|e| format!("--to {}: {e}", to.display()))?;
+        if entries.next().is_some() {
+            return Err(format!(
+                "--to {} is not empty: salvage writes only into a new or empty directory",
+                to.display()
+            ));
+        }
+    }
+    let wal = to.join("wal");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&wal)
+        .map_err(|e| format!("cannot create {}: {e}", wal.display()))?;
+    Ok(wal)
+}

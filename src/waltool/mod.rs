@@ -5,7 +5,7 @@
 //! while a daemon is appending: a partly written last record is reported as an incomplete tail,
 //! not as corruption. `salvage` writes only into a new directory it is given.
 //!
-//! One file per subcommand: `verify` here, [`inspect`], [`dump`], [`salvage`].
+//! One file per subcommand: `verify` here, [`mod@inspect`], [`mod@dump`], [`mod@salvage`].
 
 pub mod dump;
 pub mod inspect;

@@ -58,7 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let (tx, rx) = crossbeam_channel::bounded(1);
             rt.append(batch, jobs, tx)?;
-            rx.recv()?.map_err(|e| e.to_string())?;
+            if let Some(f) = rx.recv()?.failure {
+                return Err(f.error.to_string().into());
+            }
             left -= k;
         }
         rt.shutdown();

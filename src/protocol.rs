@@ -39,8 +39,12 @@ pub mod code {
     /// The job's state does not allow the operation (e.g. cancelling a finished job, retrying a
     /// job that is not dead).
     pub const WRONG_STATE: &str = "wrong_state";
-    /// The WAL failed; nothing more is accepted until restart.
+    /// The WAL failed and the request was not recorded (certainly: safe to repeat once the
+    /// daemon runs again); nothing more is accepted until restart.
     pub const WAL_FAILED: &str = "wal_failed";
+    /// The WAL failed after writing the request, and could not remove it again: it may or may not
+    /// be in the log after a restart (the reply's `id` names the job; its `status` tells).
+    pub const WAL_UNCERTAIN: &str = "wal_uncertain";
     /// The daemon is stopping.
     pub const SHUTTING_DOWN: &str = "shutting_down";
     /// The peer's uid is not allowed.
@@ -299,7 +303,8 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Appends `{"ok":false,"error":{"code":..,"message":..}}\n`.
+/// Appends `{"ok":false,"error":{"code":..,"message":..}}\n`, with the rejection's `id` and
+/// `recorded_ids` when it has them.
 pub fn write_error(out: &mut Vec<u8>, r: &Rejection) {
     #[derive(Serialize)]
     struct E<'a> {
@@ -309,12 +314,18 @@ pub fn write_error(out: &mut Vec<u8>, r: &Rejection) {
     #[derive(Serialize)]
     struct R<'a> {
         ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recorded_ids: Option<&'a [u64]>,
         error: E<'a>,
     }
     let _ = serde_json::to_writer(
         &mut *out,
         &R {
             ok: false,
+            id: r.id,
+            recorded_ids: r.recorded_ids.as_deref(),
             error: E {
                 code: r.code,
                 message: &r.message,

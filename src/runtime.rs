@@ -34,7 +34,7 @@ use crate::protocol::code;
 use crate::scheduler::dispatcher::{self};
 use crate::scheduler::{DeadFilter, JobInfo, Msg, Refused, SchedStats};
 use crate::wal::appender::Appender;
-use crate::wal::commit::{self, Acked, Append, RecordBatch, WalMsg};
+use crate::wal::commit::{self, Ack, Append, Fate, RecordBatch, WalEvent, WalMsg};
 use crate::wal::io::{FileStorage, Storage};
 use crate::wal::record::Record;
 use crate::wal::stats::WalStats;
@@ -84,13 +84,20 @@ impl From<WalError> for Error {
     }
 }
 
-/// A request refused before anything was written: a protocol error code and a message.
+/// A refused request: a protocol error code and a message, and for a request the WAL failed on,
+/// what of it is in the log all the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// Stable error code (see [`crate::protocol::code`]).
     pub code: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// The job the rejection is about, when the client could not know its id otherwise (a
+    /// submit whose fate is uncertain: `status ID` tells after a restart).
+    pub id: Option<u64>,
+    /// Jobs of a request on many jobs (a batch, `dead retry --all`) for which the request was
+    /// recorded before the WAL failed: for them it took effect.
+    pub recorded_ids: Option<Vec<u64>>,
 }
 
 impl Rejection {
@@ -99,6 +106,8 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
+            id: None,
+            recorded_ids: None,
         }
     }
 }
@@ -341,12 +350,12 @@ impl Handle {
         batch.push(&Record::Submit(job.to_record(q, k)));
     }
 
-    /// Sends records and their jobs to the WAL; `ack` hears the outcome.
+    /// Sends records and their jobs to the WAL; `ack` hears what became of each record.
     pub fn append(
         &self,
         records: RecordBatch,
         jobs: Vec<JobRef>,
-        ack: Sender<Acked>,
+        ack: Sender<Ack>,
     ) -> Result<(), Rejection> {
         if self.is_closing() {
             return Err(closed());
@@ -370,21 +379,20 @@ impl Handle {
         self.encode_submit(&job, &mut batch);
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.append(batch, vec![Arc::new(job)], tx)?;
-        match rx.recv() {
-            Ok(Ok(ack)) => Ok(match ack.duplicates.first() {
-                Some(d) => Submitted {
-                    id: d.id,
-                    lsn: d.lsn,
-                    duplicate: true,
-                },
-                None => Submitted {
-                    id,
-                    lsn: ack.first_lsn,
-                    duplicate: false,
-                },
+        let ack = rx.recv().map_err(|_| closed())?;
+        match ack.fates().next() {
+            Some(Fate::Recorded(lsn)) => Ok(Submitted {
+                id,
+                lsn,
+                duplicate: false,
             }),
-            Ok(Err(e)) => Err(wal_rejection(&e)),
-            Err(_) => Err(closed()),
+            Some(Fate::Duplicate { id, lsn }) => Ok(Submitted {
+                id,
+                lsn,
+                duplicate: true,
+            }),
+            Some(fate) => Err(fate_rejection(&ack, fate, id)),
+            None => Err(closed()),
         }
     }
 
@@ -436,12 +444,8 @@ impl Handle {
     /// Cancels a job that has not ended (a running one is told to stop; an exec job's process
     /// group is killed). Returns the state it was in, once the cancel record is durable.
     pub fn cancel(&self, id: u64) -> Result<&'static str, Rejection> {
-        let (ack, ack_rx) = crossbeam_channel::bounded(1);
-        let was = self
-            .ask(|reply| Msg::Cancel { id, ack, reply })?
-            .map_err(|r| refused(id, r, "cancelled"))?;
-        wait_durable(&ack_rx)?;
-        Ok(was)
+        self.ask(|reply| Msg::Cancel { id, reply })?
+            .map_err(|r| refused(id, r, "cancelled"))
     }
 
     /// Dead jobs (with their last error), oldest death first.
@@ -460,18 +464,16 @@ impl Handle {
 
     /// Puts dead jobs back with fresh attempts; returns their ids once that is durable.
     pub fn dead_retry(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
-        self.dead_op(which, "retried", |which, ack, reply| Msg::DeadRetry {
+        self.dead_op(which, "retried", |which, reply| Msg::DeadRetry {
             which,
-            ack,
             reply,
         })
     }
 
     /// Removes dead jobs from the dead letters; returns their ids once that is durable.
     pub fn dead_purge(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
-        self.dead_op(which, "purged", |which, ack, reply| Msg::DeadPurge {
+        self.dead_op(which, "purged", |which, reply| Msg::DeadPurge {
             which,
-            ack,
             reply,
         })
     }
@@ -480,20 +482,14 @@ impl Handle {
         &self,
         which: DeadFilter,
         verb: &str,
-        msg: impl FnOnce(DeadFilter, Sender<Acked>, Sender<Result<Vec<u64>, Refused>>) -> Msg,
+        msg: impl FnOnce(DeadFilter, Sender<Result<Vec<u64>, Refused>>) -> Msg,
     ) -> Result<Vec<u64>, Rejection> {
         let id = match which {
             DeadFilter::Id(id) => id,
             DeadFilter::All { .. } => 0,
         };
-        let (ack, ack_rx) = crossbeam_channel::bounded(1);
-        let ids = self
-            .ask(|reply| msg(which, ack, reply))?
-            .map_err(|r| refused(id, r, verb))?;
-        if !ids.is_empty() {
-            wait_durable(&ack_rx)?;
-        }
-        Ok(ids)
+        self.ask(|reply| msg(which, reply))?
+            .map_err(|r| refused(id, r, verb))
     }
 
     /// A queue's index, for filters.
@@ -519,14 +515,61 @@ fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
                 format!("job {id} is {state}; only {what} can be {verb}"),
             )
         }
+        Refused::Wal {
+            error,
+            certain,
+            applied,
+        } => {
+            if let WalError::Closed = *error {
+                return closed();
+            }
+            let mut r = if certain {
+                Rejection::new(
+                    code::WAL_FAILED,
+                    format!("{error}; the change was not recorded and nothing was changed"),
+                )
+            } else {
+                Rejection::new(
+                    code::WAL_UNCERTAIN,
+                    format!("{error}; the change may or may not have been recorded: after a restart, the job's status tells"),
+                )
+            };
+            if !applied.is_empty() {
+                r.message.push_str(&format!(
+                    " (it was recorded, and made, for {} job(s) before the failure: recorded_ids)",
+                    applied.len()
+                ));
+                r.recorded_ids = Some(applied);
+            }
+            r
+        }
     }
 }
 
-fn wait_durable(ack: &crossbeam_channel::Receiver<Acked>) -> Result<(), Rejection> {
-    match ack.recv() {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(wal_rejection(&e)),
-        Err(_) => Err(closed()),
+/// The rejection for a record of `ack` whose fate is not `Recorded`: `wal_failed` when it is
+/// certainly not in the log (safe to submit again once the daemon runs again), `wal_uncertain`
+/// when it may be (the reply names the job, whose `status` tells after a restart).
+pub fn fate_rejection(ack: &Ack, fate: Fate, id: u64) -> Rejection {
+    let error = match &ack.failure {
+        Some(f) => f.error.clone(),
+        None => Arc::new(WalError::Closed),
+    };
+    if let WalError::Closed = *error {
+        return closed();
+    }
+    match fate {
+        Fate::Unknown => {
+            let mut r = Rejection::new(
+                code::WAL_UNCERTAIN,
+                format!("{error}; job {id} was written but may or may not be in the log: after a restart, `status {id}` tells (or submit it again with the same key)"),
+            );
+            r.id = Some(id);
+            r
+        }
+        _ => Rejection::new(
+            code::WAL_FAILED,
+            format!("{error}; the job was not recorded"),
+        ),
     }
 }
 
@@ -640,8 +683,11 @@ impl RuntimeBuilder {
             cfg.sync,
             rec.keys,
             wal_rx,
-            Box::new(move |jobs| {
-                let _ = to_sched.send(Msg::Jobs(jobs));
+            Box::new(move |event| {
+                let _ = to_sched.send(match event {
+                    WalEvent::Durable(jobs) => Msg::Jobs(jobs),
+                    WalEvent::Failed(e) => Msg::WalFailed(e),
+                });
             }),
         );
         if !rec.orphans.is_empty() {
@@ -651,8 +697,14 @@ impl RuntimeBuilder {
                 jobs: vec![],
                 ack: Some(tx),
             }));
-            if let Ok(Err(e)) = rx.recv() {
-                log::error!("could not record jobs that can no longer run: {e}");
+            if let Ok(Ack {
+                failure: Some(f), ..
+            }) = rx.recv()
+            {
+                log::error!(
+                    "could not record the end of jobs that can no longer run: {}",
+                    f.error
+                );
             }
         }
         let dispatcher = dispatcher::spawn(

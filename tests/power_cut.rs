@@ -178,8 +178,12 @@ fn batch_workload(storage: &MemStorage) -> (Vec<u64>, Vec<u64>) {
             if rt.append(batch, jobs, tx).is_err() {
                 continue;
             }
-            if let Ok(Ok(_)) = rx.recv() {
-                acked.extend(ids);
+            if let Ok(ack) = rx.recv() {
+                for (id, fate) in ids.into_iter().zip(ack.fates()) {
+                    if matches!(fate, duejob::wal::commit::Fate::Recorded(_)) {
+                        acked.push(id);
+                    }
+                }
             }
         }
     }

@@ -17,9 +17,11 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+use std::sync::Arc;
+
 use crate::handlers::JobError;
 use crate::job::JobRef;
-use crate::wal::commit::Acked;
+use crate::wal::WalError;
 
 pub use info::{AttemptInfo, AttemptOutcome, JobInfo, SchedStats};
 
@@ -41,12 +43,24 @@ pub struct Done {
 }
 
 /// Why an operation on a job was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Refused {
     /// No such job (or forgotten from memory).
     NotFound,
     /// The job's state does not allow it (the state's name).
     WrongState(&'static str),
+    /// The WAL failed, so the change was not recorded, and not made. For an operation on many
+    /// jobs, `applied` lists those whose records did reach the log before the failure: for them
+    /// the change was made.
+    Wal {
+        /// The WAL's error.
+        error: Arc<WalError>,
+        /// Whether the records not applied are certainly not in the log (otherwise they may be
+        /// there after a restart).
+        certain: bool,
+        /// Jobs the change was recorded and made for.
+        applied: Vec<u64>,
+    },
 }
 
 /// Which dead jobs an operation is about.
@@ -81,13 +95,10 @@ pub enum Msg {
         /// Reply.
         reply: Sender<SchedStats>,
     },
-    /// `cancel ID`: `reply` says whether a cancel record was appended; if so `ack` hears when it
-    /// is durable.
+    /// `cancel ID`: answered once the cancel record is durable (the job is cancelled only then).
     Cancel {
         /// Job id.
         id: u64,
-        /// Durability of the cancel record.
-        ack: Sender<Acked>,
         /// The state the job was in, or why it was refused.
         reply: Sender<Result<&'static str, Refused>>,
     },
@@ -100,25 +111,23 @@ pub enum Msg {
         /// Reply.
         reply: Sender<Vec<JobInfo>>,
     },
-    /// `dead retry`: put dead jobs back with fresh attempts. `reply` lists them; when any,
-    /// `ack` hears when their records are durable.
+    /// `dead retry`: put dead jobs back with fresh attempts, once their records are durable.
     DeadRetry {
         /// Which.
         which: DeadFilter,
-        /// Durability.
-        ack: Sender<Acked>,
         /// Ids revived, or why not.
         reply: Sender<Result<Vec<u64>, Refused>>,
     },
-    /// `dead purge`: forget dead jobs (their records stay in the WAL).
+    /// `dead purge`: forget dead jobs (their records stay in the WAL), once the purge records
+    /// are durable.
     DeadPurge {
         /// Which.
         which: DeadFilter,
-        /// Durability.
-        ack: Sender<Acked>,
         /// Ids purged, or why not.
         reply: Sender<Result<Vec<u64>, Refused>>,
     },
+    /// The WAL failed: no state change can be recorded until restart, so no job is started.
+    WalFailed(Arc<WalError>),
     /// Stop dispatching, let running jobs finish within `grace`, write their records, reply.
     Shutdown {
         /// How long running jobs may take.

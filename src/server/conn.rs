@@ -19,9 +19,9 @@ use crossbeam_channel::{select, Receiver, Sender};
 use super::lines::{Line, LineReader};
 use crate::job::{now_ms, JobRef};
 use crate::protocol::{self, code, Request};
-use crate::runtime::{wal_rejection, Handle, Rejection};
+use crate::runtime::{fate_rejection, Handle, Rejection};
 use crate::scheduler::DeadFilter;
-use crate::wal::commit::{Acked, RecordBatch};
+use crate::wal::commit::{Ack, Fate, RecordBatch};
 
 /// Flush a burst to the WAL once it holds this many encoded bytes.
 const BURST_BYTES: usize = 1 << 20;
@@ -59,7 +59,7 @@ pub(crate) fn serve_connection(stream: UnixStream, handle: Handle) {
         }
     };
     let (group_tx, group_rx) = crossbeam_channel::unbounded::<Group>();
-    let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Acked>();
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Ack>();
     let writer = std::thread::Builder::new()
         .name("duejob-conn-w".into())
         .spawn(move || write_replies(write_half, group_rx, ack_rx));
@@ -77,7 +77,7 @@ fn read_requests(
     mut stream: UnixStream,
     handle: &Handle,
     groups: &Sender<Group>,
-    ack: &Sender<Acked>,
+    ack: &Sender<Ack>,
 ) {
     let mut lines = LineReader::new(handle.config().max_line);
     let mut burst = Burst::default();
@@ -140,7 +140,7 @@ fn handle_line(
     handle: &Handle,
     burst: &mut Burst,
     groups: &Sender<Group>,
-    ack: &Sender<Acked>,
+    ack: &Sender<Ack>,
 ) {
     let req = match Request::parse(line) {
         Ok(r) => r,
@@ -248,7 +248,7 @@ fn dead_op(
     handle: &Handle,
     burst: &mut Burst,
     groups: &Sender<Group>,
-    ack: &Sender<Acked>,
+    ack: &Sender<Ack>,
 ) {
     flush(burst, handle, groups, ack);
     let which = match (sel.id, sel.queue.as_deref()) {
@@ -305,7 +305,7 @@ fn push_jobs(
     });
 }
 
-fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sender<Acked>) {
+fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sender<Ack>) {
     if burst.slots.is_empty() {
         return;
     }
@@ -331,10 +331,10 @@ fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sende
 }
 
 /// The writer thread: sends each group's replies once it is complete, in order.
-fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Acked>) {
+fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Ack>) {
     let mut out = BufWriter::with_capacity(64 << 10, stream);
     let mut waiting: VecDeque<Group> = VecDeque::new();
-    let mut ready_acks: VecDeque<Acked> = VecDeque::new();
+    let mut ready_acks: VecDeque<Ack> = VecDeque::new();
     let mut broken = false;
     let mut groups_open = true;
     let mut acks_open = true;
@@ -345,7 +345,9 @@ fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Ack
                 match ready_acks.pop_front() {
                     Some(a) => Some(a),
                     // The WAL dropped the append unanswered (it stopped).
-                    None if !acks_open => Some(Err(Arc::new(crate::wal::WalError::Closed))),
+                    None if !acks_open => {
+                        Some(Ack::not_recorded(Arc::new(crate::wal::WalError::Closed)))
+                    }
                     None => break,
                 }
             } else {
@@ -391,62 +393,188 @@ fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Ack
     }
 }
 
-fn write_group(
-    out: &mut BufWriter<UnixStream>,
-    g: Group,
-    ack: Option<Acked>,
-) -> std::io::Result<()> {
-    let (mut lsn, dups, failure) = match &ack {
-        Some(Ok(a)) => (a.first_lsn, &a.duplicates[..], None),
-        Some(Err(e)) => (0, &[][..], Some(wal_rejection(e))),
-        None => (0, &[][..], None),
+fn write_group(out: &mut BufWriter<UnixStream>, g: Group, ack: Option<Ack>) -> std::io::Result<()> {
+    // What became of each record of the group's append, in order: every reply says exactly that.
+    let mut fates = ack.as_ref().map(Ack::fates);
+    let mut next = || {
+        fates
+            .as_mut()
+            .and_then(Iterator::next)
+            .unwrap_or(Fate::NotRecorded)
     };
-    // Submit records of the group, in order: record `index` is a duplicate when it is in `dups`.
-    let mut index = 0u32;
-    let mut dups = dups.iter().peekable();
-    let mut next = |id: u64| -> (u64, u64, bool) {
-        let r = match dups.next_if(|d| d.index == index) {
-            Some(d) => (d.id, d.lsn, true),
-            None => {
-                lsn += 1;
-                (id, lsn - 1, false)
-            }
-        };
-        index += 1;
-        r
-    };
+    let no_ack = Ack::default();
+    let ack = ack.as_ref().unwrap_or(&no_ack);
     let mut line = Vec::with_capacity(128);
     for slot in g.slots {
         line.clear();
-        let bytes: &[u8] = match (&slot, &failure) {
-            (Slot::Ready(b), _) => b,
-            (_, Some(r)) => {
-                protocol::write_error(&mut line, r);
-                &line
-            }
-            (Slot::Submit(id), None) => {
-                let (id, at, dup) = next(*id);
-                protocol::write_submitted(&mut line, id, at, dup);
-                &line
-            }
-            (Slot::Batch(ids), None) => {
-                let mut shown = Vec::with_capacity(ids.len());
-                let mut dup_at = Vec::new();
-                let mut first = None;
-                for (i, id) in ids.iter().enumerate() {
-                    let (id, at, dup) = next(*id);
-                    if dup {
-                        dup_at.push(i as u32);
-                    } else {
-                        first.get_or_insert(at);
+        let bytes: &[u8] = match &slot {
+            Slot::Ready(b) => b,
+            Slot::Submit(id) => {
+                match next() {
+                    Fate::Recorded(lsn) => protocol::write_submitted(&mut line, *id, lsn, false),
+                    Fate::Duplicate { id, lsn } => {
+                        protocol::write_submitted(&mut line, id, lsn, true)
                     }
-                    shown.push(id);
+                    fate => protocol::write_error(&mut line, &fate_rejection(ack, fate, *id)),
                 }
-                protocol::write_batch(&mut line, &shown, first.unwrap_or(0), &dup_at);
+                &line
+            }
+            Slot::Batch(ids) => {
+                let batch: Vec<Fate> = ids.iter().map(|_| next()).collect();
+                match batch_reply(ack, ids, &batch) {
+                    Ok((shown, lsn, dup_at)) => {
+                        protocol::write_batch(&mut line, &shown, lsn, &dup_at)
+                    }
+                    Err(r) => protocol::write_error(&mut line, &r),
+                }
                 &line
             }
         };
         out.write_all(bytes)?;
     }
     Ok(())
+}
+
+/// A batch's reply from the fates of its records: when all are in the log (or duplicates of
+/// jobs that are), the ids to show (a duplicate's is the first job's), the LSN of its first
+/// record and the indexes of duplicates; otherwise the rejection, which lists the jobs that were
+/// recorded all the same (they will run: submitting the whole batch again would run them twice).
+fn batch_reply(
+    ack: &Ack,
+    ids: &[u64],
+    fates: &[Fate],
+) -> Result<(Vec<u64>, u64, Vec<u32>), Rejection> {
+    let mut shown = Vec::with_capacity(ids.len());
+    let mut dup_at = Vec::new();
+    let mut first = None;
+    let mut failed = None;
+    for (i, (&id, &fate)) in ids.iter().zip(fates).enumerate() {
+        match fate {
+            Fate::Recorded(lsn) => {
+                first.get_or_insert(lsn);
+                shown.push(id);
+            }
+            Fate::Duplicate { id, .. } => {
+                dup_at.push(i as u32);
+                shown.push(id);
+            }
+            Fate::NotRecorded | Fate::Unknown => {
+                // An uncertain record makes the whole answer uncertain.
+                if failed != Some(Fate::Unknown) {
+                    failed = Some(fate);
+                }
+            }
+        }
+    }
+    let Some(fate) = failed else {
+        return Ok((shown, first.unwrap_or(0), dup_at));
+    };
+    let mut r = fate_rejection(ack, fate, ids[0]);
+    if r.code != protocol::code::WAL_FAILED && r.code != protocol::code::WAL_UNCERTAIN {
+        return Err(r); // shutting down: nothing of it reached the log
+    }
+    let error = ack
+        .failure
+        .as_ref()
+        .map(|f| f.error.to_string())
+        .unwrap_or_default();
+    let recorded: Vec<u64> = ids
+        .iter()
+        .zip(fates)
+        .filter(|(_, f)| matches!(f, Fate::Recorded(_)))
+        .map(|(&id, _)| id)
+        .collect();
+    r.id = None;
+    r.message = match (fate, recorded.len()) {
+        (Fate::Unknown, _) => format!(
+            "{error}; jobs of this batch (ids {} to {}) may or may not be in the log: after a \
+             restart, their status tells",
+            ids[0],
+            ids[ids.len() - 1]
+        ),
+        (_, 0) => format!("{error}; the batch was not recorded"),
+        (_, n) => format!(
+            "{error}; {n} of the {} jobs were recorded before the failure and will run \
+             (recorded_ids); the others were not",
+            ids.len()
+        ),
+    };
+    if !recorded.is_empty() {
+        r.recorded_ids = Some(recorded);
+    }
+    Err(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::commit::Failure;
+    use crate::wal::WalError;
+
+    fn failed(first_lsn: u64, written: u32, kept_lsn: u64, certain: bool) -> Ack {
+        Ack {
+            first_lsn,
+            duplicates: Vec::new(),
+            failure: Some(Failure {
+                error: Arc::new(WalError::Failed("disk full".into())),
+                written,
+                kept_lsn,
+                certain,
+            }),
+        }
+    }
+
+    fn reply(r: &Rejection) -> serde_json::Value {
+        let mut out = Vec::new();
+        protocol::write_error(&mut out, r);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn a_batch_split_by_a_wal_failure_lists_the_jobs_that_were_recorded() {
+        // Records 10..=14 got LSNs 100..=104; 100..=102 reached the log, the rest was removed.
+        let ack = failed(100, 5, 102, true);
+        let ids = [10, 11, 12, 13, 14];
+        let fates: Vec<Fate> = ack.fates().take(5).collect();
+        let r = batch_reply(&ack, &ids, &fates).unwrap_err();
+        let v = reply(&r);
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"]["code"], "wal_failed");
+        assert_eq!(v["recorded_ids"], serde_json::json!([10, 11, 12]));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("3 of the 5"),
+            "{v}"
+        );
+        // Nothing recorded: a plain wal_failed, no list.
+        let ack = failed(100, 5, 99, true);
+        let fates: Vec<Fate> = ack.fates().take(5).collect();
+        let v = reply(&batch_reply(&ack, &ids, &fates).unwrap_err());
+        assert_eq!(v["error"]["code"], "wal_failed");
+        assert!(v.get("recorded_ids").is_none(), "{v}");
+        // Could not be removed again: uncertain.
+        let ack = failed(100, 5, 101, false);
+        let fates: Vec<Fate> = ack.fates().take(5).collect();
+        let v = reply(&batch_reply(&ack, &ids, &fates).unwrap_err());
+        assert_eq!(v["error"]["code"], "wal_uncertain");
+        assert_eq!(v["recorded_ids"], serde_json::json!([10, 11]));
+    }
+
+    #[test]
+    fn an_uncertain_submit_names_its_job_and_a_stopped_wal_is_shutting_down() {
+        let ack = failed(7, 1, 6, false);
+        let fate = ack.fates().next().unwrap();
+        assert_eq!(fate, Fate::Unknown);
+        let v = reply(&fate_rejection(&ack, fate, 42));
+        assert_eq!(v["error"]["code"], "wal_uncertain");
+        assert_eq!(v["id"], 42);
+        let ack = Ack::not_recorded(Arc::new(WalError::Closed));
+        let fate = ack.fates().next().unwrap();
+        assert_eq!(
+            reply(&fate_rejection(&ack, fate, 1))["error"]["code"],
+            "shutting_down"
+        );
+    }
 }

@@ -28,6 +28,17 @@ use super::WalError;
 /// Default segment size.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 
+/// A point in the log: where the next write goes, and the LSN of the last record before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Segment sequence number.
+    pub seq: u64,
+    /// Offset in that segment.
+    pub offset: u64,
+    /// LSN of the last record before `offset`.
+    pub lsn: u64,
+}
+
 /// Appends to the log.
 pub struct Appender {
     storage: Arc<dyn Storage>,
@@ -44,6 +55,8 @@ pub struct Appender {
     buffered: u64,
     /// Bytes written since the last sync.
     unsynced: bool,
+    /// Offset in the current segment up to which the file is durable.
+    synced_offset: u64,
     /// LSN of the last record pushed that is not a sync mark.
     pushed_data_lsn: u64,
     /// ... of the last such record written to the file.
@@ -160,6 +173,7 @@ impl Appender {
             buf: Vec::with_capacity(1 << 20),
             buffered: 0,
             unsynced: false,
+            synced_offset: offset,
             pushed_data_lsn: durable,
             written_data_lsn: durable,
             synced_data_lsn: durable,
@@ -290,8 +304,44 @@ impl Appender {
         }
         self.stats.record_fsync(t.elapsed().as_micros() as u64);
         self.unsynced = false;
+        self.synced_offset = self.offset;
         self.synced_data_lsn = self.written_data_lsn;
         Ok(())
+    }
+
+    /// Where the next write goes, and the LSN of the last record pushed: what a group can be
+    /// rolled back to ([`Appender::rollback`]).
+    pub fn position(&self) -> Position {
+        Position {
+            seq: self.seq,
+            offset: self.offset + self.buf.len() as u64,
+            lsn: self.next_lsn - 1,
+        }
+    }
+
+    /// After a failure (the appender is poisoned): removes from the current segment everything
+    /// past `to` (or, without it, past the last completed sync), and syncs that, so that the
+    /// records after it are certainly not in the log. Returns the LSN of the last record that
+    /// stays. `to` counts only if it lies in the current segment at or after the synced offset
+    /// (everything before the synced offset stays anyway).
+    ///
+    /// Fails when the truncation or its sync fails: then the records after the last sync may or
+    /// may not be in the log after a restart.
+    pub fn rollback(&mut self, to: Option<Position>) -> Result<u64, WalError> {
+        self.buf.clear();
+        self.buffered = 0;
+        let (offset, lsn) = match to {
+            Some(p) if p.seq == self.seq && p.offset >= self.synced_offset => (p.offset, p.lsn),
+            _ => (self.synced_offset, self.synced_data_lsn),
+        };
+        let loc = self.storage.location(&self.name);
+        self.file
+            .set_len(offset)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| WalError::io(loc.clone(), e))?;
+        self.offset = offset;
+        log::warn!("WAL: removed what was written after offset {offset} of {loc} (after LSN {lsn}): it was never acknowledged");
+        Ok(lsn)
     }
 
     /// Whether written data awaits a sync.
@@ -305,6 +355,7 @@ impl Appender {
         self.seq = seq;
         self.salt = segment_salt(seq);
         self.offset = SEGMENT_HEADER_LEN as u64;
+        self.synced_offset = self.offset;
         self.unsynced = false;
         self.stats.segments.fetch_add(1, Relaxed);
         Ok(())

@@ -149,6 +149,9 @@ pub enum Fault {
     NoSpaceAt(u64),
     /// Operation N fails with EIO; the storage keeps working afterwards.
     IoErrorAt(u64),
+    /// Every operation from N on fails with EIO (a dying disk; unlike a power cut,
+    /// [`MemStorage::crash_image`] still shows what was written before).
+    IoErrorFrom(u64),
     /// The Nth fdatasync (0-based, counting fdatasyncs only) fails with EIO; the storage keeps
     /// working afterwards. Unlike [`Fault::IoErrorAt`] it does not depend on how many writes
     /// came first (the WAL writes sync marks when it goes idle, at times tests do not control).
@@ -346,6 +349,7 @@ impl MemStorage {
             )
             .with_context(what)),
             Some(Fault::IoErrorAt(k)) if n == k => Err(eio(what)),
+            Some(Fault::IoErrorFrom(k)) if n >= k => Err(eio(what)),
             _ => Ok(()),
         }
     }

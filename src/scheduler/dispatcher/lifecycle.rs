@@ -8,6 +8,7 @@ use crate::handlers::{JobError, StopReason};
 use crate::job::now_ms;
 use crate::scheduler::info::{AttemptInfo, AttemptOutcome, JobInfo};
 use crate::scheduler::{DeadFilter, Refused};
+use crate::wal::commit::{Ack, Fate, RecordBatch};
 use crate::wal::record::{state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry};
 
 /// Failure texts come from programs and remote servers: their NUL bytes become U+FFFD, so that no
@@ -153,10 +154,11 @@ impl Dispatcher {
         self.history.insert(done.id, done);
     }
 
-    /// Cancels a job that is not yet terminal. A running attempt is told to stop (an exec job's
-    /// process group is killed); whatever it reports later is ignored.
+    /// Cancels a job that is not yet terminal, once its `cancel` record is durable: a cancel the
+    /// WAL could not record changes nothing. A running attempt is then told to stop (an exec
+    /// job's process group is killed); whatever it reports later is ignored.
     pub(super) fn cancel(&mut self, id: u64) -> Result<&'static str, Refused> {
-        let Some(e) = self.jobs.get_mut(&id) else {
+        let Some(e) = self.jobs.get(&id) else {
             return match self.history.get(&id) {
                 Some(d) => Err(Refused::WrongState(d.state.name())),
                 None => Err(Refused::NotFound),
@@ -166,7 +168,16 @@ impl Dispatcher {
         if was.is_terminal() {
             return Err(Refused::WrongState(was.name()));
         }
+        self.check_wal()?;
         let now = now_ms();
+        let mut batch = RecordBatch::new();
+        batch.push(&Record::Cancel(Cancel { id, at: now }));
+        let ack = self.record_and_wait(batch);
+        if !matches!(ack.fates().next(), Some(Fate::Recorded(_))) {
+            return Err(wal_refusal(&ack, 1, Vec::new()));
+        }
+        // In the log: now make it so. (Nothing else ran while the dispatcher waited.)
+        let e = self.jobs.get_mut(&id).expect("live job");
         if e.worker != IDLE {
             let w = e.worker as usize;
             e.worker = IDLE;
@@ -179,8 +190,51 @@ impl Dispatcher {
         // Heap and timer entries are dropped lazily: they no longer point at a live job.
         self.set_state(id, State::Cancelled);
         self.retire(id, now);
-        self.records.push(&Record::Cancel(Cancel { id, at: now }));
         Ok(was.name())
+    }
+
+    /// Refuses a change up front when the WAL has failed (it could not be recorded).
+    fn check_wal(&self) -> Result<(), Refused> {
+        match &self.wal_failed {
+            Some(e) => Err(Refused::Wal {
+                error: e.clone(),
+                certain: true,
+                applied: Vec::new(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records one `revive` or `purge` per id, waits, and applies `change` to each job whose
+    /// record is in the log. Refused with the ids applied when not all of them are.
+    fn change_dead(
+        &mut self,
+        ids: Vec<u64>,
+        record: fn(JobEvent) -> Record<'static>,
+        mut change: impl FnMut(&mut Self, u64, u64),
+    ) -> Result<Vec<u64>, Refused> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        self.check_wal()?;
+        let now = now_ms();
+        let mut batch = RecordBatch::new();
+        for &id in &ids {
+            batch.push(&record(JobEvent { id, at: now }));
+        }
+        let ack = self.record_and_wait(batch);
+        let mut applied = Vec::with_capacity(ids.len());
+        for (&id, fate) in ids.iter().zip(ack.fates()) {
+            if matches!(fate, Fate::Recorded(_)) {
+                change(self, id, now);
+                applied.push(id);
+            }
+        }
+        if ack.is_ok() {
+            Ok(applied)
+        } else {
+            Err(wal_refusal(&ack, ids.len(), applied))
+        }
     }
 
     pub(super) fn dead_ids(&self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
@@ -225,25 +279,32 @@ impl Dispatcher {
 
     pub(super) fn dead_retry(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
         let ids = self.dead_ids(which)?;
-        let now = now_ms();
-        for &id in &ids {
-            let e = self.jobs.get_mut(&id).expect("dead job");
+        self.change_dead(ids, Record::Revive, |d, id, _| {
+            let e = d.jobs.get_mut(&id).expect("dead job");
             e.failures = 0;
             e.at = 0;
-            self.records.push(&Record::Revive(JobEvent { id, at: now }));
-            self.push_ready(id);
-        }
-        Ok(ids)
+            d.push_ready(id);
+        })
     }
 
     pub(super) fn dead_purge(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
         let ids = self.dead_ids(which)?;
-        let now = now_ms();
-        for &id in &ids {
-            self.records.push(&Record::Purge(JobEvent { id, at: now }));
-            self.retire(id, now);
-        }
-        Ok(ids)
+        self.change_dead(ids, Record::Purge, |d, id, now| d.retire(id, now))
+    }
+}
+
+/// The refusal for a change whose records (the first `n` of `ack`'s append) did not all reach
+/// the log; `applied` lists the jobs whose records did.
+fn wal_refusal(ack: &Ack, n: usize, applied: Vec<u64>) -> Refused {
+    let certain = !ack.fates().take(n).any(|f| f == Fate::Unknown);
+    let error = match &ack.failure {
+        Some(f) => f.error.clone(),
+        None => std::sync::Arc::new(crate::wal::WalError::Closed),
+    };
+    Refused::Wal {
+        error,
+        certain,
+        applied,
     }
 }
 

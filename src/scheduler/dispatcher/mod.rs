@@ -33,8 +33,9 @@ use super::{Done, Msg};
 use crate::config::{Config, Order};
 use crate::handlers::{JobError, Kinds, StopReason, StopSignal};
 use crate::job::{now_ms, JobRef, State};
-use crate::wal::commit::{Acked, Append, RecordBatch, WalMsg};
+use crate::wal::commit::{Ack, Append, RecordBatch, WalMsg};
 use crate::wal::record::{Record, Start};
+use crate::wal::WalError;
 
 /// A non-terminal or dead job recovered from the WAL.
 #[derive(Debug, Clone)]
@@ -206,6 +207,8 @@ pub struct Dispatcher {
     clock: Instant,
     rng: u64,
     draining: Option<(Instant, Sender<()>)>,
+    /// Set once the WAL has failed: nothing can be recorded, so nothing more is started.
+    wal_failed: Option<Arc<WalError>>,
 }
 
 /// Starts the workers and the dispatcher thread.
@@ -276,6 +279,7 @@ pub fn spawn(
         clock: Instant::now(),
         rng: seed | 1,
         draining: None,
+        wal_failed: None,
         cfg,
         kinds,
     };
@@ -454,12 +458,8 @@ impl Dispatcher {
             Msg::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
-            Msg::Cancel { id, ack, reply } => {
-                let r = self.cancel(id);
-                if r.is_ok() {
-                    self.flush_with_ack(ack);
-                }
-                let _ = reply.send(r);
+            Msg::Cancel { id, reply } => {
+                let _ = reply.send(self.cancel(id));
             }
             Msg::DeadList {
                 queue,
@@ -468,19 +468,16 @@ impl Dispatcher {
             } => {
                 let _ = reply.send(self.dead_list(queue, since));
             }
-            Msg::DeadRetry { which, ack, reply } => {
-                let r = self.dead_retry(&which);
-                if r.as_ref().is_ok_and(|ids| !ids.is_empty()) {
-                    self.flush_with_ack(ack);
-                }
-                let _ = reply.send(r);
+            Msg::DeadRetry { which, reply } => {
+                let _ = reply.send(self.dead_retry(&which));
             }
-            Msg::DeadPurge { which, ack, reply } => {
-                let r = self.dead_purge(&which);
-                if r.as_ref().is_ok_and(|ids| !ids.is_empty()) {
-                    self.flush_with_ack(ack);
-                }
-                let _ = reply.send(r);
+            Msg::DeadPurge { which, reply } => {
+                let _ = reply.send(self.dead_purge(&which));
+            }
+            Msg::WalFailed(e) => {
+                let running = self.workers.len() - self.free.len();
+                log::error!("the WAL failed ({e}): no job is started until the daemon restarts; {running} running job(s) finish, but their ends cannot be recorded (they run again after the restart)");
+                self.wal_failed = Some(e);
             }
             Msg::Shutdown { grace, reply } => {
                 log::info!("dispatcher: draining (grace {} ms)", grace.as_millis());
@@ -573,7 +570,7 @@ impl Dispatcher {
     }
 
     fn dispatch(&mut self) {
-        if self.draining.is_some() {
+        if self.draining.is_some() || self.wal_failed.is_some() {
             return;
         }
         while !self.free.is_empty() {
@@ -681,14 +678,19 @@ impl Dispatcher {
         }
     }
 
-    /// Sends the pending records with an acknowledgement (for operations that reply after their
-    /// records are durable).
-    fn flush_with_ack(&mut self, ack: Sender<Acked>) {
-        let batch = std::mem::take(&mut self.records);
-        self.send_records(batch, Some(ack));
+    /// Appends `records` (after the pending ones) and waits until the WAL says what became of
+    /// them: for operations that change a job only once their records are durable (cancel,
+    /// dead retry and purge). The dispatcher blocks for one group commit; the WAL thread never
+    /// waits on the dispatcher, so this cannot deadlock.
+    fn record_and_wait(&mut self, records: RecordBatch) -> Ack {
+        self.flush_records();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send_records(records, Some(tx));
+        rx.recv()
+            .unwrap_or_else(|_| Ack::not_recorded(Arc::new(WalError::Closed)))
     }
 
-    fn send_records(&mut self, records: RecordBatch, ack: Option<Sender<Acked>>) {
+    fn send_records(&mut self, records: RecordBatch, ack: Option<Sender<Ack>>) {
         let msg = WalMsg::Append(Append {
             records,
             jobs: Vec::new(),

@@ -654,6 +654,7 @@ impl RuntimeBuilder {
                 smtp.pool_size
             );
         }
+        let own_storage = self.storage.is_none();
         let (storage, lock): (Arc<dyn Storage>, Option<File>) = match self.storage {
             Some(s) => (s, None),
             None => {
@@ -707,6 +708,10 @@ impl RuntimeBuilder {
                 );
             }
         }
+        // Kinds set up before anything runs (exec: kill what a daemon that died left running).
+        kinds
+            .start(own_storage.then_some(self.data_dir.as_path()))
+            .map_err(Error::Config)?;
         let dispatcher = dispatcher::spawn(
             cfg.clone(),
             kinds.clone(),

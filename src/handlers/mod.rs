@@ -188,6 +188,13 @@ pub trait Handler: Send + Sync + 'static {
     fn health(&self) -> Option<KindHealth> {
         None
     }
+    /// Called once when the runtime starts, after recovery and before any job runs, with the
+    /// data directory (`None` when the runtime has none: custom storage). A kind may keep state
+    /// under it and clean up after a daemon that died (`exec` kills the process groups it left
+    /// running). An error stops the start.
+    fn start(&self, _data_dir: Option<&std::path::Path>) -> Result<(), String> {
+        Ok(())
+    }
     /// Runs one attempt. A panic counts as a failed attempt; the worker survives.
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError>;
     /// Called when the daemon stops while attempts of this kind still run after the grace
@@ -273,6 +280,11 @@ impl Kinds {
     /// Handler of a kind index.
     pub fn handler(&self, id: u16) -> &Arc<dyn Handler> {
         &self.handlers[id as usize]
+    }
+
+    /// Calls every kind's [`Handler::start`].
+    pub fn start(&self, data_dir: Option<&std::path::Path>) -> Result<(), String> {
+        self.handlers.iter().try_for_each(|h| h.start(data_dir))
     }
 
     /// Tells every kind to end its running attempts (shutdown after the grace period).

@@ -1,0 +1,252 @@
+//! The run journal: one small file per exec process group running now, `DATA/run/<pgid>`,
+//! holding `<pgid> <start> <boot id> <job> <attempt>` (`start`: the group leader's start time in
+//! clock ticks since boot, from `/proc/<pid>/stat`). Written right after the program starts
+//! (not fsync'd: after a power cut no process survives anyway), removed when its attempt ends.
+//!
+//! At start-up, before any job runs, a file still there names a group that a daemon which died
+//! left behind: its leader was killed with the daemon, but descendants that stayed in the group
+//! may still run, and the job is about to run again. Such a group is killed, once checked to be
+//! the one written down and not another program that got the same number since:
+//! - same boot (`/proc/sys/kernel/random/boot_id`);
+//! - the leader, if it still exists, has the start time written down (a reused pid has another);
+//! - without a leader, every member started no earlier than it: Linux never hands out a pid that
+//!   is still some group's id, so a group whose leader is gone is still the same group.
+//!
+//! A process that left the group (`setsid`) is not found this way; see `docs/config.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::handlers::JobContext;
+
+/// How long the clean-up waits for a killed group to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// The run journal in a directory.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    boot: String,
+}
+
+/// A journal entry to remove when its attempt ends.
+#[derive(Debug)]
+pub struct Entry(i32);
+
+/// A process as `/proc/<pid>/stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    pgrp: i32,
+    zombie: bool,
+    start: u64,
+}
+
+fn proc_stat(pid: i32) -> Option<Proc> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'.
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(Proc {
+        pid,
+        zombie: *f.first()? == "Z",
+        pgrp: f.get(2)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Every process in group `pgrp`.
+fn members(pgrp: i32) -> Vec<Proc> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_stat)
+        .filter(|p| p.pgrp == pgrp)
+        .collect()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Journal {
+    /// The journal in `dir` (created, mode 0700, if missing).
+    pub fn open(dir: &Path) -> std::io::Result<Journal> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            boot: boot_id(),
+        })
+    }
+
+    /// Writes down process group `pgid` (just started) for the attempt in `ctx`.
+    pub fn record(&self, pgid: i32, ctx: Option<&JobContext<'_>>) -> Option<Entry> {
+        let start = proc_stat(pgid)?.start;
+        let (job, attempt) = ctx.map_or((0, 0), |c| (c.id, c.attempt));
+        let line = format!("{pgid} {start} {} {job} {attempt}\n", self.boot);
+        match std::fs::write(self.dir.join(pgid.to_string()), line) {
+            Ok(()) => Some(Entry(pgid)),
+            Err(e) => {
+                log::warn!(
+                    "exec: cannot write the run journal in {} ({e}): if the daemon dies, job \
+                     {job}'s leftover processes are not cleaned up at restart",
+                    self.dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Removes an entry (its attempt ended and its group was killed).
+    pub fn remove(&self, e: Entry) {
+        let _ = std::fs::remove_file(self.dir.join(e.0.to_string()));
+    }
+
+    /// Kills every group the journal still names (left by a daemon that died) and empties the
+    /// journal. Returns the groups killed.
+    pub fn kill_leftovers(&self) -> Vec<i32> {
+        let mut killed = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return killed;
+        };
+        let own_group = rustix::process::getpgrp().as_raw_nonzero().get();
+        for e in rd.flatten() {
+            let path = e.path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let f: Vec<&str> = text.split_whitespace().collect();
+            let parsed = (|| {
+                Some((
+                    f.first()?.parse::<i32>().ok()?,
+                    f.get(1)?.parse::<u64>().ok()?,
+                    *f.get(2)?,
+                    f.get(3)?.parse::<u64>().ok()?,
+                    f.get(4)?.parse::<u32>().ok()?,
+                ))
+            })();
+            let _ = std::fs::remove_file(&path);
+            let Some((pgid, start, boot, job, attempt)) = parsed else {
+                log::warn!("exec: ignoring a run journal entry that does not parse: {path:?}");
+                continue;
+            };
+            if boot != self.boot || pgid <= 1 || pgid == own_group {
+                continue; // a reboot ended it; or not a group we may touch
+            }
+            let procs = members(pgid);
+            if procs.iter().all(|p| p.zombie) {
+                continue;
+            }
+            let ours = match procs.iter().find(|p| p.pid == pgid) {
+                Some(leader) => leader.start == start,
+                None => procs.iter().all(|p| p.start >= start),
+            };
+            if !ours {
+                log::info!("exec: process group {pgid} of job {job} is gone; its number now belongs to another program, left alone");
+                continue;
+            }
+            let n = procs.iter().filter(|p| !p.zombie).count();
+            log::warn!(
+                "exec: killing process group {pgid}: {n} process(es) left running by job {job} \
+                 attempt {attempt} when the daemon died (before the job runs again)"
+            );
+            super::child::signal_group(pgid, rustix::process::Signal::KILL);
+            let t = Instant::now();
+            while members(pgid).iter().any(|p| !p.zombie) {
+                if t.elapsed() > KILL_WAIT {
+                    log::error!("exec: process group {pgid} of job {job} still runs after SIGKILL (another user's process, or stuck in the kernel)");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            killed.push(pgid);
+        }
+        killed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A process group of a shell and a background sleep, as a job would leave it; killed when
+    /// dropped.
+    struct Group(std::process::Child);
+    impl Group {
+        fn start() -> Group {
+            let c = std::process::Command::new("sh")
+                .args(["-c", "sleep 600 & exec sleep 600"])
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let g = Group(c);
+            // Wait until both processes are there.
+            let t = Instant::now();
+            while members(g.pgid()).iter().filter(|p| !p.zombie).count() < 2 {
+                assert!(t.elapsed() < Duration::from_secs(30));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            g
+        }
+        fn pgid(&self) -> i32 {
+            self.0.id() as i32
+        }
+        fn running(&self) -> usize {
+            members(self.pgid()).iter().filter(|p| !p.zombie).count()
+        }
+    }
+    impl Drop for Group {
+        fn drop(&mut self) {
+            super::super::child::signal_group(self.pgid(), rustix::process::Signal::KILL);
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_group_left_behind_is_killed_and_a_reused_number_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("run")).unwrap();
+        let left = Group::start();
+        let _ = j.record(left.pgid(), None).unwrap();
+        // Same number, another program: written down with another start time.
+        let other = Group::start();
+        let start = proc_stat(other.pgid()).unwrap().start;
+        std::fs::write(
+            dir.path().join("run").join(other.pgid().to_string()),
+            format!("{} {} {} 7 1\n", other.pgid(), start + 1, j.boot),
+        )
+        .unwrap();
+        assert_eq!(j.kill_leftovers(), vec![left.pgid()]);
+        assert_eq!(left.running(), 0, "the group left behind is gone");
+        assert_eq!(other.running(), 2, "another program's group is left alone");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("run")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_group_whose_leader_died_is_still_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("run")).unwrap();
+        let mut g = Group::start();
+        let _ = j.record(g.pgid(), None).unwrap();
+        // The leader goes (as with the daemon's death); its background child stays in the group.
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(g.pgid()).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        let _ = g.0.wait();
+        assert_eq!(g.running(), 1);
+        assert_eq!(j.kill_leftovers(), vec![g.pgid()]);
+        assert_eq!(g.running(), 0);
+    }
+}

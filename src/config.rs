@@ -195,6 +195,13 @@ pub struct Config {
     pub allow_uids: Vec<u32>,
     /// Longest accepted request line.
     pub max_line: usize,
+    /// Most connections served at once; `None`: as many as the file descriptor limit allows, at
+    /// most [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: Option<usize>,
+    /// Group the socket is given (with mode `socket_mode`), so that members can connect.
+    pub socket_group: Option<u32>,
+    /// Mode of the socket: 0600, or 0660 with `socket_group`.
+    pub socket_mode: u32,
     /// How long running jobs may finish after a shutdown signal.
     pub shutdown_grace: Duration,
     /// Terminal jobs kept in memory for `status` (oldest forgotten first).
@@ -206,6 +213,10 @@ pub struct Config {
     /// SMTP server of the `email` kind; without it, email jobs are refused at submit.
     pub smtp: Option<SmtpConfig>,
 }
+
+/// Connections served at once when the config does not say (and the file descriptor limit
+/// allows).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Default worker count: CPU count, at least 4 (SPEC §2).
 pub fn default_workers() -> usize {
@@ -231,6 +242,9 @@ impl Config {
             order: Order::Deadline,
             allow_uids: default_allow_uids(),
             max_line: 1 << 20,
+            max_connections: None,
+            socket_group: None,
+            socket_mode: 0o600,
             shutdown_grace: Duration::from_secs(10),
             history_limit: 100_000,
             key_retention: Duration::from_secs(7 * 86_400),
@@ -265,6 +279,14 @@ impl Config {
         }
         if let Some(n) = f.max_line_bytes {
             c.max_line = n;
+        }
+        c.max_connections = f.max_connections;
+        if let Some(g) = &f.socket_group {
+            c.socket_group = Some(g.gid()?);
+            c.socket_mode = 0o660;
+        }
+        if let Some(m) = &f.socket_mode {
+            c.socket_mode = m.bits()?;
         }
         if let Some(g) = &f.shutdown_grace {
             c.shutdown_grace = parse_duration(g)?;
@@ -423,6 +445,9 @@ struct FileConfig {
     order: Option<String>,
     allow_uids: Option<Vec<u32>>,
     max_line_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    socket_group: Option<GroupName>,
+    socket_mode: Option<Mode>,
     shutdown_grace: Option<String>,
     segment_size_mib: Option<u64>,
     history_limit: Option<usize>,
@@ -431,6 +456,59 @@ struct FileConfig {
     #[serde(default)]
     queues: BTreeMap<String, FileQueue>,
     smtp: Option<FileSmtp>,
+}
+
+/// `socket_group`: a group name (from /etc/group) or a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum GroupName {
+    Id(u32),
+    Name(String),
+}
+
+impl GroupName {
+    fn gid(&self) -> Result<u32, String> {
+        match self {
+            GroupName::Id(g) => Ok(*g),
+            GroupName::Name(n) => {
+                if let Ok(g) = n.parse() {
+                    return Ok(g);
+                }
+                let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                groups
+                    .lines()
+                    .filter_map(|l| {
+                        let mut f = l.split(':');
+                        Some((f.next()?, f.nth(1)?))
+                    })
+                    .find(|(name, _)| name == n)
+                    .and_then(|(_, gid)| gid.parse().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "socket_group: no group {n:?} in /etc/group (give its number instead)"
+                        )
+                    })
+            }
+        }
+    }
+}
+
+/// `socket_mode`: an integer (TOML `0o660`) or an octal string (`"0660"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Mode {
+    Bits(u32),
+    Octal(String),
+}
+
+impl Mode {
+    fn bits(&self) -> Result<u32, String> {
+        match self {
+            Mode::Bits(b) => Ok(*b),
+            Mode::Octal(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .map_err(|_| format!("socket_mode {s:?}: not an octal mode like \"0660\"")),
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -42,12 +42,8 @@ pub fn run(a: ServeArgs) -> CliResult {
     }
     cfg.validate()?;
     let grace = cfg.shutdown_grace;
-    let rt = Runtime::builder(&a.data).config(cfg).start()?;
-    let socket = a
-        .socket
-        .clone()
-        .unwrap_or_else(|| a.data.join("duejob.sock"));
-    let server = crate::server::serve(rt.handle(), &socket)?;
+    // Signals are handled from the start: one that arrives while recovery runs or before the
+    // socket is up stops the daemon cleanly once it is up, instead of killing it half-way.
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let signals = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
@@ -57,6 +53,14 @@ pub fn run(a: ServeArgs) -> CliResult {
         }
         let _ = tx.try_send(());
     })?;
+    let fds = crate::server::raise_fd_limit();
+    log::debug!("open-file limit {fds}");
+    let rt = Runtime::builder(&a.data).config(cfg).start()?;
+    let socket = a
+        .socket
+        .clone()
+        .unwrap_or_else(|| a.data.join("duejob.sock"));
+    let server = crate::server::serve(rt.handle(), &socket)?;
     log::info!(
         "duejob serving: data {}, socket {}, sync {}, {} workers",
         a.data.display(),

@@ -8,6 +8,13 @@
 //!
 //! Requests answered by the dispatcher (`status`, `stats`, `cancel`) are answered synchronously by
 //! the reader and slot into the group in order.
+//!
+//! Back-pressure: a group holds at most [`GROUP_SLOTS`] replies and at most [`GROUPS_IN_FLIGHT`]
+//! groups wait for the writer, so a client that sends and never reads has at most
+//! [`MAX_UNANSWERED`] requests taken in: past that the reader stops reading from the socket until
+//! replies drain (the client's own writes then block). Memory per connection stays bounded.
+//!
+//! Reader and writer share the connection's one file descriptor.
 
 use std::collections::VecDeque;
 use std::io::{BufWriter, Write};
@@ -25,6 +32,17 @@ use crate::wal::commit::{Ack, Fate, RecordBatch};
 
 /// Flush a burst to the WAL once it holds this many encoded bytes.
 const BURST_BYTES: usize = 1 << 20;
+
+/// Most replies in one group (a burst is cut there).
+pub const GROUP_SLOTS: usize = 1024;
+
+/// Most groups in the channel to the writer, and most groups the writer holds while their
+/// acknowledgements are on their way.
+pub const GROUPS_IN_FLIGHT: usize = 7;
+
+/// Most requests of one connection read but not yet answered: the groups in the channel, those
+/// the writer holds, the one it is writing and the one the reader builds.
+pub const MAX_UNANSWERED: usize = GROUP_SLOTS * (2 * GROUPS_IN_FLIGHT + 2);
 
 /// A reply slot.
 enum Slot {
@@ -50,15 +68,9 @@ struct Burst {
     jobs: Vec<JobRef>,
 }
 
-pub(crate) fn serve_connection(stream: UnixStream, handle: Handle) {
-    let write_half = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("connection: cannot clone socket: {e}");
-            return;
-        }
-    };
-    let (group_tx, group_rx) = crossbeam_channel::unbounded::<Group>();
+pub(crate) fn serve_connection(stream: Arc<UnixStream>, handle: Handle) {
+    let write_half = SharedStream(stream.clone());
+    let (group_tx, group_rx) = crossbeam_channel::bounded::<Group>(GROUPS_IN_FLIGHT);
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Ack>();
     let writer = std::thread::Builder::new()
         .name("duejob-conn-w".into())
@@ -73,8 +85,20 @@ pub(crate) fn serve_connection(stream: UnixStream, handle: Handle) {
     let _ = writer.join();
 }
 
+/// The connection's socket, written by the writer thread while the reader reads it.
+struct SharedStream(Arc<UnixStream>);
+
+impl Write for SharedStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
 fn read_requests(
-    mut stream: UnixStream,
+    stream: Arc<UnixStream>,
     handle: &Handle,
     groups: &Sender<Group>,
     ack: &Sender<Ack>,
@@ -89,7 +113,7 @@ fn read_requests(
                     continue;
                 }
                 handle_line(line, handle, &mut burst, groups, ack);
-                if burst.records.byte_len() >= BURST_BYTES {
+                if burst.records.byte_len() >= BURST_BYTES || burst.slots.len() >= GROUP_SLOTS {
                     flush(&mut burst, handle, groups, ack);
                 }
             }
@@ -102,7 +126,7 @@ fn read_requests(
             }
             Line::NeedMore => {
                 flush(&mut burst, handle, groups, ack);
-                match lines.fill(&mut stream) {
+                match lines.fill(&mut &*stream) {
                     Ok(0) => {
                         if lines.pending() > 0 {
                             log::debug!(
@@ -331,7 +355,7 @@ fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sende
 }
 
 /// The writer thread: sends each group's replies once it is complete, in order.
-fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Ack>) {
+fn write_replies(stream: SharedStream, groups: Receiver<Group>, acks: Receiver<Ack>) {
     let mut out = BufWriter::with_capacity(64 << 10, stream);
     let mut waiting: VecDeque<Group> = VecDeque::new();
     let mut ready_acks: VecDeque<Ack> = VecDeque::new();
@@ -364,7 +388,11 @@ fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Ack
         if !groups_open && waiting.is_empty() {
             return;
         }
-        if groups_open && acks_open {
+        // Take another group only while holding fewer than GROUPS_IN_FLIGHT: otherwise wait for
+        // the acknowledgement the front group needs (it is on its way: the WAL never waits on
+        // this thread), so that what a connection holds stays bounded.
+        let room = waiting.len() < GROUPS_IN_FLIGHT;
+        if groups_open && acks_open && room {
             select! {
                 recv(groups) -> g => match g {
                     Ok(g) => waiting.push_back(g),
@@ -380,20 +408,26 @@ fn write_replies(stream: UnixStream, groups: Receiver<Group>, acks: Receiver<Ack
                 Ok(a) => ready_acks.push_back(a),
                 Err(_) => acks_open = false,
             }
-        } else if groups_open {
+        } else if groups_open && room {
             match groups.recv() {
                 Ok(g) => waiting.push_back(g),
                 Err(_) => groups_open = false,
             }
         }
-        // An ack's group was sent before its append, so it is queued by now: take every group
-        // and ack already waiting before writing.
-        waiting.extend(groups.try_iter());
+        // Take what is already waiting (groups as far as there is room) before writing. An ack
+        // may come before its group (the reader sends the append, then the group): acks and
+        // groups are matched by order.
+        let room = GROUPS_IN_FLIGHT.saturating_sub(waiting.len());
+        waiting.extend(groups.try_iter().take(room));
         ready_acks.extend(acks.try_iter());
     }
 }
 
-fn write_group(out: &mut BufWriter<UnixStream>, g: Group, ack: Option<Ack>) -> std::io::Result<()> {
+fn write_group(
+    out: &mut BufWriter<SharedStream>,
+    g: Group,
+    ack: Option<Ack>,
+) -> std::io::Result<()> {
     // What became of each record of the group's append, in order: every reply says exactly that.
     let mut fates = ack.as_ref().map(Ack::fates);
     let mut next = || {

@@ -1,68 +1,217 @@
-//! The Unix-socket server: accepts connections, checks the peer's uid, and gives each connection
-//! a reader and a writer thread ([`conn`]).
+//! The Unix-socket server: binds the socket, accepts connections, checks the peer's uid, and gives
+//! each connection a reader and a writer thread ([`conn`]).
 //!
-//! The socket is created under a temporary name, chmod'ed to 0600 and renamed into place, so it is
-//! never reachable with looser permissions.
+//! - The socket is bound under a temporary name, given its group and mode (0600, or 0660 with
+//!   `socket_group`) and renamed into place, so it is never reachable with looser permissions.
+//!   Only a stale socket is ever replaced at that path; a regular file, a directory or a live
+//!   daemon's socket is an error.
+//! - The accept thread waits in `poll` on the listener and on a wake socket of its own, so
+//!   stopping never depends on the socket path (which may have been removed or replaced).
+//! - Connections are capped (`max_connections`, sized from the file descriptor limit): past the
+//!   cap a client is answered `busy` and closed. Should the descriptors run out all the same, a
+//!   spare descriptor kept for the purpose lets the server still answer `busy` instead of leaving
+//!   the client hanging in the backlog; the log line about it is rate-limited.
+//! - On stop, the listener closes, open connections stop being read (the replies of requests
+//!   already read still go out), and the socket file is removed if it is still ours.
 
 pub mod conn;
 pub mod lines;
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use crate::config::{Config, DEFAULT_MAX_CONNECTIONS};
 use crate::protocol::{code, write_error};
 use crate::runtime::{Error, Handle, Rejection};
 
-/// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// File descriptors kept aside from connections: the WAL, the listener, the spare, exec pipes and
+/// pidfds (per worker), SMTP connections, logs.
+fn reserved_fds(cfg: &Config) -> usize {
+    32 + 6 * cfg.workers + cfg.smtp.as_ref().map_or(0, |s| s.pool_size as usize)
+}
+
+/// How many connections to serve at once: the configured number, or as many as the soft file
+/// descriptor limit leaves room for (one descriptor each), at most [`DEFAULT_MAX_CONNECTIONS`].
+pub fn connection_limit(cfg: &Config) -> Result<usize, String> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+        .min(usize::MAX as u64) as usize;
+    let room = limit.saturating_sub(reserved_fds(cfg));
+    match cfg.max_connections {
+        Some(n) => {
+            if n > room {
+                log::warn!("max_connections = {n}, but the file descriptor limit ({limit}) leaves room for about {room}: past that, clients are answered busy (raise the limit: ulimit -n, or LimitNOFILE= in a systemd unit)");
+            }
+            Ok(n)
+        }
+        None if room == 0 => Err(format!(
+            "the file descriptor limit ({limit}) leaves no room for connections (raise it: ulimit -n)"
+        )),
+        None => Ok(room.min(DEFAULT_MAX_CONNECTIONS)),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (a daemon's job: the default soft limit
+/// of 1024 would cap connections near 1000). Returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    // An unlimited hard limit is not a valid soft limit for open files: stay within the kernel's
+    // usual ceiling.
+    let target = l.maximum.unwrap_or(1 << 20).min(1 << 20);
+    if l.current.is_some_and(|c| c < target) {
+        l.current = Some(target);
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            log::warn!("cannot raise the open-file limit to {target}: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// What the accept thread and [`Server::stop`] share.
+struct Shared {
+    stop: AtomicBool,
+    /// Open connections by id: stop ends them.
+    conns: Mutex<HashMap<u64, Arc<UnixStream>>>,
+    next_id: AtomicU64,
+}
 
 /// A listening server.
 pub struct Server {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
+    /// The socket file's (device, inode): it is removed at stop only if it is still ours.
+    ident: (u64, u64),
+    wake: UnixStream,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Binds `path` (mode 0600) and serves `handle` on it.
-pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
-    let io = |source| Error::Io {
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    };
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(Error::Config(format!(
-                "another daemon is listening on {}",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path).map_err(io)?;
     }
+}
+
+/// Makes way for a socket at `path`: nothing there, or a stale socket (removed). A live daemon's
+/// socket, or anything that is not a socket, is an error: never deleted.
+fn clear_stale_socket(path: &Path) -> Result<(), Error> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if !t.is_socket() {
+        let what = if t.is_dir() {
+            "a directory"
+        } else if t.is_symlink() {
+            "a symbolic link"
+        } else if t.is_file() {
+            "a regular file"
+        } else {
+            "not a socket"
+        };
+        return Err(Error::Config(format!(
+            "{} exists and is {what}: refusing to replace it with the daemon's socket (choose another --socket, or remove it)",
+            path.display()
+        )));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(Error::Config(format!(
+            "another daemon is listening on {}",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            log::info!("removing the stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(io_err(path))
+        }
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Binds `path` (mode and group from the config) and serves `handle` on it.
+pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
+    let cfg = handle.config();
+    let max_connections = connection_limit(cfg).map_err(Error::Config)?;
+    clear_stale_socket(path)?;
     let tmp = path.with_extension(format!("sock.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    log::info!("listening on {}", path.display());
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
+    clear_stale_socket(&tmp)?;
+    let listener = UnixListener::bind(&tmp).map_err(io_err(&tmp))?;
+    let placed = (|| {
+        if let Some(gid) = cfg.socket_group {
+            rustix::fs::chown(&tmp, None, Some(rustix::fs::Gid::from_raw(gid))).map_err(|e| {
+                Error::Config(format!(
+                    "cannot give the socket to group {gid}: {e} (the daemon's user must belong to that group, or be root)"
+                ))
+            })?;
+            open_dir_to_group(path, gid)?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.socket_mode))
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
+    listener.set_nonblocking(true).map_err(io_err(path))?;
+    log::info!(
+        "listening on {} (mode {:o}{}), up to {max_connections} connections",
+        path.display(),
+        cfg.socket_mode,
+        cfg.socket_group
+            .map(|g| format!(", group {g}"))
+            .unwrap_or_default()
+    );
+    let (wake, wake_rx) = UnixStream::pair().map_err(io_err(path))?;
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        conns: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+    });
+    let s2 = shared.clone();
     let thread = std::thread::Builder::new()
         .name("duejob-accept".into())
-        .spawn(move || accept_loop(listener, handle, stop2))
+        .spawn(move || accept_loop(listener, wake_rx, handle, s2, max_connections))
         .expect("spawn accept thread");
     Ok(Server {
         path: path.to_path_buf(),
-        stop,
+        ident: (meta.dev(), meta.ino()),
+        wake,
+        shared,
         thread: Some(thread),
     })
+}
+
+/// With `socket_group`, members of the group must be able to reach the socket: its directory,
+/// when it is ours, gets that group and search permission for it (never write permission).
+fn open_dir_to_group(socket: &Path, gid: u32) -> Result<(), Error> {
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        if meta.mode() & 0o011 == 0 {
+            log::warn!("socket_group: members of group {gid} cannot reach {} (its directory {} is not searchable by them)", socket.display(), dir.display());
+        }
+        return Ok(());
+    }
+    rustix::fs::chown(dir, None, Some(rustix::fs::Gid::from_raw(gid)))
+        .map_err(|e| Error::Config(format!("cannot give {} to group {gid}: {e}", dir.display())))?;
+    let mode = (meta.mode() & 0o7777 & !0o020) | 0o010;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io_err(dir))
 }
 
 impl Server {
@@ -71,18 +220,36 @@ impl Server {
         &self.path
     }
 
-    /// Stops accepting and removes the socket file. Open connections end with the runtime.
+    /// Stops accepting, stops reading from open connections (their pending replies still go
+    /// out), and removes the socket file if it is still the one this server made.
     pub fn stop(mut self) {
         self.stop_inner();
     }
 
     fn stop_inner(&mut self) {
         let Some(t) = self.thread.take() else { return };
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept call.
-        let _ = UnixStream::connect(&self.path);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = (&self.wake).write_all(b"x");
         let _ = t.join();
-        let _ = std::fs::remove_file(&self.path);
+        let conns: Vec<Arc<UnixStream>> = self
+            .shared
+            .conns
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for c in conns {
+            let _ = c.shutdown(std::net::Shutdown::Read);
+        }
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.ident => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => log::warn!(
+                "{} is no longer this daemon's socket; left alone",
+                self.path.display()
+            ),
+            Err(_) => {}
+        }
     }
 }
 
@@ -92,59 +259,174 @@ impl Drop for Server {
     }
 }
 
-fn refuse(mut s: UnixStream, r: Rejection) {
+fn refuse(s: &UnixStream, r: Rejection) {
     let mut out = Vec::new();
     write_error(&mut out, &r);
-    let _ = s.write_all(&out);
+    let _ = (&*s).write_all(&out);
 }
 
-fn accept_loop(listener: UnixListener, handle: Handle, stop: Arc<AtomicBool>) {
-    let open = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
+/// A log line at most once per interval, with how many were held back.
+struct Throttle {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// `Some(held back since the last line)` when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < Throttle::EVERY) {
+            self.held += 1;
+            return None;
         }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("accept: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                continue;
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// A descriptor kept open so that, when the limit is reached, one can be freed to accept a
+/// pending client and tell it `busy`.
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    wake: UnixStream,
+    handle: Handle,
+    shared: Arc<Shared>,
+    max_connections: usize,
+) {
+    use rustix::event::{PollFd, PollFlags};
+    let mut spare = spare_fd();
+    let mut out_of_fds = Throttle {
+        last: None,
+        held: 0,
+    };
+    let mut other_errors = Throttle {
+        last: None,
+        held: 0,
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(&listener, PollFlags::IN),
+            PollFd::new(&wake, PollFlags::IN),
+        ];
+        if let Err(e) = rustix::event::poll(&mut fds, None) {
+            if e != rustix::io::Errno::INTR {
+                log::error!("accept: poll: {e}");
+                std::thread::sleep(Duration::from_millis(10));
             }
+            continue;
+        }
+        if !fds[1].revents().is_empty() || shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(c) if c == rustix::io::Errno::MFILE.raw_os_error()
+                            || c == rustix::io::Errno::NFILE.raw_os_error()
+                    ) =>
+                {
+                    // Out of descriptors: free the spare, take the client, say busy, close.
+                    let had_spare = spare.take().is_some(); // closed here, before the accept
+                    let told = had_spare
+                        .then(|| listener.accept().ok())
+                        .flatten()
+                        .map(|(s, _)| {
+                            refuse(
+                                &s,
+                                Rejection::new(
+                                    code::BUSY,
+                                    "too many connections (out of file descriptors)",
+                                ),
+                            );
+                        });
+                    spare = spare_fd();
+                    if let Some(held) = out_of_fds.allow() {
+                        log::warn!("accept: {e}; answering new clients busy ({held} more like this in the last {} s; raise the open-file limit or lower max_connections)", Throttle::EVERY.as_secs());
+                    }
+                    if told.is_none() {
+                        std::thread::sleep(Duration::from_millis(10));
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    if let Some(held) = other_errors.allow() {
+                        log::warn!(
+                            "accept: {e} ({held} more in the last {} s)",
+                            Throttle::EVERY.as_secs()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
+            };
+            admit(stream, &handle, &shared, max_connections);
+        }
+    }
+}
+
+/// Checks a new connection's peer and the connection cap, and starts its threads.
+fn admit(stream: UnixStream, handle: &Handle, shared: &Arc<Shared>, max_connections: usize) {
+    let uid = match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(c) => c.uid.as_raw(),
+        Err(e) => {
+            log::warn!("cannot read peer credentials: {e}; closing connection");
+            return;
+        }
+    };
+    if !handle.config().allow_uids.contains(&uid) {
+        log::warn!("refused connection from uid {uid} (not in allow_uids)");
+        refuse(
+            &stream,
+            Rejection::new(
+                code::FORBIDDEN,
+                format!("uid {uid} may not use this daemon"),
+            ),
+        );
+        return;
+    }
+    let stream = Arc::new(stream);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    {
+        let Ok(mut conns) = shared.conns.lock() else {
+            return;
         };
-        let uid = match rustix::net::sockopt::socket_peercred(&stream) {
-            Ok(c) => c.uid.as_raw(),
-            Err(e) => {
-                log::warn!("cannot read peer credentials: {e}; closing connection");
-                continue;
-            }
-        };
-        if !handle.config().allow_uids.contains(&uid) {
-            log::warn!("refused connection from uid {uid} (not in allow_uids)");
+        if conns.len() >= max_connections {
+            drop(conns);
             refuse(
-                stream,
+                &stream,
                 Rejection::new(
-                    code::FORBIDDEN,
-                    format!("uid {uid} may not use this daemon"),
+                    code::BUSY,
+                    format!("too many connections (at most {max_connections})"),
                 ),
             );
-            continue;
+            return;
         }
-        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            refuse(stream, Rejection::new(code::BUSY, "too many connections"));
-            continue;
-        }
-        open.fetch_add(1, Ordering::SeqCst);
-        let (h, o) = (handle.clone(), open.clone());
-        let spawned = std::thread::Builder::new()
-            .name("duejob-conn".into())
-            .spawn(move || {
-                conn::serve_connection(stream, h);
-                o.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start a connection thread: {e}");
-            open.fetch_sub(1, Ordering::SeqCst);
+        conns.insert(id, stream.clone());
+    }
+    let (h, sh) = (handle.clone(), shared.clone());
+    let spawned = std::thread::Builder::new()
+        .name("duejob-conn".into())
+        .spawn(move || {
+            conn::serve_connection(stream, h);
+            if let Ok(mut conns) = sh.conns.lock() {
+                conns.remove(&id);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a connection thread: {e}");
+        if let Ok(mut conns) = shared.conns.lock() {
+            conns.remove(&id);
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct Daemon {
     extra: Vec<String>,
     /// Environment variables set for the daemon (beside `RUST_LOG`).
     pub envs: Vec<(String, String)>,
+    /// A command the daemon is started through (its arguments follow), e.g. a shell setting a
+    /// limit and exec'ing it.
+    pub prefix: Vec<String>,
 }
 
 /// Numbers the log files of all daemons of this test binary (several may share a directory).
@@ -33,7 +36,20 @@ impl Daemon {
             log: dir.join("daemon.log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             envs: Vec::new(),
+            prefix: Vec::new(),
         }
+    }
+
+    /// Like [`Daemon::start_in`], with the open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_fd_limit(dir: &Path, extra: &[&str], nofile: u32) -> Daemon {
+        let mut d = Daemon::new(dir, extra);
+        d.prefix = vec![
+            "sh".into(),
+            "-c".into(),
+            format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
+        ];
+        d.restart();
+        d
     }
 
     /// Like [`Daemon::start_in`], with extra environment variables.
@@ -88,7 +104,15 @@ impl Daemon {
         let n = LOGS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.log = self.dir.join(format!("daemon-{n}.log"));
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--data")
             .arg(self.data())

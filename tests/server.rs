@@ -1,0 +1,223 @@
+//! The socket server under hostile conditions: its socket file removed or replaced, a path that
+//! is not a socket, a client that never reads, and more clients than file descriptors.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{tempdir, Conn, Daemon};
+use serde_json::Value;
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_stops_the_daemon_when_its_socket_file_was_removed_or_replaced() {
+    // Removed: the stop must not depend on connecting to our own path.
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    std::fs::remove_file(d.socket()).unwrap();
+    let st = d.stop();
+    assert!(st.success(), "{}", d.log_text());
+
+    // Replaced by another file: the daemon stops and leaves that file alone.
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    std::fs::remove_file(d.socket()).unwrap();
+    std::fs::write(d.socket(), "someone else's").unwrap();
+    let st = d.stop();
+    assert!(st.success(), "{}", d.log_text());
+    assert_eq!(
+        std::fs::read_to_string(d.socket()).unwrap(),
+        "someone else's"
+    );
+    assert!(d.log_text().contains("no longer this daemon's socket"));
+}
+
+#[test]
+fn on_sigterm_open_connections_are_answered_then_closed() {
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mut busy = d.conn();
+    // A running job keeps the daemon draining after the signal.
+    let id =
+        busy.submit(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":3000}}"#);
+    busy.wait_state(id, "running");
+    let mut open = d.conn();
+    assert_eq!(open.call(r#"{"op":"hello"}"#)["ok"], true);
+    d.signal(rustix::process::Signal::TERM);
+    wait_for("the signal is handled", || {
+        d.log_text().contains("signal received")
+    });
+    // The daemon stops reading open connections: the client sees the end of the stream (it
+    // would otherwise wait for ever, here for the 60 s read timeout, and fail).
+    assert!(
+        open.closed(),
+        "an open connection is still served after SIGTERM"
+    );
+    assert!(d.wait_exit(Duration::from_secs(60)).success());
+}
+
+#[test]
+fn a_socket_path_that_is_not_a_stale_socket_is_never_deleted() {
+    let dir = tempdir();
+    let file = dir.path().join("precious.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let sub = dir.path().join("a-directory");
+    std::fs::create_dir(&sub).unwrap();
+    for (path, what) in [(&file, "a regular file"), (&sub, "a directory")] {
+        let mut d = Daemon::start_in_unchecked(
+            dir.path(),
+            &["--workers", "2", "--socket", path.to_str().unwrap()],
+        );
+        let st = d.wait_exit(Duration::from_secs(60));
+        assert!(!st.success());
+        let log = d.log_text();
+        assert!(
+            log.contains(what) && log.contains("refusing to replace"),
+            "{log}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    assert!(sub.is_dir());
+
+    // A live daemon's socket is not taken over either; a stale one (SIGKILL) is replaced.
+    let mut first = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let other = tempdir();
+    let mut second = Daemon::start_in_unchecked(
+        other.path(),
+        &[
+            "--workers",
+            "2",
+            "--socket",
+            first.socket().to_str().unwrap(),
+        ],
+    );
+    assert!(!second.wait_exit(Duration::from_secs(60)).success());
+    assert!(second.log_text().contains("another daemon is listening"));
+    assert_eq!(first.conn().call(r#"{"op":"hello"}"#)["ok"], true);
+    first.kill9();
+    first.restart();
+    assert!(first.log_text().contains("removing the stale socket"));
+}
+
+/// RSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_make_the_daemon_buffer_without_bound() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let pid = d.child.as_ref().unwrap().id();
+    let before = rss_kib(pid);
+    let s = UnixStream::connect(d.socket()).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    // 300,000 pipelined submits, never reading a reply. The daemon must stop taking them in.
+    const N: usize = 300_000;
+    let line = b"{\"op\":\"submit\",\"queue\":\"bulk\",\"kind\":\"noop\",\"delay_ms\":3600000}\n";
+    let all: Vec<u8> = line.repeat(N);
+    let mut sent = 0;
+    let blocked = loop {
+        if sent == all.len() {
+            break false;
+        }
+        let end = (sent + (64 << 10)).min(all.len());
+        match (&s).write(&all[sent..end]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+            Err(e) => panic!("write: {e}"),
+        }
+    };
+    assert!(
+        blocked,
+        "the daemon read all {N} requests without any being answered"
+    );
+    // Taken in (accepted into the WAL) is bounded: what the reader may hold unanswered.
+    let mut other = d.conn();
+    let s2 = other.call(r#"{"op":"stats"}"#);
+    let accepted = s2["totals"]["scheduled"].as_u64().unwrap() as usize;
+    assert!(
+        accepted <= duejob::server::conn::MAX_UNANSWERED,
+        "{accepted} requests taken in without a reply read"
+    );
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 128 << 10, "RSS grew by {grown} KiB");
+    // Once the client reads, everything goes through, in order.
+    let reader = {
+        let s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut c = Conn {
+                w: s.try_clone().unwrap(),
+                r: std::io::BufReader::new(s),
+            };
+            for i in 0..N {
+                let v: Value = c.recv();
+                assert_eq!(v["ok"], true, "reply {i}: {v}");
+                assert_eq!(v["id"], i as u64 + 1);
+            }
+        })
+    };
+    s.set_write_timeout(None).unwrap();
+    (&s).write_all(&all[sent..]).unwrap();
+    reader.join().unwrap();
+}
+
+fn hello_or_busy(d: &Daemon, n: usize) -> (Vec<Conn>, usize, usize) {
+    let (mut served, mut busy) = (Vec::new(), 0);
+    for _ in 0..n {
+        let mut c = d.conn();
+        let v = c.call(r#"{"op":"hello"}"#);
+        if v["ok"] == true {
+            served.push(c);
+        } else {
+            assert_eq!(v["error"]["code"], "busy", "{v}");
+            busy += 1;
+        }
+    }
+    let k = served.len();
+    (served, k, busy)
+}
+
+#[test]
+fn past_the_file_descriptor_limit_clients_are_answered_busy_instead_of_hanging() {
+    // A soft and hard limit of 100 descriptors: the daemon sizes its connection cap from it.
+    let dir = tempdir();
+    let d = Daemon::start_with_fd_limit(dir.path(), &["--workers", "2"], 100);
+    let (served, ok, busy) = hello_or_busy(&d, 90);
+    assert!(ok >= 10 && busy > 0, "{ok} served, {busy} busy");
+    drop(served);
+    // Closed connections make room again.
+    wait_for("room again", || {
+        d.conn().call(r#"{"op":"hello"}"#)["ok"] == true
+    });
+
+    // A cap set higher than the descriptors allow: accept itself runs out (EMFILE), and the
+    // spare descriptor still lets the daemon answer busy; the log says so once, not per client.
+    let dir = tempdir();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(&cfg, "max_connections = 1000\n").unwrap();
+    let d = Daemon::start_with_fd_limit(
+        dir.path(),
+        &["--workers", "2", "--config", cfg.to_str().unwrap()],
+        100,
+    );
+    let (_served, ok, busy) = hello_or_busy(&d, 150);
+    assert!(ok >= 10 && busy > 0, "{ok} served, {busy} busy");
+    let log = d.log_text();
+    let lines = log.lines().filter(|l| l.contains("accept:")).count();
+    assert!((1..=2).contains(&lines), "{lines} accept lines:\n{log}");
+    assert!(log.contains("max_connections = 1000"), "{log}");
+}

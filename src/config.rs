@@ -218,6 +218,16 @@ pub struct Config {
 /// allows).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
+/// Most connections the config may ask for (each one costs two threads).
+pub const MAX_CONNECTIONS: usize = 65_536;
+
+/// Largest WAL segment (`segment_size_mib`), in MiB.
+pub const MAX_SEGMENT_MIB: u64 = 1024;
+
+/// Longest request line (`max_line_bytes`): keeps every WAL record well under the format's limit
+/// (16 MiB) whatever a line holds.
+pub const MAX_LINE_LIMIT: usize = 8 << 20;
+
 /// Default worker count: CPU count, at least 4 (SPEC §2).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()
@@ -227,11 +237,12 @@ pub fn default_workers() -> usize {
 }
 
 impl Config {
-    /// SPEC §2 defaults for `workers` workers.
+    /// SPEC §2 defaults for `workers` workers. (`workers` is kept as given: [`Config::validate`]
+    /// refuses 0 rather than quietly running one.)
     pub fn with_workers(workers: usize) -> Config {
         let w = workers.max(1);
         Config {
-            workers: w,
+            workers,
             queues: vec![
                 QueueConfig::new("notifications", Duration::from_secs(30), w, 1.min(w - 1)),
                 QueueConfig::new("default", Duration::from_secs(300), w, 0),
@@ -292,7 +303,12 @@ impl Config {
             c.shutdown_grace = parse_duration(g)?;
         }
         if let Some(s) = f.segment_size_mib {
-            c.segment_size = s.clamp(1, 4096) << 20;
+            if !(1..=MAX_SEGMENT_MIB).contains(&s) {
+                return Err(format!(
+                    "segment_size_mib must be between 1 and {MAX_SEGMENT_MIB} (MiB), not {s}"
+                ));
+            }
+            c.segment_size = s << 20;
         }
         if let Some(h) = f.history_limit {
             c.history_limit = h;
@@ -390,6 +406,12 @@ impl Config {
             if q.timeout.is_some_and(|t| t.is_zero()) {
                 return Err(format!("queue {}: timeout must be positive", q.name));
             }
+            if q.due_in.is_zero() {
+                return Err(format!(
+                    "queue {}: due_in must be positive (every job would be late at once)",
+                    q.name
+                ));
+            }
             reserved += q.reserved;
         }
         if reserved > self.workers {
@@ -412,8 +434,42 @@ impl Config {
                 return Err("smtp: a password needs a username".into());
             }
         }
-        if self.max_line < 1024 {
-            return Err("max_line_bytes must be at least 1024".into());
+        if !(1024..=MAX_LINE_LIMIT).contains(&self.max_line) {
+            return Err(format!(
+                "max_line_bytes must be between 1024 and {MAX_LINE_LIMIT}, not {}",
+                self.max_line
+            ));
+        }
+        if self.allow_uids.is_empty() {
+            return Err(
+                "allow_uids is empty: nobody could connect, not even the daemon's own \
+                        user; leave it out for the default (the daemon's uid and root)"
+                    .into(),
+            );
+        }
+        if let Some(n) = self
+            .max_connections
+            .filter(|n| !(1..=MAX_CONNECTIONS).contains(n))
+        {
+            return Err(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}, not {n}"
+            ));
+        }
+        let mode = self.socket_mode;
+        if mode & 0o600 != 0o600 || mode & !0o660 != 0 {
+            return Err(format!(
+                "socket_mode {mode:04o}: the owner needs read and write (0600), and only the \
+                 group may get more (0660); others never (use socket_group)"
+            ));
+        }
+        let min_segment = (crate::wal::format::SEGMENT_HEADER_LEN + 4096) as u64;
+        if !(min_segment..=MAX_SEGMENT_MIB << 20).contains(&self.segment_size) {
+            return Err(format!(
+                "the WAL segment size must be between {min_segment} bytes and {MAX_SEGMENT_MIB} MiB"
+            ));
+        }
+        if self.max_keys == 0 {
+            return Err("max_keys must be at least 1".into());
         }
         Ok(())
     }
@@ -730,6 +786,54 @@ mod tests {
         assert_eq!(c.queues[1].name, "notifications");
         assert_eq!(c.queues[1].timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.allow_uids, [1000, 0]);
+        assert_eq!((c.socket_group, c.socket_mode), (Some(1000), 0o660));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_reason_never_clamped() {
+        let bad = [
+            ("workers = 0", "workers must be between 1 and 4096"),
+            (
+                "segment_size_mib = 0",
+                "segment_size_mib must be between 1 and 1024",
+            ),
+            (
+                "segment_size_mib = 1000000000",
+                "segment_size_mib must be between 1 and 1024",
+            ),
+            ("allow_uids = []", "nobody could connect"),
+            (
+                "max_line_bytes = 104857600",
+                "max_line_bytes must be between 1024",
+            ),
+            ("max_connections = 0", "max_connections must be between 1"),
+            ("socket_mode = \"0666\"", "others never"),
+            ("socket_mode = 0o400", "the owner needs read and write"),
+            ("socket_mode = \"rw\"", "not an octal mode"),
+            ("socket_group = \"no-such-group-here\"", "no group"),
+            ("max_keys = 0", "max_keys must be at least 1"),
+            ("[queues.q]\ndue_in = \"0s\"", "due_in must be positive"),
+        ];
+        for (text, why) in bad {
+            let e = Config::from_toml(text, None).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        // A command-line --workers 0 too.
+        assert!(Config::from_toml("", Some(0))
+            .unwrap_err()
+            .contains("workers must be"));
+        assert!(Config::with_workers(0).validate().is_err());
+        // And the good ones are taken as written.
+        let c = Config::from_toml(
+            "segment_size_mib = 1\nsocket_group = 54321\nsocket_mode = \"0660\"\nmax_connections = 10\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.segment_size, 1 << 20);
+        assert_eq!((c.socket_group, c.socket_mode), (Some(54321), 0o660));
+        assert_eq!(c.max_connections, Some(10));
+        let c = Config::from_toml("socket_group = \"root\"\n", None).unwrap();
+        assert_eq!((c.socket_group, c.socket_mode), (Some(0), 0o660));
     }
 
     #[test]

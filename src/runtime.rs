@@ -167,6 +167,10 @@ pub struct Submitted {
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 
+/// Largest payload, in bytes: with the job's other fields it must fit in one WAL record
+/// (`wal::format::MAX_BODY`). Through the socket, `max_line_bytes` (at most 8 MiB) comes first.
+pub const MAX_PAYLOAD_BYTES: usize = crate::wal::format::MAX_BODY as usize - 4096;
+
 /// WAL figures for `stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct WalReport {
@@ -327,6 +331,15 @@ impl Handle {
             Some(p) => p.into(),
             None => spec.payload.into(),
         };
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(Rejection::new(
+                code::INVALID_PAYLOAD,
+                format!(
+                    "the payload is {} bytes; at most {MAX_PAYLOAD_BYTES} fit in one WAL record",
+                    payload.len()
+                ),
+            ));
+        }
         let run_at = delay.filter(|&d| d > 0).map(|d| now + d);
         let deadline = run_at.unwrap_or(now) + due_in.unwrap_or(q.due_in.as_millis() as u64);
         Ok(Job {
@@ -749,25 +762,59 @@ impl RuntimeBuilder {
     }
 }
 
+/// Creates `dir` (mode 0700) if it is missing. An existing one must belong to this daemon's user
+/// (another user could swap the socket or the WAL in it: refused), and loses write permission for
+/// group and others if it had it (logged: fixed, not refused).
 fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(io)?;
+    let meta = std::fs::metadata(dir).map_err(io)?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(Error::Config(format!(
+            "{} belongs to uid {}, not to this daemon's uid {me}: its owner could swap the socket \
+             or the WAL in it; give it to this user (chown) or choose another --data",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let fixed = mode & !0o022;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(fixed)).map_err(io)?;
+        let who = match mode & 0o022 {
+            0o020 => "its group",
+            0o002 => "every user",
+            _ => "its group and every user",
+        };
+        log::warn!(
+            "{} was writable by {who} (mode {mode:04o}), who could have swapped the socket or the \
+             WAL in it; changed to {fixed:04o}",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
     create_private_dir(dir)?;
     let path = dir.join("LOCK");
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        // A LOCK that is a symbolic link was not made by duejob: never follow it.
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&path)
         .map_err(|source| Error::Io {
             path: path.clone(),

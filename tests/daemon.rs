@@ -21,14 +21,7 @@ fn socket_is_private_and_peers_are_checked_against_the_allow_list() {
     // Another uid cannot even connect (only checkable when the test runs as root). The binary is
     // copied somewhere that uid can reach, so the check does not depend on where the checkout is.
     if rustix::process::getuid().is_root() {
-        let shared = tempfile::Builder::new()
-            .prefix("duejob-bin-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = shared.path().join("duejob");
-        std::fs::copy(BIN, &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (_keep, bin) = shared_binary();
         match std::process::Command::new(&bin)
             .args(["stats", "--socket", d.socket().to_str().unwrap()])
             .uid(65534)
@@ -371,4 +364,108 @@ fn recovered_jobs_run_after_restart_without_new_traffic() {
     d.restart();
     // No request at all reaches the dispatcher from here on: the job must run by itself.
     assert_eq!(wait_for_file(&marker), "ran");
+}
+
+/// A copy of the binary that any uid can run (the checkout may sit under a private directory).
+fn shared_binary() -> (tempfile::TempDir, std::path::PathBuf) {
+    let shared = tempfile::Builder::new()
+        .prefix("duejob-bin-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = shared.path().join("duejob");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (shared, bin)
+}
+
+#[test]
+fn socket_group_lets_a_member_of_that_group_connect_and_no_one_else() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: needs root to run clients as other users");
+        return;
+    }
+    // uid 65534 is allowed by the daemon; whether it gets in depends on its group.
+    const GROUP: u32 = 54321;
+    let dir = tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(
+        &cfg,
+        format!("socket_group = {GROUP}\nallow_uids = [0, 65534]\n"),
+    )
+    .unwrap();
+    let d = Daemon::start_in(
+        dir.path(),
+        &["--workers", "2", "--config", cfg.to_str().unwrap()],
+    );
+    use std::os::unix::fs::MetadataExt;
+    let sock = std::fs::metadata(d.socket()).unwrap();
+    assert_eq!((sock.mode() & 0o777, sock.gid()), (0o660, GROUP));
+    let data = std::fs::metadata(d.data()).unwrap();
+    assert_eq!(
+        (data.mode() & 0o777, data.gid()),
+        (0o710, GROUP),
+        "members may only pass through"
+    );
+    let (_keep, bin) = shared_binary();
+    let as_user = |gid: u32| {
+        std::process::Command::new(&bin)
+            .args(["stats", "--socket", d.socket().to_str().unwrap()])
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    let member = as_user(GROUP);
+    assert!(
+        member.status.success(),
+        "a member of the socket's group: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    let outsider = as_user(65534);
+    assert!(!outsider.status.success());
+    let err = String::from_utf8_lossy(&outsider.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+#[test]
+fn a_data_dir_open_to_others_is_closed_and_one_owned_by_another_user_is_refused() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "write permission for group and others removed");
+    assert!(d
+        .log_text()
+        .contains("was writable by its group and every user"));
+    drop(d);
+
+    if rustix::process::getuid().is_root() {
+        let dir = tempdir();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        rustix::fs::chown(&data, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        let mut d = Daemon::start_in_unchecked(dir.path(), &["--workers", "2"]);
+        assert!(!d.wait_exit(Duration::from_secs(60)).success());
+        assert!(
+            d.log_text().contains("belongs to uid 65534"),
+            "{}",
+            d.log_text()
+        );
+    }
+}
+
+#[test]
+fn workers_0_on_the_command_line_is_refused_not_run_as_1() {
+    let dir = tempdir();
+    let mut d = Daemon::start_in_unchecked(dir.path(), &["--workers", "0"]);
+    assert!(!d.wait_exit(Duration::from_secs(60)).success());
+    assert!(
+        d.log_text().contains("workers must be between 1 and 4096"),
+        "{}",
+        d.log_text()
+    );
 }

@@ -179,3 +179,18 @@ fn a_failed_start_on_a_full_disk_leaves_no_half_allocated_segment() {
         storage.list()
     );
 }
+
+#[test]
+fn a_payload_too_big_for_one_wal_record_is_refused_before_it_is_written() {
+    // Through the embedding API nothing like max_line_bytes stands in front: without this
+    // check a 17 MiB payload would be written as a record the reader cannot read back.
+    let storage = MemStorage::new();
+    let rt = start(&storage, 1 << 20).unwrap();
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(17 << 20));
+    let e = rt.submit(&JobSpec::new("bulk", "noop", &big)).unwrap_err();
+    assert_eq!(e.code, "invalid_payload", "{e}");
+    assert!(e.message.contains("fit in one WAL record"), "{e}");
+    let ok = rt.submit(&delayed(3_600_000)).unwrap();
+    rt.shutdown_within(std::time::Duration::ZERO);
+    assert_eq!(live(&storage.crash_image(0)), BTreeSet::from([ok.id]));
+}

@@ -4,21 +4,37 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cli, tempdir, Conn, Daemon};
 use serde_json::Value;
 
+/// Waits until `acks` reaches `n` (a round ends on progress, not on a clock: a slow disk only
+/// makes it longer), then a random extra moment, so that kills land mid-flight.
+fn progress_then_pause(acks: &AtomicUsize, n: usize, extra_ms: u64) {
+    let t = Instant::now();
+    while acks.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no progress: {} acknowledgements",
+            acks.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(extra_ms));
+}
+
 /// Submits pipelined jobs (window of 8) until the connection dies or `stop` is set; returns the
-/// acknowledged (id, tag) pairs.
+/// acknowledged (id, tag) pairs, counting each in `acks` as it comes.
 fn client(
     sock: std::path::PathBuf,
     out: String,
     worker: usize,
     round: usize,
     stop: Arc<AtomicBool>,
+    acks: Arc<AtomicUsize>,
 ) -> Vec<(u64, String)> {
     let mut acked = Vec::new();
     let Ok(mut c) = Conn::connect(&sock) else {
@@ -56,6 +72,7 @@ fn client(
         let v: Value = serde_json::from_str(&line).expect("reply is JSON");
         if v["ok"] == true {
             acked.push((v["id"].as_u64().unwrap(), tag));
+            acks.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -76,13 +93,15 @@ fn sigkill_mid_load_loses_no_acknowledged_job() {
     let rounds = 4;
     for round in 0..rounds {
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..4)
             .map(|w| {
                 let (sock, out, stop) = (d.socket(), out.display().to_string(), stop.clone());
-                std::thread::spawn(move || client(sock, out, w, round, stop))
+                let acks = acks.clone();
+                std::thread::spawn(move || client(sock, out, w, round, stop, acks))
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300 + rnd(700)));
+        progress_then_pause(&acks, 300, rnd(300));
         if round + 1 < rounds {
             d.kill9();
         } else {
@@ -196,9 +215,11 @@ fn crash_loop_with_failures_retries_and_timeouts_ends_every_job_exactly_once() {
     let mut acked: HashMap<u64, (&'static str, String)> = HashMap::new();
     for round in 0..4u64 {
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..3u64)
             .map(|w| {
                 let (sock, stop, dir) = (d.socket(), stop.clone(), dir.path().to_path_buf());
+                let acks = acks.clone();
                 std::thread::spawn(move || {
                     let mut got = Vec::new();
                     let Ok(mut c) = Conn::connect(&sock) else {
@@ -222,13 +243,14 @@ fn crash_loop_with_failures_retries_and_timeouts_ends_every_job_exactly_once() {
                         let v: Value = serde_json::from_str(&line).unwrap();
                         if v["ok"] == true {
                             got.push((v["id"].as_u64().unwrap(), expect, tag));
+                            acks.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     got
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(250 + 150 * round));
+        progress_then_pause(&acks, 30, 50 * round);
         if round < 3 {
             d.kill9();
         } else {

@@ -58,9 +58,20 @@ fn sigterm_lets_running_jobs_finish_and_exits_zero() {
     let dir = tempdir();
     let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
     let mut c = d.conn();
-    let id = c.submit(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":400}}"#);
+    // The job runs until the test lets it go: after the signal, inside the grace period.
+    let go = dir.path().join("go");
+    let gate = serde_json::json!({"op":"submit","queue":"default","kind":"exec","payload":{"argv":
+        ["sh","-c",format!("while [ ! -e {} ]; do sleep 0.01; done", go.display())]}});
+    let id = c.submit(&gate.to_string());
     c.wait_state(id, "running");
-    let st = d.stop();
+    d.signal(rustix::process::Signal::TERM);
+    let t = std::time::Instant::now();
+    while !d.log_text().contains("signal received") {
+        assert!(t.elapsed() < Duration::from_secs(60), "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&go, "").unwrap();
+    let st = d.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "exit {st}: {}", d.log_text());
     assert!(!d.socket().exists(), "socket removed on exit");
     d.restart();

@@ -40,6 +40,18 @@ fn python() -> String {
     );
 }
 
+/// A port below the kernel's ephemeral range (32768 and up) that is free now: no `bind(0)` of
+/// another test can be handed it, so it stays free while a test needs it unbound (a server that
+/// is down).
+fn quiet_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20_000..26_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -70,12 +82,26 @@ impl Smtp {
     }
 
     fn started(dir: &Path, args: &[&str]) -> Smtp {
-        let mut s = Smtp::new(dir, free_port(), args);
-        s.start();
-        s
+        // The port is free when picked; should another process take it before the server binds
+        // it, the server does not start, and another port is tried.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut s = Smtp::new(dir, free_port(), args);
+            match s.try_start() {
+                Ok(()) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("SMTP server did not start: {last}");
     }
 
     fn start(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("SMTP server did not start: {e}");
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp/server.py");
         let mut child = Command::new(python())
@@ -94,9 +120,10 @@ impl Smtp {
         if !matches!(read, Ok(n) if n > 0) || !line.starts_with("READY") {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("SMTP server did not start: {line:?}");
+            return Err(format!("port {}: {line:?}", self.port));
         }
         self.child = Some(child);
+        Ok(())
     }
 
     fn kill(&mut self) {
@@ -406,7 +433,8 @@ fn a_permanent_rejection_ends_the_job_dead_at_once_and_a_temporary_one_retries()
 #[test]
 fn a_server_that_is_down_delays_email_only_and_every_mail_goes_out_once_it_returns() {
     let dir = tempdir();
-    let mut smtp = Smtp::new(dir.path(), free_port(), &[]);
+    // A port no other test can be handed while this one's server is down.
+    let mut smtp = Smtp::new(dir.path(), quiet_port(), &[]);
     let d = daemon_for(dir.path(), smtp.port, "pool_size = 2");
     let mut c = d.conn();
     let ids: Vec<u64> = (0..20).map(|n| c.submit(&email(simple(n)))).collect();

@@ -37,6 +37,10 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
     let seen = saw_stop.clone();
     let stubborn_done = Arc::new(AtomicU32::new(0));
     let done = stubborn_done.clone();
+    // The stubborn handler returns only once the test lets it (after its attempt was given up):
+    // a timed return could race the give-up timer on a busy machine.
+    let release = Arc::new(AtomicU32::new(0));
+    let released = release.clone();
     let rt = Runtime::builder(dir.path())
         .config(Config::with_workers(2))
         // Checks its token and returns early when told to stop.
@@ -54,13 +58,13 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
                 Ok(())
             },
         )
-        // Ignores its token, then claims success after the grace period.
+        // Ignores its token, then claims success long after the grace period.
         .register(
             "stubborn",
             move |_: &JobContext<'_>| -> Result<(), JobError> {
-                std::thread::sleep(
-                    duejob::scheduler::dispatcher::TIMEOUT_GRACE + Duration::from_millis(600),
-                );
+                while released.load(Ordering::SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 done.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             },
@@ -89,12 +93,14 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
     let err = j.attempts[0].error.as_deref().unwrap();
     assert!(err.contains("did not stop within"), "{err}");
     // The handler comes back with "success" later: fenced, the job stays dead.
+    release.store(1, Ordering::SeqCst);
     let t = Instant::now();
-    while stubborn_done.load(Ordering::SeqCst) == 0 {
+    // The exact event: its worker is free again, which happens only once the dispatcher has
+    // handled the late report.
+    while stubborn_done.load(Ordering::SeqCst) == 0 || rt.stats().unwrap().sched.busy > 0 {
         assert!(t.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(rt.status(stubborn).unwrap().unwrap().state, "dead");
 
     // A panic is a failed attempt; the workers survive and keep running jobs.

@@ -52,10 +52,12 @@ fn an_old_bulk_job_past_its_deadline_starts_before_a_fresh_notification() {
     // One worker, so both jobs wait for the same one (no reservation is possible with 1 worker).
     let d = Daemon::start_in(dir.path(), &["--workers", "1"]);
     let mut c = d.conn();
-    let blocker = c
-        .call(r#"{"op":"submit","queue":"default","kind":"sleep","payload":{"ms":300}}"#)["id"]
-        .as_u64()
-        .unwrap();
+    // The blocker runs until the test lets it go (a timed job could end before the test sees it
+    // running, on a busy machine).
+    let go = dir.path().join("go");
+    let gate = serde_json::json!({"op":"submit","queue":"default","kind":"exec","payload":{"argv":
+        ["sh","-c",format!("while [ ! -e {} ]; do sleep 0.01; done", go.display())]}});
+    let blocker = c.submit(&gate.to_string());
     c.wait_state(blocker, "running");
     // A bulk job already due (due_in 0: as if submitted an hour ago), then a fresh notification.
     let old = c
@@ -66,6 +68,7 @@ fn an_old_bulk_job_past_its_deadline_starts_before_a_fresh_notification() {
     let note = c.call(r#"{"op":"submit","queue":"notifications","kind":"noop"}"#)["id"]
         .as_u64()
         .unwrap();
+    std::fs::write(&go, "").unwrap();
     let n = c.wait_state(note, "succeeded");
     let o = c.wait_state(old, "succeeded");
     let old_end = o["attempts"][0]["ended_at"].as_u64().unwrap();
@@ -88,7 +91,8 @@ fn delayed_jobs_wait_for_their_time_and_can_be_cancelled() {
         ["id"]
         .as_u64()
         .unwrap();
-    assert_eq!(c.status(soon)["state"], "scheduled");
+    // (Not checked: that `soon` is still scheduled here; on a busy machine its 300 ms may be
+    // over. What matters is that it does not start before its time.)
     let j = c.wait_state(soon, "succeeded");
     let run_at = j["run_at"].as_u64().unwrap();
     assert!(

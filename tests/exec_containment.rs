@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{tempdir, Daemon};
 use serde_json::json;
 
-/// Whether `pid` runs (gone and zombie both count as not running: PID 1 may not reap).
+// Whether a pid runs (gone and zombie both count as not running: PID 1 may not reap).
 fn running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s

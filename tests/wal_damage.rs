@@ -180,6 +180,25 @@ fn segments(data: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// `duejob wal salvage DATA --to TO [--past-damage]`.
+fn salvage(
+    data: &std::path::Path,
+    to: &std::path::Path,
+    past_damage: bool,
+) -> (std::process::ExitStatus, String, String) {
+    let mut args = vec![
+        "wal",
+        "salvage",
+        data.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    if past_damage {
+        args.push("--past-damage");
+    }
+    cli(&args)
+}
+
 /// `wal dump --json` of a data dir, one value per record.
 fn dump(data: &std::path::Path) -> Vec<Value> {
     let (st, out, err) = cli(&["wal", "dump", "--json", data.to_str().unwrap()]);
@@ -270,27 +289,14 @@ fn a_zeroed_header_on_the_last_segment_is_corruption_and_salvage_recovers_every_
 
     // The way out: a copy stops at the damage; with --past-damage it has every job.
     let copy = dir.path().join("copy");
-    let (st, out, err) = cli(&[
-        "wal",
-        "salvage",
-        data.to_str().unwrap(),
-        "--to",
-        copy.to_str().unwrap(),
-    ]);
+    let (st, out, err) = salvage(&data, &copy, false);
     assert!(st.success(), "{err}");
     assert!(err.contains("stops at the first damage"), "{err}");
     assert!(out.contains("salvaged"), "{out}");
     // A daemon directory (its `data/` is the copy), to run on it afterwards.
     let root = dir.path().join("restored");
     let full = root.join("data");
-    let (st, _, err) = cli(&[
-        "wal",
-        "salvage",
-        data.to_str().unwrap(),
-        "--to",
-        full.to_str().unwrap(),
-        "--past-damage",
-    ]);
+    let (st, _, err) = salvage(&data, &full, true);
     assert!(st.success(), "{err}");
     let (st, out, err) = cli(&["wal", "inspect", "--json", full.to_str().unwrap()]);
     assert!(st.success(), "{err}");
@@ -299,13 +305,7 @@ fn a_zeroed_header_on_the_last_segment_is_corruption_and_salvage_recovers_every_
     let (st, _, err) = cli(&["wal", "verify", full.to_str().unwrap()]);
     assert!(st.success(), "the copy is sound: {err}");
     // Salvage never writes into a directory that holds something.
-    let (st, _, err) = cli(&[
-        "wal",
-        "salvage",
-        data.to_str().unwrap(),
-        "--to",
-        full.to_str().unwrap(),
-    ]);
+    let (st, _, err) = salvage(&data, &full, false);
     assert!(!st.success() && err.contains("not empty"), "{err}");
 
     // The daemon runs on the copy: every job is there, and ids go on after the last one.

@@ -223,12 +223,7 @@ impl MemStorage {
     /// The disk after the power cut: synced bytes of every file whose directory entry was synced,
     /// plus the first `torn_bytes` bytes of the writes that were not yet synced (in write order).
     pub fn crash_image(&self, torn_bytes: usize) -> MemStorage {
-        let st = self.state.lock().expect("mem storage");
-        let mut out = MemState::default();
-        for name in &st.durable_names {
-            let Some(f) = st.files.get(name) else {
-                continue;
-            };
+        self.image(|f| {
             let mut data = f.durable.clone();
             let mut budget = torn_bytes;
             for (off, w) in &f.unsynced {
@@ -239,19 +234,8 @@ impl MemStorage {
                 write_into(&mut data, *off, &w[..n]);
                 budget -= n;
             }
-            out.files.insert(
-                name.clone(),
-                MemFile {
-                    durable: data.clone(),
-                    current: data,
-                    unsynced: Vec::new(),
-                },
-            );
-            out.durable_names.insert(name.clone());
-        }
-        MemStorage {
-            state: Arc::new(Mutex::new(out)),
-        }
+            data
+        })
     }
 
     /// The disk after a power cut on a disk that writes back in any order: synced bytes of every
@@ -261,13 +245,8 @@ impl MemStorage {
     /// block may hold new data while an earlier one does not). `seed` makes it repeatable.
     pub fn crash_image_scrambled(&self, seed: u64, sector: usize) -> MemStorage {
         assert!(sector > 0);
-        let st = self.state.lock().expect("mem storage");
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut out = MemState::default();
-        for name in &st.durable_names {
-            let Some(f) = st.files.get(name) else {
-                continue;
-            };
+        self.image(|f| {
             // The pieces of each block, in write order.
             let mut blocks: BTreeMap<u64, Vec<(u64, &[u8])>> = BTreeMap::new();
             for (off, w) in &f.unsynced {
@@ -288,6 +267,20 @@ impl MemStorage {
                     write_into(&mut data, *off, piece);
                 }
             }
+            data
+        })
+    }
+
+    /// A new storage holding, for every file whose directory entry was synced, what `disk` says
+    /// survived of it.
+    fn image(&self, mut disk: impl FnMut(&MemFile) -> Vec<u8>) -> MemStorage {
+        let st = self.state.lock().expect("mem storage");
+        let mut out = MemState::default();
+        for name in &st.durable_names {
+            let Some(f) = st.files.get(name) else {
+                continue;
+            };
+            let data = disk(f);
             out.files.insert(
                 name.clone(),
                 MemFile {

@@ -55,6 +55,11 @@ fn proc_stat(pid: i32) -> Option<Proc> {
     })
 }
 
+/// Whether process `pid` runs (a zombie nobody reaped yet does not: PID 1 may never reap it).
+pub fn process_running(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|p| !p.zombie)
+}
+
 /// Every process in group `pgrp`.
 fn members(pgrp: i32) -> Vec<Proc> {
     let Ok(rd) = std::fs::read_dir("/proc") else {

@@ -530,16 +530,19 @@ impl CommitLoop {
                     certain: f.certain,
                 }),
             };
-            if !a.jobs.is_empty() {
+            if ack.is_ok() && ack.duplicates.is_empty() {
+                // The common case: every job's submit is in the log (moved, not copied).
+                if jobs.is_empty() {
+                    jobs = a.jobs;
+                } else {
+                    jobs.extend(a.jobs);
+                }
+            } else if !a.jobs.is_empty() {
                 // Only the jobs whose own submit is in the log run: not a duplicate's, not one
                 // the failure took.
                 let recorded = ack.fates().map(|f| matches!(f, Fate::Recorded(_)));
                 let mine = a.jobs.into_iter().zip(recorded).filter(|(_, r)| *r);
-                if jobs.is_empty() && ack.is_ok() && ack.duplicates.is_empty() {
-                    jobs = mine.map(|(j, _)| j).collect();
-                } else {
-                    jobs.extend(mine.map(|(j, _)| j));
-                }
+                jobs.extend(mine.map(|(j, _)| j));
             }
             if let Some(tx) = a.ack {
                 acks.push((tx, ack));

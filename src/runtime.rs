@@ -220,6 +220,10 @@ struct Inner {
     sched_tx: Sender<Msg>,
     wal_stats: Arc<WalStats>,
     closing: AtomicBool,
+    /// Set once the WAL thread has stopped: no acknowledgement will come any more.
+    wal_stopped: AtomicBool,
+    /// The data directory, when the WAL lives in it (not with custom storage).
+    data_dir: Option<PathBuf>,
 }
 
 /// A cloneable handle on a running runtime: what connections use.
@@ -246,6 +250,16 @@ impl Handle {
     /// Whether shutdown has begun.
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Relaxed)
+    }
+
+    /// The data directory (`None` when the runtime runs on custom storage).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.inner.data_dir.as_deref()
+    }
+
+    /// Whether the WAL thread has stopped: an append not answered by now never will be.
+    pub fn is_wal_stopped(&self) -> bool {
+        self.inner.wal_stopped.load(Ordering::SeqCst)
     }
 
     /// Reserves `n` consecutive job ids.
@@ -752,6 +766,8 @@ impl RuntimeBuilder {
             sched_tx,
             wal_stats,
             closing: AtomicBool::new(false),
+            wal_stopped: AtomicBool::new(false),
+            data_dir: own_storage.then(|| self.data_dir.clone()),
         });
         Ok(Runtime {
             handle: Handle { inner },
@@ -899,6 +915,7 @@ impl Runtime {
             let _ = rx.recv();
         }
         let _ = wal.join();
+        inner.wal_stopped.store(true, Ordering::SeqCst);
         log::info!("duejob runtime stopped");
     }
 }

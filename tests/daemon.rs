@@ -480,3 +480,42 @@ fn workers_0_on_the_command_line_is_refused_not_run_as_1() {
         d.log_text()
     );
 }
+
+#[test]
+fn socket_group_leaves_a_socket_directory_outside_the_data_dir_alone() {
+    let dir = tempdir();
+    let elsewhere = dir.path().join("sockets");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let gid = rustix::process::getgid().as_raw();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(&cfg, format!("socket_group = {gid}\n")).unwrap();
+    let sock = elsewhere.join("d.sock");
+    let mut d = Daemon::start_in_unchecked(
+        dir.path(),
+        &[
+            "--workers",
+            "2",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    let t = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode = std::fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o700,
+        "a directory that is not the data dir is not changed"
+    );
+    assert!(
+        d.log_text().contains("leaves it as it is"),
+        "{}",
+        d.log_text()
+    );
+    d.kill9();
+}

@@ -221,3 +221,70 @@ fn past_the_file_descriptor_limit_clients_are_answered_busy_instead_of_hanging()
     assert!((1..=2).contains(&lines), "{lines} accept lines:\n{log}");
     assert!(log.contains("max_connections = 1000"), "{log}");
 }
+
+#[test]
+fn every_request_read_before_sigterm_is_answered_by_what_is_in_the_log() {
+    // 20,000 pipelined submits, and SIGTERM while they are being taken in: every submit the log
+    // holds must have had its `ok`; whatever was not answered ok is not in the log.
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let s = UnixStream::connect(d.socket()).unwrap();
+    let reader = {
+        let s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut ok = Vec::new();
+            let mut refused = 0;
+            for line in std::io::BufReader::new(s).lines() {
+                let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                if v["ok"] == true {
+                    ok.push(v["id"].as_u64().unwrap());
+                } else {
+                    assert_eq!(v["error"]["code"], "shutting_down", "{v}");
+                    refused += 1;
+                }
+            }
+            (ok, refused)
+        })
+    };
+    let line = b"{\"op\":\"submit\",\"queue\":\"bulk\",\"kind\":\"noop\",\"delay_ms\":3600000}\n";
+    let writer = {
+        let s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = (&s).write_all(&line.repeat(20_000));
+        })
+    };
+    // The exact moment does not matter; it only must fall while requests are being taken in.
+    wait_for("some submits are in", || {
+        d.conn().call(r#"{"op":"stats"}"#)["totals"]["scheduled"]
+            .as_u64()
+            .unwrap()
+            > 100
+    });
+    d.signal(rustix::process::Signal::TERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        d.log_text()
+    );
+    let (ok, refused) = reader.join().unwrap();
+    let _ = writer.join();
+    let (st, dump, err) = common::cli(&["wal", "dump", "--json", d.data().to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    let mut logged: Vec<u64> = dump
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "submit")
+        .map(|v| v["record"]["id"].as_u64().unwrap())
+        .collect();
+    logged.sort_unstable();
+    let mut answered = ok.clone();
+    answered.sort_unstable();
+    assert_eq!(
+        answered,
+        logged,
+        "{} answered ok, {} in the log ({refused} refused)",
+        ok.len(),
+        logged.len()
+    );
+}

@@ -73,7 +73,14 @@ pub fn run(a: ServeArgs) -> CliResult {
         "signal received: no new connections; running jobs get {} s (a second signal exits at once)",
         grace.as_secs()
     );
-    server.stop();
+    // Stop taking requests; let the runtime finish (every acknowledgement is sent); then give
+    // the connections a moment to write the replies of what they had read: a submit that is in
+    // the log is answered ok, not cut off.
+    let closing = server.stop();
     rt.shutdown();
+    let left = closing.wait(std::time::Duration::from_secs(5));
+    if left > 0 {
+        log::warn!("{left} connection(s) had not taken their last replies after 5 s; closing them");
+    }
     Ok(())
 }

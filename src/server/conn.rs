@@ -72,9 +72,10 @@ pub(crate) fn serve_connection(stream: Arc<UnixStream>, handle: Handle) {
     let write_half = SharedStream(stream.clone());
     let (group_tx, group_rx) = crossbeam_channel::bounded::<Group>(GROUPS_IN_FLIGHT);
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Ack>();
+    let h = handle.clone();
     let writer = std::thread::Builder::new()
         .name("duejob-conn-w".into())
-        .spawn(move || write_replies(write_half, group_rx, ack_rx));
+        .spawn(move || write_replies(write_half, group_rx, ack_rx, &h));
     let Ok(writer) = writer else {
         log::error!("connection: cannot start writer thread");
         return;
@@ -355,7 +356,16 @@ fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sende
 }
 
 /// The writer thread: sends each group's replies once it is complete, in order.
-fn write_replies(stream: SharedStream, groups: Receiver<Group>, acks: Receiver<Ack>) {
+/// How often a writer waiting for acknowledgements looks whether the WAL has stopped (an append
+/// queued behind its stop is never answered).
+const WAL_GONE_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn write_replies(
+    stream: SharedStream,
+    groups: Receiver<Group>,
+    acks: Receiver<Ack>,
+    handle: &Handle,
+) {
     let mut out = BufWriter::with_capacity(64 << 10, stream);
     let mut waiting: VecDeque<Group> = VecDeque::new();
     let mut ready_acks: VecDeque<Ack> = VecDeque::new();
@@ -392,6 +402,13 @@ fn write_replies(stream: SharedStream, groups: Receiver<Group>, acks: Receiver<A
         // the acknowledgement the front group needs (it is on its way: the WAL never waits on
         // this thread), so that what a connection holds stays bounded.
         let room = waiting.len() < GROUPS_IN_FLIGHT;
+        // Once the runtime is closing, while a group waits for its acknowledgement, wake up now
+        // and then to see whether the WAL has stopped; otherwise sleep until something comes.
+        let tick = if handle.is_closing() && waiting.iter().any(|g| g.awaits_wal) {
+            crossbeam_channel::after(WAL_GONE_CHECK)
+        } else {
+            crossbeam_channel::never()
+        };
         if groups_open && acks_open && room {
             select! {
                 recv(groups) -> g => match g {
@@ -402,17 +419,27 @@ fn write_replies(stream: SharedStream, groups: Receiver<Group>, acks: Receiver<A
                     Ok(a) => ready_acks.push_back(a),
                     Err(_) => acks_open = false,
                 },
+                recv(tick) -> _ => {}
             }
         } else if acks_open {
-            match acks.recv() {
-                Ok(a) => ready_acks.push_back(a),
-                Err(_) => acks_open = false,
+            select! {
+                recv(acks) -> a => match a {
+                    Ok(a) => ready_acks.push_back(a),
+                    Err(_) => acks_open = false,
+                },
+                recv(tick) -> _ => {}
             }
         } else if groups_open && room {
             match groups.recv() {
                 Ok(g) => waiting.push_back(g),
                 Err(_) => groups_open = false,
             }
+        }
+        if acks_open && handle.is_wal_stopped() {
+            // Every acknowledgement the WAL sent is in the channel by now; what is still missing
+            // was dropped unanswered (queued behind the stop): those groups get shutting_down.
+            ready_acks.extend(acks.try_iter());
+            acks_open = false;
         }
         // Take what is already waiting (groups as far as there is room) before writing. An ack
         // may come before its group (the reader sends the append, then the group): acks and

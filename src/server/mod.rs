@@ -154,7 +154,7 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
                     "cannot give the socket to group {gid}: {e} (the daemon's user must belong to that group, or be root)"
                 ))
             })?;
-            open_dir_to_group(path, gid)?;
+            open_dir_to_group(path, gid, handle.data_dir())?;
         }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.socket_mode))
             .map_err(io_err(&tmp))?;
@@ -194,17 +194,28 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
     })
 }
 
-/// With `socket_group`, members of the group must be able to reach the socket: its directory,
-/// when it is ours, gets that group and search permission for it (never write permission).
-fn open_dir_to_group(socket: &Path, gid: u32) -> Result<(), Error> {
+/// With `socket_group`, members of the group must be able to reach the socket. When it sits in
+/// the data directory (the default), that directory gets the group and search permission for it
+/// (never write permission); a directory elsewhere (`--socket`) is not touched, only checked.
+fn open_dir_to_group(socket: &Path, gid: u32, data_dir: Option<&Path>) -> Result<(), Error> {
     let dir = match socket.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-        if meta.mode() & 0o011 == 0 {
-            log::warn!("socket_group: members of group {gid} cannot reach {} (its directory {} is not searchable by them)", socket.display(), dir.display());
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !data_dir.is_some_and(|d| same(d, dir)) {
+        let reachable = meta.mode() & 0o001 != 0 || (meta.gid() == gid && meta.mode() & 0o010 != 0);
+        if !reachable {
+            log::warn!(
+                "socket_group: members of group {gid} cannot reach {} (its directory {} is not \
+                 searchable by them); it is not the data directory, so duejob leaves it as it is",
+                socket.display(),
+                dir.display()
+            );
         }
         return Ok(());
     }
@@ -220,10 +231,14 @@ impl Server {
         &self.path
     }
 
-    /// Stops accepting, stops reading from open connections (their pending replies still go
-    /// out), and removes the socket file if it is still the one this server made.
-    pub fn stop(mut self) {
+    /// Stops accepting, stops reading from open connections, and removes the socket file if it
+    /// is still the one this server made. The replies of requests already read still go out:
+    /// stop the runtime (so that every acknowledgement is sent), then [`Closing::wait`].
+    pub fn stop(mut self) -> Closing {
         self.stop_inner();
+        Closing {
+            shared: self.shared.clone(),
+        }
     }
 
     fn stop_inner(&mut self) {
@@ -249,6 +264,26 @@ impl Server {
                 self.path.display()
             ),
             Err(_) => {}
+        }
+    }
+}
+
+/// Connections still writing their last replies after [`Server::stop`].
+pub struct Closing {
+    shared: Arc<Shared>,
+}
+
+impl Closing {
+    /// Waits, at most `limit`, until every connection has sent its last replies and closed.
+    /// Returns how many had not (a client that does not read its replies, say).
+    pub fn wait(self, limit: Duration) -> usize {
+        let t = Instant::now();
+        loop {
+            let open = self.shared.conns.lock().map(|c| c.len()).unwrap_or(0);
+            if open == 0 || t.elapsed() >= limit {
+                return open;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

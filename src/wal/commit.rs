@@ -267,6 +267,7 @@ pub fn spawn(
                 unsynced_since: None,
                 results: Vec::new(),
                 failed: false,
+                after_failure: None,
             }
             .run()
         })
@@ -294,6 +295,9 @@ struct CommitLoop {
     results: Vec<(u64, u32, Vec<Duplicate>)>,
     /// Whether the failure was reported already.
     failed: bool,
+    /// After a failure: what stays in the log (the last LSN certainly in it, and whether
+    /// everything after it is certainly gone), for answering every later group alike.
+    after_failure: Option<(u64, bool)>,
 }
 
 impl CommitLoop {
@@ -335,12 +339,17 @@ impl CommitLoop {
     }
 
     /// Writes and syncs what is buffered, then a last sync mark, so that a log closed cleanly
-    /// has every record covered by a mark.
+    /// has every record covered by a mark. (A failure here is logged by the appender; nothing
+    /// is waiting for an answer any more.)
     fn close(&mut self) {
-        let _ = self.appender.write().and_then(|_| self.appender.sync());
+        if self.appender.failed().is_some() {
+            return;
+        }
         let _ = self
             .appender
-            .push_mark(crate::job::now_ms())
+            .write()
+            .and_then(|_| self.appender.sync())
+            .and_then(|_| self.appender.push_mark(crate::job::now_ms()))
             .and_then(|_| self.appender.write())
             .and_then(|_| self.appender.sync());
     }
@@ -357,15 +366,7 @@ impl CommitLoop {
     /// when the log has gone idle without one.
     fn next_message(&mut self) -> Option<WalMsg> {
         loop {
-            let sync_at = match self.mode {
-                SyncMode::Batch(every) if self.appender.has_unsynced() => {
-                    Some(self.last_sync + every)
-                }
-                SyncMode::Always => self.unsynced_since.map(|t| t + DEFERRED_SYNC),
-                _ => None,
-            };
-            let mark_at = (self.appender.mark_due() && self.appender.failed().is_none())
-                .then(|| self.last_sync + MARK_IDLE);
+            let (sync_at, mark_at) = self.timers();
             let deadline = match (sync_at, mark_at) {
                 (Some(a), Some(b)) => a.min(b),
                 (a, b) => match a.or(b) {
@@ -386,15 +387,34 @@ impl CommitLoop {
                         self.unsynced_since = None;
                     } else if mark_at.is_some_and(|t| t <= now) {
                         // Written, not synced: the next sync (or shutdown) takes it along.
-                        let _ = self
+                        let marked = self
                             .appender
                             .push_mark(crate::job::now_ms())
                             .and_then(|_| self.appender.write());
+                        if let Err(e) = marked {
+                            self.report_failure(&Arc::new(e));
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    /// When to wake up without a message: to sync (batch mode with unsynced data, or deferred
+    /// records in mode `always`), and to write an idle sync mark. Never after a failure: the
+    /// appender refuses everything, and waking would spin.
+    fn timers(&self) -> (Option<Instant>, Option<Instant>) {
+        if self.appender.failed().is_some() {
+            return (None, None);
+        }
+        let sync_at = match self.mode {
+            SyncMode::Batch(every) if self.appender.has_unsynced() => Some(self.last_sync + every),
+            SyncMode::Always => self.unsynced_since.map(|t| t + DEFERRED_SYNC),
+            _ => None,
+        };
+        let mark_at = self.appender.mark_due().then(|| self.last_sync + MARK_IDLE);
+        (sync_at, mark_at)
     }
 
     /// Writes the group (sync mark, then each append's records, submits whose key is known
@@ -408,12 +428,15 @@ impl CommitLoop {
             Ok(()) => return None,
             Err(e) => e,
         };
-        let failure = if matches!(e, WalError::Failed(_)) {
-            // Poisoned by an earlier group: nothing of this one was written.
+        let failure = if let (WalError::Failed(_), Some((kept_lsn, certain))) =
+            (&e, self.after_failure)
+        {
+            // Poisoned by an earlier group: nothing of this one was written, and the log holds
+            // what the first failure left (a duplicate of a record kept then is still kept).
             GroupFailure {
                 error: Arc::new(e),
-                kept_lsn: self.appender.durable_lsn(),
-                certain: true,
+                kept_lsn,
+                certain,
             }
         } else {
             let keep = match self.mode {
@@ -437,6 +460,8 @@ impl CommitLoop {
                 }
             }
         };
+        self.after_failure
+            .get_or_insert((failure.kept_lsn, failure.certain));
         self.report_failure(&failure.error);
         Some(failure)
     }
@@ -847,5 +872,91 @@ mod tests {
         // The case that broke: a rotation fails after the first part of the group was synced
         // into the old segment; those records are in the log and must be answered so.
         assert!(recorded_despite_failure > 0);
+    }
+
+    #[test]
+    fn after_a_failure_in_batch_mode_the_commit_thread_does_not_wake_to_sync_again() {
+        // Op 5 is the first record write (ops 0-4 create the segment).
+        let storage = MemStorage::with_fault(Fault::IoErrorAt(6));
+        let scan = read_log(&storage, &mut |_| Ok(())).unwrap();
+        let app =
+            Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let mut l = CommitLoop {
+            appender: app,
+            mode: SyncMode::Batch(Duration::from_millis(200)),
+            keys: KeyIndex::new(1 << 40, 1000),
+            rx,
+            events: Box::new(|_| {}),
+            last_sync: Instant::now(),
+            unsynced_since: None,
+            results: Vec::new(),
+            failed: false,
+            after_failure: None,
+        };
+        let mut body = Vec::new();
+        Record::Cancel(Cancel { id: 1, at: 0 }).encode_into(&mut body);
+        l.appender
+            .push(crate::wal::record::rtype::CANCEL, SCHEMA, &body)
+            .unwrap();
+        l.appender.write().unwrap(); // op 5
+        assert!(l.timers().0.is_some(), "unsynced data: a sync is due");
+        l.appender
+            .push(crate::wal::record::rtype::CANCEL, SCHEMA, &body)
+            .unwrap();
+        assert!(l.appender.write().is_err()); // op 6 fails: poisoned, data still unsynced
+                                              // Before the fix the sync deadline stayed in the past: recv_deadline returned at once,
+                                              // the sync failed at once, and the thread spun at full CPU until restart.
+        assert_eq!(l.timers(), (None, None));
+    }
+
+    #[test]
+    fn a_duplicate_of_a_record_the_failure_kept_is_still_answered_as_a_duplicate() {
+        // Batch mode: group 1 (key K) is written and acknowledged, not synced; group 2's write
+        // (op 6) fails and is rolled back to its start, keeping group 1; group 3 repeats K.
+        let storage = MemStorage::with_fault(Fault::IoErrorAt(6));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (_events, h) = start_on(
+            &storage,
+            SyncMode::Batch(Duration::from_secs(60)),
+            1 << 20,
+            rx,
+        );
+        let keyed = |id: u64| {
+            Arc::new(crate::job::Job {
+                id,
+                queue: 0,
+                kind: 0,
+                payload: "{}".into(),
+                key: Some("K".into()),
+                submitted_at: crate::job::now_ms(),
+                deadline: 0,
+                run_at: None,
+                max_attempts: 1,
+                timeout_ms: None,
+            })
+        };
+        let send = |records: RecordBatch, jobs: Vec<JobRef>| {
+            let (atx, arx) = crossbeam_channel::bounded(1);
+            tx.send(WalMsg::Append(Append {
+                records,
+                jobs,
+                ack: Some(atx),
+            }))
+            .unwrap();
+            arx.recv().unwrap()
+        };
+        let first = send(cancel_batch(1..2), vec![keyed(1)]);
+        assert_eq!(first.fates().next(), Some(Fate::Recorded(1)));
+        let failed = send(cancel_batch(2..3), vec![]);
+        assert_eq!(failed.fates().next(), Some(Fate::NotRecorded));
+        let again = send(cancel_batch(3..4), vec![keyed(3)]);
+        assert_eq!(
+            again.fates().next(),
+            Some(Fate::Duplicate { id: 1, lsn: 1 })
+        );
+        drop(tx);
+        h.join().unwrap();
+        assert_eq!(job_records(&storage.crash_image(usize::MAX)), [1]);
     }
 }

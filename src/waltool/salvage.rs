@@ -6,13 +6,15 @@
 //! knowingly: `duejob wal verify DIR` and `duejob wal inspect DIR` work on it, `duejob serve
 //! --data DIR` runs it. The damaged log is only read.
 //!
-//! - By default the copy stops at the first damage: it is exactly the log as it was up to that
-//!   point (same records, same LSNs).
+//! - By default the copy stops at the first damage: it holds every job record up to that point,
+//!   in order.
 //! - With `--past-damage` it goes on at the next record that checks out (in the damaged segment,
-//!   or from the next segment's header) and reports every stretch it skipped. Records after a gap
-//!   get new LSNs (the log has no gaps), and the old sync marks after it are dropped. A job whose
-//!   records were partly lost is recovered from what remains: a lost `finish` means the job runs
-//!   again (at least once), a lost `submit` means its later records are ignored.
+//!   or from the next segment's header) and reports every stretch it skipped. A job whose records
+//!   were partly lost is recovered from what remains: a lost `finish` means the job runs again
+//!   (at least once), a lost `submit` means its later records are ignored.
+//!
+//! The copy has LSNs of its own (1, 2, ...: a log has no gaps) and sync marks of its own: the
+//! source's marks speak for the source's writes, not the copy's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,7 +66,6 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
         OnDamage::Stop
     };
     let mut copied = 0u64;
-    let mut renumbered = false;
     let mut prev: Option<u64> = None;
     let mut gaps: Vec<Gap> = Vec::new();
     let mut write_error: Option<WalError> = None;
@@ -82,9 +83,8 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
             _ => {}
         }
         prev = Some(r.lsn);
-        renumbered |= r.lsn != app.next_lsn();
-        if renumbered && matches!(r.record, Record::Sync(_)) {
-            return Ok(()); // it speaks for old LSNs; the copy gets marks of its own
+        if matches!(r.record, Record::Sync(_)) {
+            return Ok(()); // it speaks for the source's writes; the copy gets marks of its own
         }
         body.clear();
         r.record.encode_into(&mut body);
@@ -153,14 +153,9 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
         .filter(|s| matches!(s.tail, Tail::Damaged { .. }))
         .count();
     println!(
-        "salvaged {copied} record(s) from {} into {}{}",
+        "salvaged {copied} job record(s) from {} into {} (with LSNs and sync marks of its own)",
         src.display(),
-        dst.display(),
-        if renumbered {
-            " (LSNs renumbered after the first gap)"
-        } else {
-            ""
-        }
+        dst.display()
     );
     if problems.is_empty() {
         println!("the log had no damage: the copy is complete");

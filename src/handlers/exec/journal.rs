@@ -1,6 +1,6 @@
 //! The run journal: one small file per exec process group running now, `DATA/run/<pgid>`,
-//! holding `<pgid> <start> <boot id> <job> <attempt>` (`start`: the group leader's start time in
-//! clock ticks since boot, from `/proc/<pid>/stat`). Written right after the program starts
+//! holding `<pgid> <start> <session> <boot id> <job> <attempt>` (`start`: the group leader's start
+//! time in clock ticks since boot, `session`: its session id, both from `/proc/<pid>/stat`). Written right after the program starts
 //! (not fsync'd: after a power cut no process survives anyway), removed when its attempt ends.
 //!
 //! At start-up, before any job runs, a file still there names a group that a daemon which died
@@ -8,9 +8,13 @@
 //! may still run, and the job is about to run again. Such a group is killed, once checked to be
 //! the one written down and not another program that got the same number since:
 //! - same boot (`/proc/sys/kernel/random/boot_id`);
+//! - every member is in the session written down (the daemon's session when the job started:
+//!   exec programs get a group of their own, not a session);
 //! - the leader, if it still exists, has the start time written down (a reused pid has another);
-//! - without a leader, every member started no earlier than it: Linux never hands out a pid that
-//!   is still some group's id, so a group whose leader is gone is still the same group.
+//! - without a leader, every member started no earlier than it. (Linux never hands out a pid that
+//!   is still some group's id; a group whose leader is gone is the same group unless the whole
+//!   group died and its number was taken by a new group leader in the same session, who then
+//!   exited too: that is what the start times guard against.)
 //!
 //! A process that left the group (`setsid`) is not found this way; see `docs/config.md`.
 
@@ -38,6 +42,7 @@ pub struct Entry(i32);
 struct Proc {
     pid: i32,
     pgrp: i32,
+    session: i32,
     zombie: bool,
     start: u64,
 }
@@ -51,6 +56,7 @@ fn proc_stat(pid: i32) -> Option<Proc> {
         pid,
         zombie: *f.first()? == "Z",
         pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
         start: f.get(19)?.parse().ok()?,
     })
 }
@@ -94,9 +100,12 @@ impl Journal {
 
     /// Writes down process group `pgid` (just started) for the attempt in `ctx`.
     pub fn record(&self, pgid: i32, ctx: Option<&JobContext<'_>>) -> Option<Entry> {
-        let start = proc_stat(pgid)?.start;
+        let leader = proc_stat(pgid)?;
         let (job, attempt) = ctx.map_or((0, 0), |c| (c.id, c.attempt));
-        let line = format!("{pgid} {start} {} {job} {attempt}\n", self.boot);
+        let line = format!(
+            "{pgid} {} {} {} {job} {attempt}\n",
+            leader.start, leader.session, self.boot
+        );
         match std::fs::write(self.dir.join(pgid.to_string()), line) {
             Ok(()) => Some(Entry(pgid)),
             Err(e) => {
@@ -131,13 +140,14 @@ impl Journal {
                 Some((
                     f.first()?.parse::<i32>().ok()?,
                     f.get(1)?.parse::<u64>().ok()?,
-                    *f.get(2)?,
-                    f.get(3)?.parse::<u64>().ok()?,
-                    f.get(4)?.parse::<u32>().ok()?,
+                    f.get(2)?.parse::<i32>().ok()?,
+                    *f.get(3)?,
+                    f.get(4)?.parse::<u64>().ok()?,
+                    f.get(5)?.parse::<u32>().ok()?,
                 ))
             })();
             let _ = std::fs::remove_file(&path);
-            let Some((pgid, start, boot, job, attempt)) = parsed else {
+            let Some((pgid, start, session, boot, job, attempt)) = parsed else {
                 log::warn!("exec: ignoring a run journal entry that does not parse: {path:?}");
                 continue;
             };
@@ -148,10 +158,11 @@ impl Journal {
             if procs.iter().all(|p| p.zombie) {
                 continue;
             }
-            let ours = match procs.iter().find(|p| p.pid == pgid) {
-                Some(leader) => leader.start == start,
-                None => procs.iter().all(|p| p.start >= start),
-            };
+            let ours = procs.iter().all(|p| p.session == session)
+                && match procs.iter().find(|p| p.pid == pgid) {
+                    Some(leader) => leader.start == start,
+                    None => procs.iter().all(|p| p.start >= start),
+                };
             if !ours {
                 log::info!("exec: process group {pgid} of job {job} is gone; its number now belongs to another program, left alone");
                 continue;
@@ -220,17 +231,42 @@ mod tests {
         let j = Journal::open(&dir.path().join("run")).unwrap();
         let left = Group::start();
         let _ = j.record(left.pgid(), None).unwrap();
-        // Same number, another program: written down with another start time.
+        // Same number, another program: written down with another start time; and one written
+        // down in another session.
         let other = Group::start();
-        let start = proc_stat(other.pgid()).unwrap().start;
+        let p = proc_stat(other.pgid()).unwrap();
         std::fs::write(
             dir.path().join("run").join(other.pgid().to_string()),
-            format!("{} {} {} 7 1\n", other.pgid(), start + 1, j.boot),
+            format!(
+                "{} {} {} {} 7 1\n",
+                other.pgid(),
+                p.start + 1,
+                p.session,
+                j.boot
+            ),
+        )
+        .unwrap();
+        let third = Group::start();
+        let p = proc_stat(third.pgid()).unwrap();
+        std::fs::write(
+            dir.path().join("run").join(third.pgid().to_string()),
+            format!(
+                "{} {} {} {} 8 1\n",
+                third.pgid(),
+                p.start,
+                p.session + 1,
+                j.boot
+            ),
         )
         .unwrap();
         assert_eq!(j.kill_leftovers(), vec![left.pgid()]);
         assert_eq!(left.running(), 0, "the group left behind is gone");
         assert_eq!(other.running(), 2, "another program's group is left alone");
+        assert_eq!(
+            third.running(),
+            2,
+            "a group of another session is left alone"
+        );
         assert_eq!(
             std::fs::read_dir(dir.path().join("run")).unwrap().count(),
             0

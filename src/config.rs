@@ -433,6 +433,12 @@ impl Config {
             if s.password.is_some() && s.username.is_none() {
                 return Err("smtp: a password needs a username".into());
             }
+            if s.pool_size > 1024 {
+                return Err(format!(
+                    "smtp.pool_size must be at most 1024 (connections kept open), not {}",
+                    s.pool_size
+                ));
+            }
         }
         if !(1024..=MAX_LINE_LIMIT).contains(&self.max_line) {
             return Err(format!(
@@ -812,6 +818,10 @@ mod tests {
             ("socket_mode = \"rw\"", "not an octal mode"),
             ("socket_group = \"no-such-group-here\"", "no group"),
             ("max_keys = 0", "max_keys must be at least 1"),
+            (
+                "[smtp]\nhost = \"h\"\npool_size = 100000000",
+                "smtp.pool_size must be at most 1024",
+            ),
             ("[queues.q]\ndue_in = \"0s\"", "due_in must be positive"),
         ];
         for (text, why) in bad {

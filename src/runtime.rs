@@ -57,6 +57,9 @@ pub enum Error {
     Locked(PathBuf),
     /// The WAL failed or is corrupt.
     Wal(WalError),
+    /// The socket cannot be set up (another daemon listens there, the path holds something
+    /// else, its group cannot be set).
+    Socket(String),
 }
 
 impl std::fmt::Display for Error {
@@ -70,6 +73,7 @@ impl std::fmt::Display for Error {
                 p.display()
             ),
             Error::Wal(e) => write!(f, "{e}"),
+            Error::Socket(m) => write!(f, "socket: {m}"),
         }
     }
 }
@@ -166,6 +170,35 @@ pub struct Submitted {
 
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
+
+/// Deepest nesting of arrays and objects in a payload (what serde_json reads back).
+pub const MAX_PAYLOAD_DEPTH: usize = 100;
+
+/// How deep arrays and objects nest in JSON text (strings and their escapes skipped).
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
 
 /// Largest payload, in bytes: with the job's other fields it must fit in one WAL record
 /// (`wal::format::MAX_BODY`). Through the socket, `max_line_bytes` (at most 8 MiB) comes first.
@@ -345,6 +378,18 @@ impl Handle {
             Some(p) => p.into(),
             None => spec.payload.into(),
         };
+        // Fewer opening brackets than the limit cannot nest deeper (a count that vectorizes),
+        // so the exact scan runs only for payloads that might.
+        let brackets = payload.bytes().filter(|&b| b == b'[' || b == b'{').count();
+        if brackets > MAX_PAYLOAD_DEPTH && json_depth(&payload) > MAX_PAYLOAD_DEPTH {
+            return Err(Rejection::new(
+                code::INVALID_PAYLOAD,
+                format!(
+                    "the payload nests arrays and objects more than {MAX_PAYLOAD_DEPTH} deep \
+                     (it could not be shown by `status`)"
+                ),
+            ));
+        }
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(Rejection::new(
                 code::INVALID_PAYLOAD,
@@ -687,7 +732,7 @@ impl RuntimeBuilder {
             None => {
                 let lock = lock_data_dir(&self.data_dir)?;
                 let wal = self.data_dir.join("wal");
-                create_private_dir(&wal)?;
+                private_dir(&wal)?;
                 (Arc::new(FileStorage::new(wal)), Some(lock))
             }
         };
@@ -781,7 +826,7 @@ impl RuntimeBuilder {
 /// Creates `dir` (mode 0700) if it is missing. An existing one must belong to this daemon's user
 /// (another user could swap the socket or the WAL in it: refused), and loses write permission for
 /// group and others if it had it (logged: fixed, not refused).
-fn create_private_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let io = |source| Error::Io {
         path: dir.to_path_buf(),
@@ -822,7 +867,7 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
 
 fn lock_data_dir(dir: &Path) -> Result<File, Error> {
     use std::os::unix::fs::OpenOptionsExt;
-    create_private_dir(dir)?;
+    private_dir(dir)?;
     let path = dir.join("LOCK");
     let f = File::options()
         .create(true)
@@ -923,5 +968,20 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop(Duration::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("{}"), 1);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"{"s":"[[[{{{ \" ]]]"}"#), 1);
+        assert_eq!(json_depth("7"), 0);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(json_depth(&deep), 200);
     }
 }

@@ -79,6 +79,14 @@ fn every_kind_of_bad_request_gets_its_own_error_and_writes_nothing() {
     );
     // A key with a NUL (or any control character): a key is an identifier, and no client string
     // in a record may carry NUL bytes (they could spell a forged sync mark).
+    // A payload nested deeper than `status` could show back.
+    let deep = format!(
+        r#"{{"op":"submit","queue":"bulk","kind":"noop","payload":{}{}}}"#,
+        "[".repeat(150),
+        "]".repeat(150)
+    );
+    let v = c.call(&deep);
+    assert_eq!(code(&v), "invalid_payload", "{v}");
     let v = c.call(r#"{"op":"submit","queue":"bulk","kind":"noop","key":"a\u0000b"}"#);
     assert_eq!(code(&v), "bad_request");
     assert!(

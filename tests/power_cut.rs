@@ -112,7 +112,11 @@ fn recovery_yields_exactly_the_acknowledged_prefix_at_every_cut() {
             assert_eq!(s.id, got.len() as u64 + 1);
             rt.shutdown_within(std::time::Duration::ZERO);
             assert_eq!(recovered_ids(&image).len(), got.len() + 1);
-            assert!(image.list().unwrap().iter().all(|n| n.ends_with(".wal")));
+            assert!(image
+                .list()
+                .unwrap()
+                .iter()
+                .all(|n| n.ends_with(".wal") || n == duejob::wal::durable::FILE));
         }
     }
 }

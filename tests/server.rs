@@ -179,7 +179,10 @@ fn hello_or_busy(d: &Daemon, n: usize) -> (Vec<Conn>, usize, usize) {
     let (mut served, mut busy) = (Vec::new(), 0);
     for _ in 0..n {
         let mut c = d.conn();
-        let v = c.call(r#"{"op":"hello"}"#);
+        // A client past the cap is told `busy` and closed at once, maybe before its request is
+        // written (then the write fails): the `busy` line is there to read either way.
+        let _ = c.w.write_all(b"{\"op\":\"hello\"}\n");
+        let v = c.recv();
         if v["ok"] == true {
             served.push(c);
         } else {
@@ -204,22 +207,55 @@ fn past_the_file_descriptor_limit_clients_are_answered_busy_instead_of_hanging()
         d.conn().call(r#"{"op":"hello"}"#)["ok"] == true
     });
 
-    // A cap set higher than the descriptors allow: accept itself runs out (EMFILE), and the
-    // spare descriptor still lets the daemon answer busy; the log says so once, not per client.
+    // A cap set higher than the descriptors allow is refused at start: clients could otherwise
+    // take the descriptors the WAL needs to open its next segment.
     let dir = tempdir();
     let cfg = dir.path().join("duejob.toml");
     std::fs::write(&cfg, "max_connections = 1000\n").unwrap();
-    let d = Daemon::start_with_fd_limit(
+    let mut d = Daemon::with_fd_limit(
         dir.path(),
         &["--workers", "2", "--config", cfg.to_str().unwrap()],
         100,
     );
-    let (_served, ok, busy) = hello_or_busy(&d, 150);
-    assert!(ok >= 10 && busy > 0, "{ok} served, {busy} busy");
+    d.spawn();
+    assert!(!d.wait_exit(Duration::from_secs(60)).success());
     let log = d.log_text();
-    let lines = log.lines().filter(|l| l.contains("accept:")).count();
-    assert!((1..=2).contains(&lines), "{lines} accept lines:\n{log}");
-    assert!(log.contains("max_connections = 1000"), "{log}");
+    assert!(
+        log.contains("max_connections = 1000") && log.contains("open-file limit (100)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_daemon_refused_its_socket_runs_no_job() {
+    // Jobs wait in the log; the next start is refused (its --socket is a regular file): it must
+    // stop before it runs any of them (each run would count an interrupted attempt).
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let marker = dir.path().join("ran");
+    let req = serde_json::json!({"op":"submit","queue":"default","kind":"exec","delay_ms":1500,
+        "payload":{"argv":["sh","-c",format!("echo x >> {}", marker.display())]}});
+    d.conn().submit(&req.to_string());
+    assert!(d.stop().success());
+    let file = dir.path().join("in-the-way");
+    std::fs::write(&file, "x").unwrap();
+    let mut refused = Daemon::start_in_unchecked(
+        dir.path(),
+        &["--workers", "2", "--socket", file.to_str().unwrap()],
+    );
+    assert!(!refused.wait_exit(Duration::from_secs(60)).success());
+    assert!(refused.log_text().contains("refusing to replace"));
+    assert!(
+        !refused.log_text().contains("recovered"),
+        "the runtime never started"
+    );
+    let (st, dump, err) = common::cli(&["wal", "dump", "--json", d.data().to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    assert!(
+        !dump.contains(r#""type":"start""#),
+        "a refused daemon started a job:\n{dump}"
+    );
+    assert!(!marker.exists());
 }
 
 #[test]
@@ -287,4 +323,98 @@ fn every_request_read_before_sigterm_is_answered_by_what_is_in_the_log() {
         ok.len(),
         logged.len()
     );
+}
+
+#[test]
+fn two_daemons_started_at_once_on_one_socket_path_never_both_serve() {
+    // Each has its own data dir; the socket path is shared. One must win and the other stop,
+    // whatever the interleaving (checking, then renaming into place, raced before).
+    for round in 0..8 {
+        let dir = tempdir();
+        let sock = dir.path().join("shared.sock");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let args = ["--workers", "2", "--socket", sock.to_str().unwrap()];
+        let mut da = Daemon::start_in_unchecked(&a, &args);
+        let mut db = Daemon::start_in_unchecked(&b, &args);
+        // Exactly one exits (refused); were both serving, neither would, and this would fail.
+        let t = Instant::now();
+        let (mut loser, winner) = loop {
+            if da.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                break (da, db);
+            }
+            if db.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                break (db, da);
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "round {round}: both still run"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let st = loser.wait_exit(Duration::from_secs(5));
+        assert!(!st.success(), "round {round}");
+        let log = loser.log_text();
+        assert!(
+            log.contains("another daemon is listening") || log.contains("appeared while"),
+            "round {round}: {log}"
+        );
+        let mut c = Conn::connect(&sock).unwrap();
+        assert_eq!(
+            c.call(r#"{"op":"hello"}"#)["ok"],
+            true,
+            "round {round}: the winner serves"
+        );
+        drop(winner);
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_big_replies_cannot_make_the_daemon_buffer_them_without_bound() {
+    // Few requests, big replies: `status` of a job with a 900 KB payload, pipelined and never
+    // read. Counting requests is not enough; the bytes held must stay bounded too.
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let pid = d.child.as_ref().unwrap().id();
+    let big = format!(
+        r#"{{"op":"submit","queue":"bulk","kind":"noop","delay_ms":3600000,"payload":{{"pad":"{}"}}}}"#,
+        "p".repeat(900_000)
+    );
+    let id = d.conn().submit(&big);
+    let before = rss_kib(pid);
+    let s = UnixStream::connect(d.socket()).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let line = format!("{{\"op\":\"status\",\"id\":{id}}}\n");
+    let all = line.repeat(100_000); // 2.5 MB of requests: 90 GB of replies
+    let mut sent = 0;
+    let blocked = loop {
+        if sent == all.len() {
+            break false;
+        }
+        let end = (sent + (64 << 10)).min(all.len());
+        match (&s).write(&all.as_bytes()[sent..end]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+            Err(e) => panic!("write: {e}"),
+        }
+    };
+    assert!(
+        blocked,
+        "the daemon took in every request without a reply read"
+    );
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 200 << 10, "RSS grew by {grown} KiB");
+    // Reading resumes it: a few replies come through whole.
+    let mut c = Conn {
+        w: s.try_clone().unwrap(),
+        r: std::io::BufReader::new(s),
+    };
+    for _ in 0..3 {
+        let v = c.recv();
+        assert_eq!(
+            v["job"]["payload"]["pad"].as_str().map(str::len),
+            Some(900_000)
+        );
+    }
 }

@@ -316,9 +316,16 @@ fn a_zeroed_header_on_the_last_segment_is_corruption_and_salvage_recovers_every_
     assert_eq!(v["jobs_by_state"]["ready"], N, "{v}");
     let (st, _, err) = cli(&["wal", "verify", full.to_str().unwrap()]);
     assert!(st.success(), "the copy is sound: {err}");
-    // Salvage never writes into a directory that holds something.
+    // Salvage never writes into a directory that holds something, nor inside the damaged one.
     let (st, _, err) = salvage(&data, &full, false);
     assert!(!st.success() && err.contains("not empty"), "{err}");
+    let inside = data.join("wal").join("00000000000000000099.wal");
+    let (st, _, err) = salvage(&data, &inside, false);
+    assert!(!st.success() && err.contains("inside"), "{err}");
+    assert!(
+        !inside.exists(),
+        "nothing was created inside the damaged log"
+    );
 
     // The daemon runs on the copy: every job is there, and ids go on after the last one.
     let d2 = Daemon::start_in(&root, &[]);
@@ -351,7 +358,7 @@ fn flip_last_job_record(data: &std::path::Path) -> (String, u64) {
 
 #[test]
 fn a_flipped_byte_in_the_last_record_is_corruption_not_a_torn_tail() {
-    // After a clean stop: the last sync mark vouches for every record.
+    // After a clean stop: the last sync mark, and the durable point, vouch for every record.
     let (_dir, mut d, _) = stopped_with_jobs();
     let (name, off) = flip_last_job_record(&d.data());
     let (st, _, err) = cli(&["wal", "verify", d.data().to_str().unwrap()]);
@@ -360,7 +367,9 @@ fn a_flipped_byte_in_the_last_record_is_corruption_not_a_torn_tail() {
         "a flipped byte in synced data is not a torn tail"
     );
     assert!(
-        err.contains(&name) && err.contains(&format!("offset {off}")) && err.contains("sync mark"),
+        err.contains(&name)
+            && err.contains(&format!("offset {off}"))
+            && err.contains("not a torn write"),
         "{err}"
     );
     refuses_to_start(&mut d, &name, off);
@@ -391,4 +400,101 @@ fn a_flipped_byte_in_the_last_record_is_corruption_not_a_torn_tail() {
     d.kill9();
     let (name, off) = flip_last_job_record(&d.data());
     refuses_to_start(&mut d, &name, off);
+}
+
+/// A stopped daemon (segments of 1 MiB) holding delayed jobs submitted pipelined, 100 at a time:
+/// at least `n`, and then, if `past_rotation`, until the log has rotated, plus one more hundred.
+/// Returns (dir, daemon, segment files).
+fn stopped_with_segments(
+    n: u64,
+    past_rotation: bool,
+) -> (tempfile::TempDir, Daemon, Vec<std::path::PathBuf>) {
+    let dir = tempdir();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(&cfg, "segment_size_mib = 1\n").unwrap();
+    let mut d = Daemon::start_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let mut c = d.conn();
+    let line = format!(
+        "{}\n",
+        r#"{"op":"submit","queue":"bulk","kind":"noop","delay_ms":3600000,"payload":{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#
+    );
+    let mut sent = 0;
+    let mut extra = 1;
+    loop {
+        c.send_raw(line.repeat(100).as_bytes());
+        for _ in 0..100 {
+            sent += 1;
+            assert_eq!(c.recv()["id"], sent);
+        }
+        if sent < n {
+            continue;
+        }
+        if !past_rotation || segments(&d.data()).len() >= 2 {
+            if extra == 0 {
+                break;
+            }
+            extra -= 1;
+        }
+    }
+    assert!(d.stop().success());
+    let segs = segments(&d.data());
+    (dir, d, segs)
+}
+
+#[test]
+fn a_wiped_last_block_after_a_clean_stop_is_damage_not_a_torn_tail() {
+    // The block holding the last records also holds the marks after them: wiping it leaves no
+    // mark in the log to vouch for them. The durable point (outside the log) still does.
+    let (_dir, mut d, segs) = stopped_with_segments(3000, false);
+    let last = segs.last().unwrap();
+    let name = last.file_name().unwrap().to_str().unwrap().to_string();
+    let (st, out, _) = cli(&["wal", "inspect", "--json", d.data().to_str().unwrap()]);
+    assert!(st.success());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let used = v["segments"].as_array().unwrap().last().unwrap()["bytes_used"]
+        .as_u64()
+        .unwrap();
+    let block = (used - 1) / 4096 * 4096;
+    // `dd if=/dev/zero of=LAST bs=4096 seek=BLOCK count=1 conv=notrunc`
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes[block as usize..block as usize + 4096].fill(0);
+    std::fs::write(last, &bytes).unwrap();
+    let (st, _, err) = cli(&["wal", "verify", d.data().to_str().unwrap()]);
+    assert!(
+        !st.success(),
+        "a wiped block of synced data is damage: {err}"
+    );
+    assert!(
+        err.contains(&name) && err.contains("durable point"),
+        "{err}"
+    );
+    let before = snapshot(&d.data().join("wal"));
+    d.spawn();
+    assert!(!d.wait_exit(Duration::from_secs(60)).success());
+    assert!(d.log_text().contains("durable point"), "{}", d.log_text());
+    assert!(
+        before == snapshot(&d.data().join("wal")),
+        "refusing changed a file"
+    );
+}
+
+#[test]
+fn a_last_segment_wiped_to_zeros_is_damage_not_a_segment_whose_creation_was_cut_short() {
+    // Jobs until a rotation, then a few more: the last segment is small. Wiped to zeros, it looks
+    // like a segment whose creation a crash cut short, but the durable point says otherwise.
+    let (_dir, mut d, segs) = stopped_with_segments(100, true);
+    assert!(segs.len() >= 2);
+    let last = segs.last().unwrap();
+    let name = last.file_name().unwrap().to_str().unwrap().to_string();
+    let len = std::fs::metadata(last).unwrap().len() as usize;
+    std::fs::write(last, vec![0u8; len]).unwrap();
+    let (st, _, err) = cli(&["wal", "verify", d.data().to_str().unwrap()]);
+    assert!(!st.success(), "{err}");
+    assert!(
+        err.contains(&name) && err.contains("nothing but zeros"),
+        "{err}"
+    );
+    d.spawn();
+    assert!(!d.wait_exit(Duration::from_secs(60)).success());
+    assert!(last.exists(), "the segment is never deleted");
 }

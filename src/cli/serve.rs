@@ -55,12 +55,16 @@ pub fn run(a: ServeArgs) -> CliResult {
     })?;
     let fds = crate::server::raise_fd_limit();
     log::debug!("open-file limit {fds}");
-    let rt = Runtime::builder(&a.data).config(cfg).start()?;
+    // The socket comes first: a daemon that cannot have it (a live daemon there, a file in the
+    // way, a connection cap the open-file limit cannot carry) stops before it runs any job.
     let socket = a
         .socket
         .clone()
         .unwrap_or_else(|| a.data.join("duejob.sock"));
-    let server = crate::server::serve(rt.handle(), &socket)?;
+    crate::runtime::private_dir(&a.data)?;
+    let bound = crate::server::bind(&cfg, &socket, Some(&a.data))?;
+    let rt = Runtime::builder(&a.data).config(cfg).start()?;
+    let server = bound.serve(rt.handle());
     log::info!(
         "duejob serving: data {}, socket {}, sync {}, {} workers",
         a.data.display(),

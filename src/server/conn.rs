@@ -44,6 +44,48 @@ pub const GROUPS_IN_FLIGHT: usize = 7;
 /// the writer holds, the one it is writing and the one the reader builds.
 pub const MAX_UNANSWERED: usize = GROUP_SLOTS * (2 * GROUPS_IN_FLIGHT + 2);
 
+/// Most bytes of replies one connection holds unwritten (a `status` reply can carry a payload of
+/// megabytes): past it the reader waits for the writer. One larger reply still goes through.
+pub const MAX_REPLY_BYTES: usize = 4 << 20;
+
+/// What a connection's reader and writer share to keep the replies held in memory bounded in
+/// bytes (the group channel bounds them in number).
+struct ReplyBudget {
+    /// Bytes of replies handed to the writer and not yet written by it.
+    bytes: std::sync::atomic::AtomicUsize,
+    /// Set when the writer has stopped (nothing will be released any more).
+    writer_gone: std::sync::atomic::AtomicBool,
+    /// The writer's "I wrote something" signal.
+    wake: (Sender<()>, Receiver<()>),
+}
+
+impl ReplyBudget {
+    fn new() -> ReplyBudget {
+        ReplyBudget {
+            bytes: Default::default(),
+            writer_gone: Default::default(),
+            wake: crossbeam_channel::bounded(1),
+        }
+    }
+
+    /// The reader: waits until the bytes held are under the limit.
+    fn wait_for_room(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        while self.bytes.load(SeqCst) > MAX_REPLY_BYTES && !self.writer_gone.load(SeqCst) {
+            let _ = self
+                .wake
+                .1
+                .recv_timeout(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// The writer: `n` bytes were written.
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.wake.0.try_send(());
+    }
+}
+
 /// A reply slot.
 enum Slot {
     /// A finished reply line.
@@ -54,10 +96,24 @@ enum Slot {
     Batch(Vec<u64>),
 }
 
-/// The replies of one burst; `awaits_wal` says whether it awaits a WAL acknowledgement.
+/// The replies of one burst; `awaits_wal` says whether it awaits a WAL acknowledgement;
+/// `bytes`: about how many bytes its replies take (charged to the [`ReplyBudget`]).
 struct Group {
     slots: Vec<Slot>,
     awaits_wal: bool,
+    bytes: usize,
+}
+
+/// About how many bytes the replies of `slots` take.
+fn reply_bytes(slots: &[Slot]) -> usize {
+    slots
+        .iter()
+        .map(|s| match s {
+            Slot::Ready(b) => b.len(),
+            Slot::Submit(_) => 64,
+            Slot::Batch(ids) => 32 + 21 * ids.len(),
+        })
+        .sum()
 }
 
 /// The reader's burst under construction.
@@ -66,21 +122,34 @@ struct Burst {
     slots: Vec<Slot>,
     records: RecordBatch,
     jobs: Vec<JobRef>,
+    /// Bytes of the finished replies among `slots`.
+    ready_bytes: usize,
 }
 
 pub(crate) fn serve_connection(stream: Arc<UnixStream>, handle: Handle) {
     let write_half = SharedStream(stream.clone());
     let (group_tx, group_rx) = crossbeam_channel::bounded::<Group>(GROUPS_IN_FLIGHT);
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Ack>();
-    let h = handle.clone();
+    let budget = Arc::new(ReplyBudget::new());
+    let (h, b) = (handle.clone(), budget.clone());
     let writer = std::thread::Builder::new()
         .name("duejob-conn-w".into())
-        .spawn(move || write_replies(write_half, group_rx, ack_rx, &h));
+        .spawn(move || {
+            write_replies(write_half, group_rx, ack_rx, &h, &b);
+            b.writer_gone
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = b.wake.0.try_send(());
+        });
     let Ok(writer) = writer else {
         log::error!("connection: cannot start writer thread");
         return;
     };
-    read_requests(stream, &handle, &group_tx, &ack_tx);
+    let out = Out {
+        groups: &group_tx,
+        ack: &ack_tx,
+        budget: &budget,
+    };
+    read_requests(stream, &handle, &out);
     drop(group_tx);
     drop(ack_tx);
     let _ = writer.join();
@@ -98,12 +167,7 @@ impl Write for SharedStream {
     }
 }
 
-fn read_requests(
-    stream: Arc<UnixStream>,
-    handle: &Handle,
-    groups: &Sender<Group>,
-    ack: &Sender<Ack>,
-) {
+fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
     let mut lines = LineReader::new(handle.config().max_line);
     let mut burst = Burst::default();
     loop {
@@ -113,9 +177,15 @@ fn read_requests(
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                handle_line(line, handle, &mut burst, groups, ack);
-                if burst.records.byte_len() >= BURST_BYTES || burst.slots.len() >= GROUP_SLOTS {
-                    flush(&mut burst, handle, groups, ack);
+                handle_line(line, handle, &mut burst, out);
+                if let Some(Slot::Ready(b)) = burst.slots.last() {
+                    burst.ready_bytes += b.len();
+                }
+                if burst.records.byte_len() >= BURST_BYTES
+                    || burst.slots.len() >= GROUP_SLOTS
+                    || burst.ready_bytes >= BURST_BYTES
+                {
+                    flush(&mut burst, handle, out);
                 }
             }
             Line::TooLong => {
@@ -126,7 +196,7 @@ fn read_requests(
                 )));
             }
             Line::NeedMore => {
-                flush(&mut burst, handle, groups, ack);
+                flush(&mut burst, handle, out);
                 match lines.fill(&mut &*stream) {
                     Ok(0) => {
                         if lines.pending() > 0 {
@@ -160,13 +230,7 @@ fn ready_slot(write: impl FnOnce(&mut Vec<u8>)) -> Slot {
     Slot::Ready(out)
 }
 
-fn handle_line(
-    line: &[u8],
-    handle: &Handle,
-    burst: &mut Burst,
-    groups: &Sender<Group>,
-    ack: &Sender<Ack>,
-) {
+fn handle_line(line: &[u8], handle: &Handle, burst: &mut Burst, out: &Out<'_>) {
     let req = match Request::parse(line) {
         Ok(r) => r,
         Err(e) => {
@@ -236,7 +300,7 @@ fn handle_line(
         }
         Request::Cancel(id) => {
             // A cancel must follow the submits before it in the log.
-            flush(burst, handle, groups, ack);
+            flush(burst, handle, out);
             let slot = match handle.cancel(id) {
                 Ok(was) => ready_slot(|out| {
                     let _ = writeln!(
@@ -261,8 +325,8 @@ fn handle_line(
             };
             burst.slots.push(slot);
         }
-        Request::DeadRetry(sel) => dead_op(true, &sel, handle, burst, groups, ack),
-        Request::DeadPurge(sel) => dead_op(false, &sel, handle, burst, groups, ack),
+        Request::DeadRetry(sel) => dead_op(true, &sel, handle, burst, out),
+        Request::DeadPurge(sel) => dead_op(false, &sel, handle, burst, out),
     }
 }
 
@@ -272,10 +336,9 @@ fn dead_op(
     sel: &crate::protocol::DeadSelect<'_>,
     handle: &Handle,
     burst: &mut Burst,
-    groups: &Sender<Group>,
-    ack: &Sender<Ack>,
+    out: &Out<'_>,
 ) {
-    flush(burst, handle, groups, ack);
+    flush(burst, handle, out);
     let which = match (sel.id, sel.queue.as_deref()) {
         (Some(id), _) => Ok(DeadFilter::Id(id)),
         (None, q) => q
@@ -330,41 +393,55 @@ fn push_jobs(
     });
 }
 
-fn flush(burst: &mut Burst, handle: &Handle, groups: &Sender<Group>, ack: &Sender<Ack>) {
+/// Where the reader's bursts go: the writer's channel, the WAL's acknowledgements, the budget.
+struct Out<'a> {
+    groups: &'a Sender<Group>,
+    ack: &'a Sender<Ack>,
+    budget: &'a ReplyBudget,
+}
+
+fn flush(burst: &mut Burst, handle: &Handle, out: &Out<'_>) {
     if burst.slots.is_empty() {
         return;
     }
     let b = std::mem::take(burst);
-    let awaits_wal = !b.records.is_empty();
+    let mut awaits_wal = !b.records.is_empty();
     let mut slots = b.slots;
     if awaits_wal {
-        if let Err(e) = handle.append(b.records, b.jobs, ack.clone()) {
+        if let Err(e) = handle.append(b.records, b.jobs, out.ack.clone()) {
             // Nothing was written: every submit of the burst gets the error.
             for s in &mut slots {
                 if !matches!(s, Slot::Ready(_)) {
                     *s = error_slot(&e);
                 }
             }
-            let _ = groups.send(Group {
-                slots,
-                awaits_wal: false,
-            });
-            return;
+            awaits_wal = false;
         }
     }
-    let _ = groups.send(Group { slots, awaits_wal });
+    let bytes = reply_bytes(&slots);
+    out.budget
+        .bytes
+        .fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+    let _ = out.groups.send(Group {
+        slots,
+        awaits_wal,
+        bytes,
+    });
+    out.budget.wait_for_room();
 }
 
-/// The writer thread: sends each group's replies once it is complete, in order.
 /// How often a writer waiting for acknowledgements looks whether the WAL has stopped (an append
 /// queued behind its stop is never answered).
 const WAL_GONE_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The writer thread: sends each group's replies once it is complete, in order, and gives their
+/// bytes back to the budget.
 fn write_replies(
     stream: SharedStream,
     groups: Receiver<Group>,
     acks: Receiver<Ack>,
     handle: &Handle,
+    budget: &ReplyBudget,
 ) {
     let mut out = BufWriter::with_capacity(64 << 10, stream);
     let mut waiting: VecDeque<Group> = VecDeque::new();
@@ -388,9 +465,11 @@ fn write_replies(
                 None
             };
             let g = waiting.pop_front().expect("front");
+            let bytes = g.bytes;
             if !broken {
                 broken = write_group(&mut out, g, ack).is_err();
             }
+            budget.release(bytes);
         }
         if !broken && out.flush().is_err() {
             broken = true;

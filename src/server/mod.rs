@@ -46,12 +46,15 @@ pub fn connection_limit(cfg: &Config) -> Result<usize, String> {
         .min(usize::MAX as u64) as usize;
     let room = limit.saturating_sub(reserved_fds(cfg));
     match cfg.max_connections {
-        Some(n) => {
-            if n > room {
-                log::warn!("max_connections = {n}, but the file descriptor limit ({limit}) leaves room for about {room}: past that, clients are answered busy (raise the limit: ulimit -n, or LimitNOFILE= in a systemd unit)");
-            }
-            Ok(n)
-        }
+        // More connections than descriptors would let clients starve the WAL of them (a segment
+        // rotation that cannot open its file stops the log): refused, not warned about.
+        Some(n) if n > room => Err(format!(
+            "max_connections = {n}, but the open-file limit ({limit}) leaves room for {room} \
+             (one descriptor each, {} kept for the WAL, exec jobs and SMTP): raise the limit \
+             (ulimit -n, or LimitNOFILE= in a systemd unit) or lower max_connections",
+            reserved_fds(cfg)
+        )),
+        Some(n) => Ok(n),
         None if room == 0 => Err(format!(
             "the file descriptor limit ({limit}) leaves no room for connections (raise it: ulimit -n)"
         )),
@@ -121,13 +124,13 @@ fn clear_stale_socket(path: &Path) -> Result<(), Error> {
         } else {
             "not a socket"
         };
-        return Err(Error::Config(format!(
+        return Err(Error::Socket(format!(
             "{} exists and is {what}: refusing to replace it with the daemon's socket (choose another --socket, or remove it)",
             path.display()
         )));
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err(Error::Config(format!(
+        Ok(_) => Err(Error::Socket(format!(
             "another daemon is listening on {}",
             path.display()
         ))),
@@ -139,10 +142,99 @@ fn clear_stale_socket(path: &Path) -> Result<(), Error> {
     }
 }
 
-/// Binds `path` (mode and group from the config) and serves `handle` on it.
-pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
-    let cfg = handle.config();
-    let max_connections = connection_limit(cfg).map_err(Error::Config)?;
+/// A socket bound and in place, not yet served. The daemon binds it before it starts its runtime,
+/// so that one that cannot have its socket stops before it runs anything; removed again if
+/// dropped unserved.
+pub struct Bound {
+    /// Taken by [`Bound::serve`]; while it is here, dropping removes the socket.
+    listener: Option<UnixListener>,
+    path: PathBuf,
+    ident: (u64, u64),
+    max_connections: usize,
+}
+
+impl Bound {
+    /// Starts accepting connections for `handle`.
+    pub fn serve(mut self, handle: Handle) -> Server {
+        let listener = self.listener.take().expect("a bound listener");
+        let (path, ident, max_connections) = (self.path.clone(), self.ident, self.max_connections);
+        let (wake, wake_rx) = UnixStream::pair().expect("socket pair");
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        });
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("duejob-accept".into())
+            .spawn(move || accept_loop(listener, wake_rx, handle, s2, max_connections))
+            .expect("spawn accept thread");
+        Server {
+            path,
+            ident,
+            wake,
+            shared,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            remove_if_ours(&self.path, self.ident);
+        }
+    }
+}
+
+/// Removes the socket file at `path` if it is still the one with `ident` (device, inode).
+fn remove_if_ours(path: &Path, ident: (u64, u64)) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == ident => {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(_) => log::warn!(
+            "{} is no longer this daemon's socket; left alone",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+}
+
+/// Puts the socket bound at `tmp` in place at `path`, but never over anything: whatever appeared
+/// there since `path` was checked (another daemon's socket, a file) stays, and this fails.
+fn place(tmp: &Path, path: &Path) -> Result<(), Error> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let taken = || {
+        Error::Socket(format!(
+            "{} appeared while the daemon was setting up its socket (another daemon starting?); \
+             refusing to replace it",
+            path.display()
+        ))
+    };
+    match renameat_with(CWD, tmp, CWD, path, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(taken()),
+        // A filesystem without RENAME_NOREPLACE: a hard link cannot replace anything either.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            match rustix::fs::link(tmp, path) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(tmp);
+                    Ok(())
+                }
+                Err(rustix::io::Errno::EXIST) => Err(taken()),
+                Err(e) => Err(io_err(path)(e.into())),
+            }
+        }
+        Err(e) => Err(io_err(path)(e.into())),
+    }
+}
+
+/// Binds the socket at `path` with the config's mode and group (and, with `socket_group`, opens
+/// the data directory to that group). Refuses when a live daemon or anything but a stale socket
+/// is there, or when the connection cap does not fit the open-file limit.
+pub fn bind(cfg: &Config, path: &Path, data_dir: Option<&Path>) -> Result<Bound, Error> {
+    let max_connections = connection_limit(cfg).map_err(Error::Socket)?;
     clear_stale_socket(path)?;
     let tmp = path.with_extension(format!("sock.{}.tmp", std::process::id()));
     clear_stale_socket(&tmp)?;
@@ -150,15 +242,15 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
     let placed = (|| {
         if let Some(gid) = cfg.socket_group {
             rustix::fs::chown(&tmp, None, Some(rustix::fs::Gid::from_raw(gid))).map_err(|e| {
-                Error::Config(format!(
+                Error::Socket(format!(
                     "cannot give the socket to group {gid}: {e} (the daemon's user must belong to that group, or be root)"
                 ))
             })?;
-            open_dir_to_group(path, gid, handle.data_dir())?;
+            open_dir_to_group(path, gid, data_dir)?;
         }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.socket_mode))
             .map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
+        place(&tmp, path)
     })();
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
@@ -174,24 +266,17 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
             .map(|g| format!(", group {g}"))
             .unwrap_or_default()
     );
-    let (wake, wake_rx) = UnixStream::pair().map_err(io_err(path))?;
-    let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
-        conns: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(0),
-    });
-    let s2 = shared.clone();
-    let thread = std::thread::Builder::new()
-        .name("duejob-accept".into())
-        .spawn(move || accept_loop(listener, wake_rx, handle, s2, max_connections))
-        .expect("spawn accept thread");
-    Ok(Server {
+    Ok(Bound {
+        listener: Some(listener),
         path: path.to_path_buf(),
         ident: (meta.dev(), meta.ino()),
-        wake,
-        shared,
-        thread: Some(thread),
+        max_connections,
     })
+}
+
+/// Binds `path` and serves `handle` on it ([`bind`], then [`Bound::serve`]).
+pub fn serve(handle: Handle, path: &Path) -> Result<Server, Error> {
+    Ok(bind(handle.config(), path, handle.data_dir())?.serve(handle))
 }
 
 /// With `socket_group`, members of the group must be able to reach the socket. When it sits in
@@ -220,7 +305,7 @@ fn open_dir_to_group(socket: &Path, gid: u32, data_dir: Option<&Path>) -> Result
         return Ok(());
     }
     rustix::fs::chown(dir, None, Some(rustix::fs::Gid::from_raw(gid)))
-        .map_err(|e| Error::Config(format!("cannot give {} to group {gid}: {e}", dir.display())))?;
+        .map_err(|e| Error::Socket(format!("cannot give {} to group {gid}: {e}", dir.display())))?;
     let mode = (meta.mode() & 0o7777 & !0o020) | 0o010;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io_err(dir))
 }
@@ -255,16 +340,7 @@ impl Server {
         for c in conns {
             let _ = c.shutdown(std::net::Shutdown::Read);
         }
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if (m.dev(), m.ino()) == self.ident => {
-                let _ = std::fs::remove_file(&self.path);
-            }
-            Ok(_) => log::warn!(
-                "{} is no longer this daemon's socket; left alone",
-                self.path.display()
-            ),
-            Err(_) => {}
-        }
+        remove_if_ours(&self.path, self.ident);
     }
 }
 
@@ -326,6 +402,25 @@ fn spare_fd() -> Option<std::fs::File> {
     std::fs::File::open("/dev/null").ok()
 }
 
+/// Out of descriptors, with a client waiting in the backlog: frees the spare descriptor, takes
+/// the client, tells it `busy`, closes it, and takes a spare again. Returns whether a client was
+/// told (otherwise none was waiting, or even the spare did not help).
+fn refuse_one_pending(listener: &UnixListener, spare: &mut Option<std::fs::File>) -> bool {
+    drop(spare.take()); // closed here, before the accept
+    let told = match listener.accept() {
+        Ok((s, _)) => {
+            refuse(
+                &s,
+                Rejection::new(code::BUSY, "too many connections (out of file descriptors)"),
+            );
+            true
+        }
+        Err(_) => false,
+    };
+    *spare = spare_fd();
+    told
+}
+
 fn accept_loop(
     listener: UnixListener,
     wake: UnixStream,
@@ -340,6 +435,10 @@ fn accept_loop(
         held: 0,
     };
     let mut other_errors = Throttle {
+        last: None,
+        held: 0,
+    };
+    let mut forbidden = Throttle {
         last: None,
         held: 0,
     };
@@ -370,25 +469,11 @@ fn accept_loop(
                             || c == rustix::io::Errno::NFILE.raw_os_error()
                     ) =>
                 {
-                    // Out of descriptors: free the spare, take the client, say busy, close.
-                    let had_spare = spare.take().is_some(); // closed here, before the accept
-                    let told = had_spare
-                        .then(|| listener.accept().ok())
-                        .flatten()
-                        .map(|(s, _)| {
-                            refuse(
-                                &s,
-                                Rejection::new(
-                                    code::BUSY,
-                                    "too many connections (out of file descriptors)",
-                                ),
-                            );
-                        });
-                    spare = spare_fd();
+                    let told = refuse_one_pending(&listener, &mut spare);
                     if let Some(held) = out_of_fds.allow() {
                         log::warn!("accept: {e}; answering new clients busy ({held} more like this in the last {} s; raise the open-file limit or lower max_connections)", Throttle::EVERY.as_secs());
                     }
-                    if told.is_none() {
+                    if !told {
                         std::thread::sleep(Duration::from_millis(10));
                         break;
                     }
@@ -405,13 +490,19 @@ fn accept_loop(
                     break;
                 }
             };
-            admit(stream, &handle, &shared, max_connections);
+            admit(stream, &handle, &shared, max_connections, &mut forbidden);
         }
     }
 }
 
 /// Checks a new connection's peer and the connection cap, and starts its threads.
-fn admit(stream: UnixStream, handle: &Handle, shared: &Arc<Shared>, max_connections: usize) {
+fn admit(
+    stream: UnixStream,
+    handle: &Handle,
+    shared: &Arc<Shared>,
+    max_connections: usize,
+    forbidden: &mut Throttle,
+) {
     let uid = match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(c) => c.uid.as_raw(),
         Err(e) => {
@@ -420,7 +511,12 @@ fn admit(stream: UnixStream, handle: &Handle, shared: &Arc<Shared>, max_connecti
         }
     };
     if !handle.config().allow_uids.contains(&uid) {
-        log::warn!("refused connection from uid {uid} (not in allow_uids)");
+        if let Some(held) = forbidden.allow() {
+            log::warn!(
+                "refused connection from uid {uid} (not in allow_uids; {held} more refused in the last {} s)",
+                Throttle::EVERY.as_secs()
+            );
+        }
         refuse(
             &stream,
             Rejection::new(
@@ -463,5 +559,41 @@ fn admit(stream: UnixStream, handle: &Handle, shared: &Arc<Shared>, max_connecti
         if let Ok(mut conns) = shared.conns.lock() {
             conns.remove(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_log_line_comes_once_per_interval_with_the_count_held_back() {
+        let mut t = Throttle {
+            last: None,
+            held: 0,
+        };
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.allow(), None);
+        t.last = Instant::now().checked_sub(Throttle::EVERY + Duration::from_secs(1));
+        assert_eq!(t.allow(), Some(2), "the two held back are counted");
+        assert_eq!(t.allow(), None);
+    }
+
+    #[test]
+    fn out_of_descriptors_a_waiting_client_still_hears_busy() {
+        // What the accept loop does on EMFILE: the spare descriptor makes room for one accept.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        let mut spare = spare_fd();
+        assert!(spare.is_some());
+        assert!(refuse_one_pending(&listener, &mut spare));
+        assert!(spare.is_some(), "a spare is kept again for the next time");
+        let mut reply = String::new();
+        use std::io::Read;
+        (&client).read_to_string(&mut reply).unwrap();
+        assert!(reply.contains(r#""code":"busy""#), "{reply}");
     }
 }

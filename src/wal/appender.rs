@@ -85,7 +85,8 @@ impl Appender {
         if let Some(last) = segments.last() {
             if last.tail == Tail::EmptySegment {
                 log::warn!(
-                    "WAL: removing segment {} whose creation was cut short (no records)",
+                    "WAL: removing segment {}: it holds nothing but zeros (a crash cut its \
+                     creation short; no record in it was ever acknowledged)",
                     storage.location(&last.name)
                 );
                 storage
@@ -181,6 +182,11 @@ impl Appender {
             failed: None,
             stats,
         }
+    }
+
+    /// The storage it writes to.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// The counters this appender updates.

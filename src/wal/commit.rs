@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::appender::Appender;
+use super::durable::{self, Keeper};
 use super::keys::KeyIndex;
 use super::record::{Record, SCHEMA};
 use super::{SyncMode, WalError};
@@ -257,7 +258,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("duejob-wal".into())
         .spawn(move || {
+            let durable = Keeper::spawn(durable::Writer::new(appender.storage().clone()));
             CommitLoop {
+                durable,
                 appender,
                 mode,
                 keys,
@@ -282,6 +285,8 @@ struct GroupFailure {
 }
 
 struct CommitLoop {
+    /// Keeps `wal/durable` up to date (its own thread; told the durable LSN after each group).
+    durable: Keeper,
     appender: Appender,
     mode: SyncMode,
     keys: KeyIndex,
@@ -327,6 +332,7 @@ impl CommitLoop {
                 }
             }
             let failure = self.commit(&group, stop.is_some());
+            self.durable.note(self.appender.durable_lsn());
             self.finish_group(&mut group, failure);
             if let Some(s) = stop {
                 self.close();
@@ -343,15 +349,20 @@ impl CommitLoop {
     /// is waiting for an answer any more.)
     fn close(&mut self) {
         if self.appender.failed().is_some() {
+            self.durable.finish(false);
             return;
         }
-        let _ = self
+        let closed = self
             .appender
             .write()
             .and_then(|_| self.appender.sync())
             .and_then(|_| self.appender.push_mark(crate::job::now_ms()))
             .and_then(|_| self.appender.write())
             .and_then(|_| self.appender.sync());
+        // The durable point goes last, out of the log's way: damage that wipes the log's last
+        // block (its last records and the marks after them) is still told from a torn write.
+        self.durable.note(self.appender.durable_lsn());
+        self.durable.finish(closed.is_ok());
     }
 
     /// Tells the runtime, once, that the WAL failed.
@@ -380,7 +391,10 @@ impl CommitLoop {
                     let now = Instant::now();
                     if sync_at.is_some_and(|t| t <= now) {
                         match self.appender.sync() {
-                            Ok(()) => self.last_sync = Instant::now(),
+                            Ok(()) => {
+                                self.last_sync = Instant::now();
+                                self.durable.note(self.appender.durable_lsn());
+                            }
                             // The appender is poisoned: every later append fails.
                             Err(e) => self.report_failure(&Arc::new(e)),
                         }
@@ -883,6 +897,7 @@ mod tests {
             Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
         let (_tx, rx) = crossbeam_channel::unbounded();
         let mut l = CommitLoop {
+            durable: Keeper::spawn(durable::Writer::new(Arc::new(storage.clone()))),
             appender: app,
             mode: SyncMode::Batch(Duration::from_millis(200)),
             keys: KeyIndex::new(1 << 40, 1000),

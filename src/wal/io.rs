@@ -152,9 +152,10 @@ pub enum Fault {
     /// Every operation from N on fails with EIO (a dying disk; unlike a power cut,
     /// [`MemStorage::crash_image`] still shows what was written before).
     IoErrorFrom(u64),
-    /// The Nth fdatasync (0-based, counting fdatasyncs only) fails with EIO; the storage keeps
-    /// working afterwards. Unlike [`Fault::IoErrorAt`] it does not depend on how many writes
-    /// came first (the WAL writes sync marks when it goes idle, at times tests do not control).
+    /// The Nth fdatasync of a segment file (0-based; other syncs are not counted) fails with
+    /// EIO; the storage keeps working afterwards. Unlike [`Fault::IoErrorAt`] it does not depend
+    /// on how many writes came first (the WAL writes sync marks when it goes idle, and its
+    /// durable point every second, at times tests do not control).
     SyncFailsAt(u64),
 }
 
@@ -322,12 +323,17 @@ impl MemStorage {
 
     /// Counts one operation and applies the fault plan to it.
     fn op(&self, st: &mut MemState, what: &str) -> io::Result<()> {
+        self.op_on(st, what, "")
+    }
+
+    /// Like [`MemStorage::op`], for an operation on the file `name`.
+    fn op_on(&self, st: &mut MemState, what: &str, name: &str) -> io::Result<()> {
         if st.powered_off {
             return Err(eio(&format!("{what} after power cut")));
         }
         let n = st.ops;
         st.ops += 1;
-        let nth_sync = (what == SYNC_OP).then(|| {
+        let nth_sync = (what == SYNC_OP && name.ends_with(".wal")).then(|| {
             st.syncs += 1;
             st.syncs - 1
         });
@@ -412,7 +418,7 @@ impl SegmentFile for MemHandle {
     fn sync_data(&self) -> io::Result<()> {
         let s = self.storage.clone();
         self.with(|st, name| {
-            s.op(st, SYNC_OP)?;
+            s.op_on(st, SYNC_OP, name)?;
             let f = file(st, name)?;
             f.durable = f.current.clone();
             f.unsynced.clear();

@@ -6,10 +6,12 @@
 //! - [`reader`]: the one decoder, shared by recovery and the offline tools.
 //! - [`appender`]: appends records to segments, rotates, repairs a torn tail at open.
 //! - [`commit`]: the group-commit thread that owns the appender.
+//! - [`durable`]: the durable point (`wal/durable`), how far the log is known durable.
 //! - [`keys`]: the idempotency-key index, owned by the group-commit thread.
 
 pub mod appender;
 pub mod commit;
+pub mod durable;
 pub mod format;
 pub mod io;
 pub mod keys;

@@ -13,6 +13,7 @@
 //! is damage to synced data, and an error. Sync marks are looked for both before the bad record
 //! and anywhere after it in the segment.
 
+use super::durable;
 use super::format::{
     parse_segment_file_name, record_crc, segment_salt, HeaderProblem, RecordHeader, SegmentHeader,
     MAX_BODY, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
@@ -175,9 +176,23 @@ pub fn walk_log(
         marked_lsn: 0,
     };
     let mut problems = Vec::new();
+    // Read before the segments: it never claims more than what a reader then finds written.
+    let vouched = match durable::read(storage) {
+        Ok(p) => p.map_or(0, |p| p.lsn),
+        Err(e) => {
+            problems.push(e);
+            if on_damage == OnDamage::Stop {
+                return (scan, problems);
+            }
+            0
+        }
+    };
     let segs = match list_segments(storage) {
         Ok(s) => s,
-        Err(e) => return (scan, vec![e]),
+        Err(e) => {
+            problems.push(e);
+            return (scan, problems);
+        }
     };
     // The LSN the next record must have; unknown after damage (then a header says it).
     let mut expected = Some(1);
@@ -227,6 +242,7 @@ pub fn walk_log(
                 tail: Tail::Clean,
             },
             marked: &mut scan.marked_lsn,
+            vouched,
             problems: &mut problems,
         };
         let flow = seg.run(expected, visit);
@@ -243,6 +259,27 @@ pub fn walk_log(
         scan.segments.push(s);
         if flow == Flow::Stop {
             break;
+        }
+    }
+    // Records the durable point vouches for must all be there: a log that ends sooner lost its
+    // tail (wiped, or its last segment removed), whatever the marks inside it say.
+    let last = scan.last_lsn().unwrap_or(0);
+    if problems.is_empty() && last < vouched {
+        let (name, end) = scan
+            .segments
+            .last()
+            .map_or((String::new(), 0), |s| (s.name.clone(), s.end));
+        problems.push(WalError::corrupt(
+            storage.location(&name),
+            end,
+            format!(
+                "the log reads only to LSN {last}, but the durable point (wal/{}) says it was \
+                 durable through LSN {vouched}: records are missing (a wiped or removed tail)",
+                durable::FILE
+            ),
+        ));
+        if let Some(s) = scan.segments.last_mut() {
+            s.tail = Tail::Damaged { offset: s.end };
         }
     }
     (scan, problems)
@@ -416,6 +453,8 @@ struct SegmentWalk<'a, 'f> {
     scan: SegmentScan,
     /// The highest LSN sync marks read so far say was durable (for the appender to go on from).
     marked: &'a mut u64,
+    /// The LSN the durable point (`wal/durable`) says the log was durable through.
+    vouched: u64,
     problems: &'a mut Vec<WalError>,
 }
 
@@ -492,8 +531,21 @@ impl SegmentWalk<'_, '_> {
                     );
                     return self.header_damage(e, expected, visit);
                 }
-                if self.is_last {
+                if self.is_last && expected.is_none_or(|e| e > self.vouched) {
                     self.scan.tail = Tail::EmptySegment;
+                    return Ok(());
+                }
+                if self.is_last {
+                    let e = self.corrupt(
+                        0,
+                        format!(
+                            "the segment holds nothing but zeros, but the durable point (wal/{}) \
+                             says the log was durable through LSN {}: its records were wiped",
+                            durable::FILE,
+                            self.vouched
+                        ),
+                    );
+                    self.damage(0, e);
                     return Ok(());
                 }
                 let e = self.corrupt(
@@ -635,13 +687,23 @@ impl SegmentWalk<'_, '_> {
             // record lie after it: look for one.
             let e = if !self.is_last {
                 self.corrupt(off, problem)
+            } else if lsn <= self.vouched && !self.reread_checks_out(off, lsn, salt)? {
+                self.corrupt(
+                    off,
+                    format!(
+                        "{problem}; the durable point (wal/{}) says the log was durable through \
+                         LSN {}, so this is damage to synced data, not a torn write",
+                        durable::FILE,
+                        self.vouched
+                    ),
+                )
+            } else if lsn <= self.vouched {
+                continue;
             } else if let Some((at, claim)) = self.mark_claiming(off + 1, lsn)? {
                 // The offline tools read while a daemon appends: the bytes at `off` may have been
                 // read before the writer got there. What a mark vouches for was written whole
                 // before the mark was, so a fresh read of the record tells.
-                self.w.invalidate();
-                if matches!(check_record(&mut self.w, off, salt)?, Check::Valid(h, _) if h.lsn == lsn)
-                {
+                if self.reread_checks_out(off, lsn, salt)? {
                     continue;
                 }
                 self.corrupt(
@@ -670,6 +732,12 @@ impl SegmentWalk<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the record at `off` checks out (with LSN `lsn`) when read afresh from the file.
+    fn reread_checks_out(&mut self, off: u64, lsn: u64, salt: u32) -> std::io::Result<bool> {
+        self.w.invalidate();
+        Ok(matches!(check_record(&mut self.w, off, salt)?, Check::Valid(h, _) if h.lsn == lsn))
     }
 
     /// A valid sync mark at or after `from` that claims LSN `lsn` or later was durable:
@@ -925,6 +993,24 @@ mod tests {
         b[off6 as usize + 22] ^= 1;
         mem.set_file_bytes(SEG1, b);
         assert_eq!(read(&mem).unwrap().torn_tail().map(|t| t.1), Some(off6));
+    }
+
+    #[test]
+    fn a_log_that_ends_before_the_durable_point_is_missing_records() {
+        let (mem, at) = log(6, true, 0);
+        crate::wal::durable::Writer::new(Arc::new(mem.clone()))
+            .write(6, true)
+            .unwrap();
+        assert!(read(&mem).is_ok());
+        // Cut the segment after record 3 (a tail lost whole: nothing torn to see).
+        let (off4, _) = at[3];
+        poke(&mem, |b| b.truncate(off4 as usize));
+        let (off, detail) = corrupt_at(read(&mem));
+        assert_eq!(off, off4);
+        assert!(
+            detail.contains("records are missing") && detail.contains("LSN 6"),
+            "{detail}"
+        );
     }
 
     #[test]

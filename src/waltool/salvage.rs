@@ -54,6 +54,17 @@ struct Gap {
 /// `wal salvage`.
 pub fn salvage(a: &SalvageArgs) -> CliResult {
     let src = wal_dir(&a.data)?;
+    // The damaged data directory is only read: the copy may not go inside it (a directory named
+    // like a segment in wal/ would itself be new damage).
+    let (data, to) = (resolve(&a.data), resolve(&a.to));
+    if to.starts_with(&data) || to.starts_with(resolve(&src)) {
+        return Err(format!(
+            "--to {} lies inside {}: salvage never writes into the damaged data directory",
+            a.to.display(),
+            a.data.display()
+        )
+        .into());
+    }
     let dst = prepare_destination(&a.to)?;
     let source = FileStorage::new(&src);
     let out: Arc<dyn Storage> = Arc::new(FileStorage::new(&dst));
@@ -106,10 +117,11 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
     }
     app.write()?;
     app.sync()?;
-    // A last sync mark: the copy is complete and durable.
+    // A last sync mark, and the copy's own durable point: the copy is complete and durable.
     app.push_mark(crate::job::now_ms())?;
     app.write()?;
     app.sync()?;
+    crate::wal::durable::Writer::new(out.clone()).write(app.durable_lsn(), true)?;
     drop(app);
 
     for p in &problems {
@@ -172,6 +184,30 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// `p` made absolute with its existing part resolved (symbolic links included), for telling
+/// whether one path lies inside another before the second exists.
+fn resolve(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_path_buf());
+    for name in rest.into_iter().rev() {
+        out.push(name);
+    }
+    out
 }
 
 /// Creates `DIR/wal` (mode 0700) for the copy; `DIR` must not exist or be empty.

@@ -40,14 +40,21 @@ impl Daemon {
         }
     }
 
-    /// Like [`Daemon::start_in`], with the open-file limit (soft and hard) set to `nofile`.
-    pub fn start_with_fd_limit(dir: &Path, extra: &[&str], nofile: u32) -> Daemon {
+    /// A daemon to be started with the open-file limit (soft and hard) set to `nofile`; not
+    /// spawned yet.
+    pub fn with_fd_limit(dir: &Path, extra: &[&str], nofile: u32) -> Daemon {
         let mut d = Daemon::new(dir, extra);
         d.prefix = vec![
             "sh".into(),
             "-c".into(),
             format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
         ];
+        d
+    }
+
+    /// Like [`Daemon::start_in`], with the open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_fd_limit(dir: &Path, extra: &[&str], nofile: u32) -> Daemon {
+        let mut d = Daemon::with_fd_limit(dir, extra, nofile);
         d.restart();
         d
     }

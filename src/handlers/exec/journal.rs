@@ -85,13 +85,11 @@ fn boot_id() -> String {
 }
 
 impl Journal {
-    /// The journal in `dir` (created, mode 0700, if missing).
-    pub fn open(dir: &Path) -> std::io::Result<Journal> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+    /// The journal in `dir` (created, mode 0700, if missing; an existing one must be this
+    /// user's and not writable by others: an entry written by someone else would have the
+    /// daemon kill a process group of their choosing).
+    pub fn open(dir: &Path) -> Result<Journal, String> {
+        crate::runtime::private_dir(dir).map_err(|e| e.to_string())?;
         Ok(Journal {
             dir: dir.to_path_buf(),
             boot: boot_id(),
@@ -124,16 +122,29 @@ impl Journal {
         let _ = std::fs::remove_file(self.dir.join(e.0.to_string()));
     }
 
-    /// Kills every group the journal still names (left by a daemon that died) and empties the
-    /// journal. Returns the groups killed.
+    /// Kills every group the journal still names (left by a daemon that died). An entry goes once
+    /// its group is gone (killed, or found gone or not ours), never before: a daemon that dies in
+    /// the middle of this leaves the rest for the next start. Returns the groups killed.
     pub fn kill_leftovers(&self) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
         let mut killed = Vec::new();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return killed;
         };
         let own_group = rustix::process::getpgrp().as_raw_nonzero().get();
+        let me = rustix::process::geteuid().as_raw();
         for e in rd.flatten() {
             let path = e.path();
+            // Only entries this user wrote are acted on (the directory is checked too).
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() && m.uid() == me => {}
+                _ => {
+                    log::warn!(
+                        "exec: ignoring {path:?} in the run journal: not a file of this user"
+                    );
+                    continue;
+                }
+            }
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let f: Vec<&str> = text.split_whitespace().collect();
             let parsed = (|| {
@@ -146,44 +157,69 @@ impl Journal {
                     f.get(5)?.parse::<u32>().ok()?,
                 ))
             })();
-            let _ = std::fs::remove_file(&path);
             let Some((pgid, start, session, boot, job, attempt)) = parsed else {
-                log::warn!("exec: ignoring a run journal entry that does not parse: {path:?}");
+                log::warn!("exec: removing a run journal entry that does not parse: {path:?}");
+                let _ = std::fs::remove_file(&path);
                 continue;
             };
-            if boot != self.boot || pgid <= 1 || pgid == own_group {
-                continue; // a reboot ended it; or not a group we may touch
+            if self.kill_group(pgid, start, session, boot, job, attempt, own_group) {
+                killed.push(pgid);
             }
-            let procs = members(pgid);
-            if procs.iter().all(|p| p.zombie) {
-                continue;
+            if members(pgid).iter().all(|p| p.zombie) || !self.still_ours(pgid, start, session) {
+                let _ = std::fs::remove_file(&path);
             }
-            let ours = procs.iter().all(|p| p.session == session)
-                && match procs.iter().find(|p| p.pid == pgid) {
-                    Some(leader) => leader.start == start,
-                    None => procs.iter().all(|p| p.start >= start),
-                };
-            if !ours {
-                log::info!("exec: process group {pgid} of job {job} is gone; its number now belongs to another program, left alone");
-                continue;
-            }
-            let n = procs.iter().filter(|p| !p.zombie).count();
-            log::warn!(
-                "exec: killing process group {pgid}: {n} process(es) left running by job {job} \
-                 attempt {attempt} when the daemon died (before the job runs again)"
-            );
-            super::child::signal_group(pgid, rustix::process::Signal::KILL);
-            let t = Instant::now();
-            while members(pgid).iter().any(|p| !p.zombie) {
-                if t.elapsed() > KILL_WAIT {
-                    log::error!("exec: process group {pgid} of job {job} still runs after SIGKILL (another user's process, or stuck in the kernel)");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            killed.push(pgid);
         }
         killed
+    }
+
+    /// Whether group `pgid` still holds running processes that match the entry.
+    fn still_ours(&self, pgid: i32, start: u64, session: i32) -> bool {
+        let procs = members(pgid);
+        procs.iter().any(|p| !p.zombie)
+            && procs.iter().all(|p| p.session == session)
+            && match procs.iter().find(|p| p.pid == pgid) {
+                Some(leader) => leader.start == start,
+                None => procs.iter().all(|p| p.start >= start),
+            }
+    }
+
+    /// Kills the group an entry names if it is the one written down; waits until it is gone.
+    /// Returns whether it killed it.
+    #[allow(clippy::too_many_arguments)]
+    fn kill_group(
+        &self,
+        pgid: i32,
+        start: u64,
+        session: i32,
+        boot: &str,
+        job: u64,
+        attempt: u32,
+        own_group: i32,
+    ) -> bool {
+        if boot != self.boot || pgid <= 1 || pgid == own_group {
+            return false; // a reboot ended it; or not a group we may touch
+        }
+        if !self.still_ours(pgid, start, session) {
+            if members(pgid).iter().any(|p| !p.zombie) {
+                log::info!("exec: process group {pgid} of job {job} is gone; its number now belongs to another program, left alone");
+            }
+            return false;
+        }
+        let n = members(pgid).iter().filter(|p| !p.zombie).count();
+        log::warn!(
+            "exec: killing process group {pgid}: {n} process(es) left running by job {job} \
+             attempt {attempt} when the daemon died (before the job runs again)"
+        );
+        super::child::signal_group(pgid, rustix::process::Signal::KILL);
+        let t = Instant::now();
+        while members(pgid).iter().any(|p| !p.zombie) {
+            if t.elapsed() > KILL_WAIT {
+                log::error!("exec: process group {pgid} of job {job} still runs after SIGKILL (another user's process, or stuck in the kernel); its entry stays for the next start");
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 }
 
@@ -289,5 +325,33 @@ mod tests {
         assert_eq!(g.running(), 1);
         assert_eq!(j.kill_leftovers(), vec![g.pgid()]);
         assert_eq!(g.running(), 0);
+    }
+
+    #[test]
+    fn a_journal_someone_else_could_write_to_is_refused_or_closed_and_their_entries_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let j = Journal::open(&run).unwrap();
+        let mode = std::fs::metadata(&run).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "write permission for others removed");
+        if !rustix::process::getuid().is_root() {
+            return; // the rest needs a file of another user
+        }
+        // An entry that another user wrote, naming a group that matches in every way: ignored.
+        let victim = Group::start();
+        let _ = j.record(victim.pgid(), None).unwrap();
+        let entry = run.join(victim.pgid().to_string());
+        rustix::fs::chown(&entry, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        assert!(j.kill_leftovers().is_empty());
+        assert_eq!(victim.running(), 2);
+        // A journal directory owned by another user is refused outright.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        rustix::fs::chown(&theirs, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        let e = Journal::open(&theirs).unwrap_err();
+        assert!(e.contains("belongs to uid 65534"), "{e}");
     }
 }

@@ -95,8 +95,8 @@ impl Handler for Exec {
         let Some(dir) = data_dir else {
             return Ok(());
         };
-        let journal = Journal::open(&dir.join("run"))
-            .map_err(|e| format!("exec: run journal in {}: {e}", dir.join("run").display()))?;
+        let journal =
+            Journal::open(&dir.join("run")).map_err(|e| format!("exec: run journal: {e}"))?;
         journal.kill_leftovers();
         let _ = self.journal.set(journal);
         Ok(())

@@ -14,7 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3000);
-    let dir = tempfile::Builder::new().prefix("duejob-execbench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("duejob-execbench-")
+        .tempdir()?;
     let rt = Runtime::builder(dir.path())
         .config(Config::with_workers(4))
         .start()?;

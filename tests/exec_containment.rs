@@ -12,17 +12,7 @@ use common::{tempdir, Daemon};
 use serde_json::json;
 
 // Whether a pid runs (gone and zombie both count as not running: PID 1 may not reap).
-fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
+use duejob::handlers::exec::journal::process_running as running;
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();

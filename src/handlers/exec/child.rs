@@ -333,18 +333,7 @@ mod tests {
     use super::super::tests::payload;
     use super::*;
 
-    fn alive(pid: i32) -> bool {
-        // Gone, or a zombie nobody reaped yet: not running either way.
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(s) => !s
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z'),
-            Err(_) => false,
-        }
-    }
+    use super::super::journal::process_running as alive;
 
     fn pid_in(path: &std::path::Path) -> i32 {
         std::fs::read_to_string(path)

@@ -1,7 +1,8 @@
 //! The job model shared by the protocol, the WAL, the scheduler and the workers.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use crate::clock::now_ms;
 
 use crate::wal::record::Submit;
 
@@ -33,6 +34,21 @@ pub struct Job {
 
 /// Shared handle to a job.
 pub type JobRef = Arc<Job>;
+
+/// The WAL's message type for jobs: what connections and the dispatcher send the commit thread.
+pub type WalMsg = crate::wal::commit::WalMsg<JobRef>;
+
+impl crate::wal::commit::Keyed for JobRef {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+    fn submitted_at(&self) -> u64 {
+        self.submitted_at
+    }
+}
 
 impl Job {
     /// The WAL body for this job, given its queue and kind names.
@@ -105,12 +121,4 @@ impl State {
     pub fn is_terminal(self) -> bool {
         matches!(self, State::Succeeded | State::Dead | State::Cancelled)
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

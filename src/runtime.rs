@@ -29,12 +29,13 @@ use serde::Serialize;
 
 use crate::config::{Config, MAX_DURATION_MS};
 use crate::handlers::{Handler, Kinds};
+use crate::job::WalMsg;
 use crate::job::{now_ms, Job, JobRef};
 use crate::protocol::code;
 use crate::scheduler::dispatcher::{self};
 use crate::scheduler::{DeadFilter, JobInfo, Msg, Refused, SchedStats};
 use crate::wal::appender::Appender;
-use crate::wal::commit::{self, Ack, Append, Fate, RecordBatch, WalEvent, WalMsg};
+use crate::wal::commit::{self, Ack, Append, Fate, RecordBatch, WalEvent};
 use crate::wal::io::{FileStorage, Storage};
 use crate::wal::record::Record;
 use crate::wal::stats::WalStats;

@@ -33,7 +33,6 @@ use super::durable::{self, Keeper};
 use super::keys::KeyIndex;
 use super::record::{Record, SCHEMA};
 use super::{SyncMode, WalError};
-use crate::job::JobRef;
 
 /// Stop draining once a group holds this many encoded bytes.
 pub const GROUP_BYTES: usize = 4 << 20;
@@ -218,42 +217,54 @@ impl Iterator for Fates<'_> {
     }
 }
 
+/// What the commit thread needs of a job whose submit it appends: the job's id and idempotency
+/// key (a key seen before makes the submit a duplicate) and when it was submitted (a key is known
+/// for its retention from then). The WAL knows nothing else of jobs: it hands them on untouched.
+pub trait Keyed: Send + Sync + 'static {
+    /// The job's id.
+    fn id(&self) -> u64;
+    /// Its idempotency key.
+    fn key(&self) -> Option<&str>;
+    /// When it was submitted (ms).
+    fn submitted_at(&self) -> u64;
+}
+
 /// Records to append, the jobs they accept (handed on once durable), and who to tell.
-pub struct Append {
+pub struct Append<J> {
     /// The records.
     pub records: RecordBatch,
     /// Jobs to hand on after the records are durable. When not empty, record `i` is the submit of
-    /// `jobs[i]` (whose `key`, if any, is checked for duplicates).
-    pub jobs: Vec<JobRef>,
+    /// `jobs[i]` (whose key, if any, is checked for duplicates).
+    pub jobs: Vec<J>,
     /// Where the acknowledgement goes.
     pub ack: Option<Sender<Ack>>,
 }
 
 /// Messages to the commit thread.
-pub enum WalMsg {
+pub enum WalMsg<J> {
     /// Append records.
-    Append(Append),
+    Append(Append<J>),
     /// Write and sync what is queued, reply, and stop.
     Stop(Sender<()>),
 }
 
 /// What the commit thread tells the rest of the runtime.
 #[derive(Debug)]
-pub enum WalEvent {
+pub enum WalEvent<J> {
     /// Jobs whose submit records are in the log, in log order.
-    Durable(Vec<JobRef>),
+    Durable(Vec<J>),
     /// The WAL failed and accepts nothing more until restart.
     Failed(Arc<WalError>),
 }
 
 /// Starts the commit thread. `events` hears of the jobs of each group once they are durable (in
 /// the group's order), and of a failure.
-pub fn spawn(
+pub fn spawn<J: Keyed>(
     appender: Appender,
     mode: SyncMode,
     keys: KeyIndex,
-    rx: Receiver<WalMsg>,
-    events: Box<dyn FnMut(WalEvent) + Send>,
+    rx: Receiver<WalMsg<J>>,
+    events: Box<dyn FnMut(WalEvent<J>) + Send>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("duejob-wal".into())
@@ -284,14 +295,14 @@ struct GroupFailure {
     certain: bool,
 }
 
-struct CommitLoop {
+struct CommitLoop<J> {
     /// Keeps `wal/durable` up to date (its own thread; told the durable LSN after each group).
     durable: Keeper,
     appender: Appender,
     mode: SyncMode,
     keys: KeyIndex,
-    rx: Receiver<WalMsg>,
-    events: Box<dyn FnMut(WalEvent) + Send>,
+    rx: Receiver<WalMsg<J>>,
+    events: Box<dyn FnMut(WalEvent<J>) + Send>,
     last_sync: Instant,
     /// Mode `always`: when records nobody waits on were first written without a sync.
     unsynced_since: Option<Instant>,
@@ -305,9 +316,9 @@ struct CommitLoop {
     after_failure: Option<(u64, bool)>,
 }
 
-impl CommitLoop {
+impl<J: Keyed> CommitLoop<J> {
     fn run(mut self) {
-        let mut group: Vec<Append> = Vec::new();
+        let mut group: Vec<Append<J>> = Vec::new();
         loop {
             let first = match self.next_message() {
                 Some(m) => m,
@@ -356,7 +367,7 @@ impl CommitLoop {
             .appender
             .write()
             .and_then(|_| self.appender.sync())
-            .and_then(|_| self.appender.push_mark(crate::job::now_ms()))
+            .and_then(|_| self.appender.push_mark(crate::clock::now_ms()))
             .and_then(|_| self.appender.write())
             .and_then(|_| self.appender.sync());
         // The durable point goes last, out of the log's way: damage that wipes the log's last
@@ -375,7 +386,7 @@ impl CommitLoop {
     /// The next message, or `None` when every sender is gone. Meanwhile wakes up to sync (batch
     /// mode with unsynced data, or deferred records in mode `always`) and to write a sync mark
     /// when the log has gone idle without one.
-    fn next_message(&mut self) -> Option<WalMsg> {
+    fn next_message(&mut self) -> Option<WalMsg<J>> {
         loop {
             let (sync_at, mark_at) = self.timers();
             let deadline = match (sync_at, mark_at) {
@@ -403,7 +414,7 @@ impl CommitLoop {
                         // Written, not synced: the next sync (or shutdown) takes it along.
                         let marked = self
                             .appender
-                            .push_mark(crate::job::now_ms())
+                            .push_mark(crate::clock::now_ms())
                             .and_then(|_| self.appender.write());
                         if let Err(e) = marked {
                             self.report_failure(&Arc::new(e));
@@ -435,7 +446,7 @@ impl CommitLoop {
     /// dropped), and syncs it as the mode says. On failure, removes again what cannot be known
     /// durable (mode `always`: everything after the last sync; `batch` and `never`: this group)
     /// and says what stays.
-    fn commit(&mut self, group: &[Append], force_sync: bool) -> Option<GroupFailure> {
+    fn commit(&mut self, group: &[Append<J>], force_sync: bool) -> Option<GroupFailure> {
         let start = self.appender.position();
         self.results.clear();
         let e = match self.write_group(group, force_sync) {
@@ -480,8 +491,8 @@ impl CommitLoop {
         Some(failure)
     }
 
-    fn write_group(&mut self, group: &[Append], force_sync: bool) -> Result<(), WalError> {
-        let now = crate::job::now_ms();
+    fn write_group(&mut self, group: &[Append<J>], force_sync: bool) -> Result<(), WalError> {
+        let now = crate::clock::now_ms();
         if !self.keys.is_empty() {
             self.keys.expire(now);
         }
@@ -492,7 +503,7 @@ impl CommitLoop {
             let (mut first, mut written, mut dups) = (0, 0u32, Vec::new());
             if failed.is_none() {
                 for (i, (t, body)) in a.records.iter().enumerate() {
-                    let key = a.jobs.get(i).and_then(|j| j.key.as_deref());
+                    let key = a.jobs.get(i).and_then(|j| j.key());
                     if let Some(k) = key {
                         if let Some(e) = self.keys.get(k, now) {
                             dups.push(Duplicate {
@@ -515,7 +526,7 @@ impl CommitLoop {
                     }
                     written += 1;
                     if let (Some(k), Some(job)) = (key, a.jobs.get(i)) {
-                        self.keys.insert(k, job.id, lsn, job.submitted_at, now);
+                        self.keys.insert(k, job.id(), lsn, job.submitted_at(), now);
                     }
                 }
             }
@@ -553,7 +564,7 @@ impl CommitLoop {
     /// Hands the group's jobs that are in the log to the dispatcher, then acknowledges each
     /// append. In that order: a client that reads its acknowledgement and at once asks about its
     /// job (`status`, `cancel`) reaches the dispatcher after the job did.
-    fn finish_group(&mut self, group: &mut Vec<Append>, failure: Option<GroupFailure>) {
+    fn finish_group(&mut self, group: &mut Vec<Append<J>>, failure: Option<GroupFailure>) {
         let mut jobs = Vec::new();
         let mut acks = Vec::with_capacity(group.len());
         let mut results = std::mem::take(&mut self.results).into_iter();
@@ -602,6 +613,28 @@ mod tests {
     use crate::wal::io::{Fault, MemStorage, Storage};
     use crate::wal::reader::read_log;
     use crate::wal::record::Cancel;
+
+    /// A job as the tests hand it to the commit thread.
+    struct TJob {
+        id: u64,
+        key: Option<String>,
+        submitted_at: u64,
+    }
+
+    impl Keyed for TJob {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn key(&self) -> Option<&str> {
+            self.key.as_deref()
+        }
+        fn submitted_at(&self) -> u64 {
+            self.submitted_at
+        }
+    }
+
+    type WalMsg = super::WalMsg<TJob>;
+    type WalEvent = super::WalEvent<TJob>;
 
     fn start(
         storage: &MemStorage,
@@ -902,7 +935,7 @@ mod tests {
             mode: SyncMode::Batch(Duration::from_millis(200)),
             keys: KeyIndex::new(1 << 40, 1000),
             rx,
-            events: Box::new(|_| {}),
+            events: Box::new(|_: WalEvent| {}),
             last_sync: Instant::now(),
             unsynced_since: None,
             results: Vec::new(),
@@ -937,21 +970,12 @@ mod tests {
             1 << 20,
             rx,
         );
-        let keyed = |id: u64| {
-            Arc::new(crate::job::Job {
-                id,
-                queue: 0,
-                kind: 0,
-                payload: "{}".into(),
-                key: Some("K".into()),
-                submitted_at: crate::job::now_ms(),
-                deadline: 0,
-                run_at: None,
-                max_attempts: 1,
-                timeout_ms: None,
-            })
+        let keyed = |id: u64| TJob {
+            id,
+            key: Some("K".into()),
+            submitted_at: crate::clock::now_ms(),
         };
-        let send = |records: RecordBatch, jobs: Vec<JobRef>| {
+        let send = |records: RecordBatch, jobs: Vec<TJob>| {
             let (atx, arx) = crossbeam_channel::bounded(1);
             tx.send(WalMsg::Append(Append {
                 records,

@@ -162,7 +162,7 @@ impl Writer {
         let p = DurablePoint {
             lsn,
             clean,
-            at: crate::job::now_ms(),
+            at: crate::clock::now_ms(),
             sequence: self.sequence,
         };
         let file = self.file.as_ref().expect("opened");

@@ -118,7 +118,7 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
     app.write()?;
     app.sync()?;
     // A last sync mark, and the copy's own durable point: the copy is complete and durable.
-    app.push_mark(crate::job::now_ms())?;
+    app.push_mark(crate::clock::now_ms())?;
     app.write()?;
     app.sync()?;
     crate::wal::durable::Writer::new(out.clone()).write(app.durable_lsn(), true)?;

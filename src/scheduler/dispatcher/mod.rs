@@ -32,8 +32,9 @@ use super::worker::{self, Task};
 use super::{Done, Msg};
 use crate::config::{Config, Order};
 use crate::handlers::{JobError, Kinds, StopReason, StopSignal};
+use crate::job::WalMsg;
 use crate::job::{now_ms, JobRef, State};
-use crate::wal::commit::{Ack, Append, RecordBatch, WalMsg};
+use crate::wal::commit::{Ack, Append, RecordBatch};
 use crate::wal::record::{Record, Start};
 use crate::wal::WalError;
 

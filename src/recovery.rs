@@ -1,11 +1,14 @@
 //! Start-up recovery: replays the WAL (through the one reader) into the dispatcher's starting
 //! state.
 //!
-//! - `submit` creates a job; `start` counts an attempt; `finish` of the current attempt ends it
-//!   (a `finish` of any other attempt is stale and ignored: fencing); `cancel` cancels it.
-//! - Jobs that were running come back ready; their interrupted attempt stays counted.
+//! - Every record is applied through the job state machine ([`crate::job::machine`]), the same
+//!   rules the dispatcher followed when it wrote them: a record about an attempt that was given
+//!   up is stale and ignored (fencing).
+//! - Jobs that were running come back ready; their interrupted attempt stays counted, and a job
+//!   interrupted by [`MAX_INTERRUPTIONS`] restarts is not run again.
 //! - A live job whose queue or kind no longer exists is not dropped: it is ended `dead` with a
-//!   `finish` record saying why (returned in [`Recovery::orphans`] for the caller to append).
+//!   `finish` record saying why (returned in [`Recovery::orphans`] for the caller to append). The
+//!   record is applied here too, so the next recovery, which reads it, sees the same job.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +16,9 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::handlers::Kinds;
 use crate::idmap::{id_map, IdMap};
+use crate::job::machine::{self, JobCore, Stale, Transition};
 use crate::job::{Job, State};
-use crate::scheduler::dispatcher::{
-    apply_finish, apply_retry, DoneJob, LiveJob, Recovered, MAX_INTERRUPTIONS,
-};
-use crate::scheduler::{AttemptInfo, AttemptOutcome};
+use crate::scheduler::dispatcher::{DoneJob, LiveJob, Recovered, MAX_INTERRUPTIONS};
 use crate::wal::commit::RecordBatch;
 use crate::wal::io::Storage;
 use crate::wal::keys::KeyIndex;
@@ -44,10 +45,12 @@ pub struct Recovery {
     pub elapsed: Duration,
 }
 
+/// A job while the log is replayed: what it was submitted with, and its progress.
 struct RJob {
     id: u64,
     queue: Arc<str>,
     kind: Arc<str>,
+    /// Dropped once the job ends (but for a dead one, which can be revived).
     payload: Option<Box<str>>,
     key: Option<Box<str>>,
     submitted_at: u64,
@@ -55,27 +58,7 @@ struct RJob {
     run_at: Option<u64>,
     max_attempts: u32,
     timeout_ms: Option<u64>,
-    state: State,
-    attempt: u32,
-    failures: u32,
-    interrupted: u32,
-    retry_at: Option<u64>,
-    attempts: Vec<AttemptInfo>,
-    finished_at: u64,
-    /// A dead job removed from the dead letters.
-    purged: bool,
-}
-
-impl RJob {
-    /// A `start` while already running means the previous attempt was cut short by a restart.
-    fn interrupt_running(&mut self) {
-        if self.state == State::Running {
-            self.interrupted += 1;
-            if let Some(a) = self.attempts.last_mut() {
-                a.outcome = Some(AttemptOutcome::Interrupted);
-            }
-        }
-    }
+    core: JobCore,
 }
 
 /// Shares one `Arc<str>` per queue or kind name. A handful of names: a linear scan beats hashing
@@ -151,96 +134,27 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
                 run_at: s.run_at,
                 max_attempts: s.max_attempts,
                 timeout_ms: s.timeout_ms,
-                state: State::Ready,
-                attempt: 0,
-                failures: 0,
-                interrupted: 0,
-                retry_at: None,
-                attempts: Vec::new(),
-                finished_at: 0,
-                purged: false,
+                core: JobCore::new(s),
             });
             return Ok(());
         }
         let Some(j) = index.get(&id).map(|&i| &mut jobs[i as usize]) else {
             return Ok(());
         };
-        // Dead jobs can be revived or purged; other terminal jobs take no more records.
-        let open = !j.state.is_terminal();
-        let dead = j.state == State::Dead && !j.purged;
-        match &r.record {
-            Record::Submit(_) | Record::Sync(_) => {}
-            Record::Start(s) if open => {
-                j.interrupt_running();
-                j.attempt = s.attempt;
-                j.state = State::Running;
-                j.retry_at = None;
-                j.attempts.reserve_exact(1);
-                j.attempts.push(AttemptInfo::started(s.attempt, s.at));
-            }
-            Record::Finish(f) if open => {
-                if f.attempt != j.attempt || j.state != State::Running {
-                    log::warn!(
-                        "recovery: ignoring stale finish of job {} attempt {}",
-                        f.id,
-                        f.attempt
-                    );
-                    return Ok(());
-                }
-                if let Some(a) = j.attempts.last_mut().filter(|a| a.number == f.attempt) {
-                    apply_finish(a, f);
-                }
-                if f.state == state_code::SUCCEEDED {
-                    j.state = State::Succeeded;
-                    j.payload = None;
-                } else {
-                    j.state = State::Dead;
-                    j.failures += 1;
-                }
-                j.finished_at = f.at;
-                ended.push(f.id);
-            }
-            Record::Retry(rt) if open => {
-                if rt.attempt != j.attempt || j.state != State::Running {
-                    log::warn!(
-                        "recovery: ignoring stale retry of job {} attempt {}",
-                        rt.id,
-                        rt.attempt
-                    );
-                    return Ok(());
-                }
-                if let Some(a) = j.attempts.last_mut().filter(|a| a.number == rt.attempt) {
-                    apply_retry(a, rt);
-                }
-                j.state = State::Retrying;
-                j.failures += 1;
-                j.retry_at = Some(rt.retry_at);
-            }
-            Record::Cancel(c) if open => {
-                if j.state == State::Running {
-                    if let Some(a) = j.attempts.last_mut() {
-                        a.ended_at = Some(c.at);
-                        a.outcome = Some(AttemptOutcome::Cancelled);
-                    }
-                }
-                j.state = State::Cancelled;
+        match machine::apply(&mut j.core, &r.record) {
+            Ok(Transition::Ended(State::Succeeded | State::Cancelled) | Transition::Purged) => {
                 j.payload = None;
-                j.finished_at = c.at;
-                ended.push(c.id);
+                // It goes to the history, which is ordered by when jobs left the live set.
+                ended.push(id);
             }
-            Record::Revive(_) if dead => {
-                j.state = State::Ready;
-                j.failures = 0;
-                j.interrupted = 0;
-                j.finished_at = 0;
-            }
-            Record::Purge(p) if dead => {
-                j.payload = None;
-                j.purged = true;
-                // It leaves the dead letters for the history, as of now.
-                ended.push(p.id);
-            }
-            _ => {}
+            Ok(_) => {}
+            Err(stale @ Stale::NotCurrent { .. }) => log::warn!(
+                "recovery: ignoring the {} of job {id} at LSN {}: {stale}",
+                r.record.type_name(),
+                r.lsn
+            ),
+            // A record after the job's end (a cancel racing a finish): nothing to do.
+            Err(_) => {}
         }
         Ok(())
     })?;
@@ -264,34 +178,31 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
     // One pass, moving each job once: into the history or straight into the live set.
     for mut j in jobs {
         let id = j.id;
-        let finished = j.purged || matches!(j.state, State::Succeeded | State::Cancelled);
+        let finished = j.core.purged || matches!(j.core.state, State::Succeeded | State::Cancelled);
         if finished {
             if let Some(&pos) = last_end.get(&id) {
                 history.push((pos, done_job(id, j)));
                 continue;
             }
         }
-        if j.state == State::Running {
-            j.interrupt_running();
-            j.state = State::Ready;
-        }
         let queue = queue_ids[names.position(&j.queue)];
         let kind = kind_ids[names.position(&j.kind)];
+        // A running attempt was cut short by the restart: one more interruption.
+        let interruptions = j.core.interrupted + u32::from(j.core.state == State::Running);
         let cannot_run = match (queue, kind) {
             (None, _) => Some(format!("queue {:?} is not configured any more", &*j.queue)),
             (_, None) => Some(format!("kind {:?} is not registered", &*j.kind)),
-            _ if j.interrupted >= MAX_INTERRUPTIONS && j.state != State::Dead => Some(format!(
-                "interrupted by {} daemon restarts; not run again",
-                j.interrupted
+            _ if interruptions >= MAX_INTERRUPTIONS => Some(format!(
+                "interrupted by {interruptions} daemon restarts; not run again"
             )),
             _ => None,
         };
-        if let Some(reason) = cannot_run {
-            if j.state != State::Dead {
+        match cannot_run {
+            Some(reason) if j.core.state != State::Dead => {
                 log::error!("recovery: job {id} cannot run: {reason}; ending it dead");
-                let f = Finish {
+                let end = Record::Finish(Finish {
                     id,
-                    attempt: j.attempt,
+                    attempt: j.core.attempt,
                     at: now,
                     state: state_code::DEAD,
                     outcome: Outcome::Failed {
@@ -299,17 +210,21 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
                         exit_code: None,
                         output_tail: String::new(),
                     },
-                };
-                orphans.push(&Record::Finish(f));
-                j.finished_at = now;
+                });
+                // Applied as the next recovery will apply it, after the records before it.
+                if let Err(stale) = machine::apply(&mut j.core, &end) {
+                    log::error!("recovery: job {id}: its end does not apply: {stale}");
+                }
+                orphans.push(&end);
             }
-            if queue.is_none() || kind.is_none() {
-                j.state = State::Dead;
-                j.payload = None;
-                gone.push(done_job(id, j));
-                continue;
+            _ => {
+                j.core.interrupt_running();
             }
-            j.state = State::Dead;
+        }
+        if queue.is_none() || kind.is_none() {
+            j.payload = None;
+            gone.push(done_job(id, j));
+            continue;
         }
         let job = Job {
             id,
@@ -325,12 +240,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         };
         recovered.live.push(LiveJob {
             job: Arc::new(job),
-            state: j.state,
-            attempt: j.attempt,
-            failures: j.failures,
-            retry_at: j.retry_at,
-            finished_at: j.finished_at,
-            attempts: j.attempts,
+            core: j.core,
         });
     }
     history.sort_unstable_by_key(|(pos, _)| *pos);
@@ -353,21 +263,20 @@ fn done_job(id: u64, j: RJob) -> DoneJob {
         id,
         queue: j.queue,
         kind: j.kind,
-        state: j.state,
         submitted_at: j.submitted_at,
         deadline: j.deadline,
         run_at: j.run_at,
         max_attempts: j.max_attempts,
         timeout_ms: j.timeout_ms,
         key: j.key,
-        finished_at: j.finished_at,
-        attempts: j.attempts,
+        core: j.core,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::AttemptOutcome;
     use crate::wal::appender::Appender;
     use crate::wal::io::MemStorage;
     use crate::wal::record::{Cancel, Start, Submit, SCHEMA};
@@ -438,19 +347,20 @@ mod tests {
             .recovered
             .live
             .iter()
-            .map(|l| (l.job.id, l.attempt))
+            .map(|l| (l.job.id, l.core.attempt))
             .collect();
         assert_eq!(live, [(2, 2), (7, 0)]);
         let two = &rec.recovered.live[0];
         assert_eq!(
-            two.attempts
-                .last()
-                .unwrap()
-                .outcome
-                .map(AttemptOutcome::name),
-            Some("interrupted")
+            two.core.attempts.last().unwrap().outcome,
+            Some(AttemptOutcome::Interrupted)
         );
-        let done: Vec<(u64, State)> = rec.recovered.done.iter().map(|d| (d.id, d.state)).collect();
+        let done: Vec<(u64, State)> = rec
+            .recovered
+            .done
+            .iter()
+            .map(|d| (d.id, d.state()))
+            .collect();
         assert_eq!(
             done,
             [
@@ -461,5 +371,84 @@ mod tests {
         );
         // The job whose queue vanished is ended with a record saying why.
         assert_eq!(rec.orphans.len(), 1);
+    }
+
+    /// Replays `mem` plus the ends recovery wrote, as the next start-up would.
+    fn recover_twice(mem: &MemStorage, cfg: &Config) -> (Recovery, Recovery) {
+        let first = recover(mem, cfg, &Kinds::builtin()).unwrap();
+        let mut a =
+            Appender::open(Arc::new(mem.clone()), &first.scan, 1 << 16, Arc::default()).unwrap();
+        for (rtype, body) in first.orphans.iter() {
+            a.push(rtype, SCHEMA, body).unwrap();
+        }
+        a.write().unwrap();
+        a.sync().unwrap();
+        drop(a);
+        let second = recover(mem, cfg, &Kinds::builtin()).unwrap();
+        (first, second)
+    }
+
+    fn live_and_done(r: &Recovery) -> Vec<(u64, JobCore)> {
+        let mut v: Vec<(u64, JobCore)> = r
+            .recovered
+            .live
+            .iter()
+            .map(|l| (l.job.id, l.core.clone()))
+            .chain(r.recovered.done.iter().map(|d| (d.id, d.core.clone())))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    #[test]
+    fn a_job_interrupted_by_every_restart_ends_dead_and_stays_the_same_after_the_next() {
+        let mut recs = vec![submit(1, "default")];
+        for attempt in 1..=MAX_INTERRUPTIONS {
+            recs.push(Record::Start(Start {
+                id: 1,
+                attempt,
+                at: 5,
+            }));
+        }
+        let mem = log_of(&recs);
+        let cfg = Config::with_workers(2);
+        let (first, second) = recover_twice(&mem, &cfg);
+        assert_eq!(first.orphans.len(), 1);
+        let job = &first.recovered.live[0].core;
+        assert_eq!(
+            (job.state, job.interrupted),
+            (State::Dead, MAX_INTERRUPTIONS - 1)
+        );
+        let last = job.attempts.last().unwrap();
+        assert_eq!(last.outcome, Some(AttemptOutcome::Failed));
+        assert!(
+            last.error.as_deref().unwrap().contains("interrupted by 10"),
+            "{last:?}"
+        );
+        // The next start-up reads the end it wrote and sees exactly the same job.
+        assert_eq!(second.orphans.len(), 0);
+        assert_eq!(live_and_done(&first), live_and_done(&second));
+    }
+
+    #[test]
+    fn a_waiting_job_whose_queue_went_is_ended_once_not_at_every_restart() {
+        let mem = log_of(&[submit(1, "vanished"), submit(2, "default")]);
+        let cfg = Config::with_workers(2);
+        let (first, second) = recover_twice(&mem, &cfg);
+        assert_eq!(first.orphans.len(), 1);
+        assert_eq!(second.orphans.len(), 0, "the end was recorded already");
+        assert_eq!(live_and_done(&first), live_and_done(&second));
+        let gone = &second.recovered.done[0];
+        assert_eq!((gone.id, gone.state()), (1, State::Dead));
+        // If the queue comes back, the job stays dead (a dead job can be put back; it does not
+        // run behind the operator's back).
+        let mut back = Config::with_workers(2);
+        back.queues.push(crate::config::QueueConfig {
+            name: "vanished".into(),
+            ..back.queues[0].clone()
+        });
+        let rec = recover(&mem, &back, &Kinds::builtin()).unwrap();
+        let job = rec.recovered.live.iter().find(|l| l.job.id == 1).unwrap();
+        assert_eq!(job.core.state, State::Dead);
     }
 }

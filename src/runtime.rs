@@ -516,7 +516,7 @@ impl Handle {
 
     /// Cancels a job that has not ended (a running one is told to stop; an exec job's process
     /// group is killed). Returns the state it was in, once the cancel record is durable.
-    pub fn cancel(&self, id: u64) -> Result<&'static str, Rejection> {
+    pub fn cancel(&self, id: u64) -> Result<crate::job::State, Rejection> {
         self.ask(|reply| Msg::Cancel { id, reply })?
             .map_err(|r| refused(id, r, "cancelled"))
     }
@@ -577,7 +577,11 @@ impl Handle {
 fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
     match r {
         Refused::NotFound => Rejection::new(code::NOT_FOUND, format!("no job {id}")),
-        Refused::WrongState(state) => {
+        Refused::WrongState(_) | Refused::Purged => {
+            let state = match r {
+                Refused::WrongState(s) => s.to_string(),
+                _ => "purged".into(),
+            };
             let what = if verb == "cancelled" {
                 "jobs that have not ended"
             } else {

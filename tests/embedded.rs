@@ -152,7 +152,7 @@ fn cancelling_a_running_embedded_job_reaches_its_handler() {
         .unwrap()
         .id;
     wait_state(&rt, id, "running");
-    assert_eq!(rt.cancel(id).unwrap(), "running");
+    assert_eq!(rt.cancel(id).unwrap(), duejob::job::State::Running);
     let t = Instant::now();
     while stopped.load(Ordering::SeqCst) == 0 {
         assert!(

@@ -120,7 +120,9 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     }
     for a in &j.attempts {
         let end = a.ended_at.map(time).unwrap_or_else(|| "-".into());
-        let outcome = a.outcome.map(|o| o.name()).unwrap_or("running");
+        let outcome = a
+            .outcome
+            .map_or_else(|| "running".to_string(), |o| o.to_string());
         writeln!(
             out,
             "  attempt {}: {} .. {}  {}",

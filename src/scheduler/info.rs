@@ -4,75 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// How an attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptOutcome {
-    /// The handler succeeded.
-    Succeeded,
-    /// The handler failed.
-    Failed,
-    /// It ran past its timeout.
-    TimedOut,
-    /// The job was cancelled while it ran.
-    Cancelled,
-    /// The daemon stopped while it ran.
-    Interrupted,
-}
-
-impl AttemptOutcome {
-    /// The protocol name.
-    pub fn name(self) -> &'static str {
-        match self {
-            AttemptOutcome::Succeeded => "succeeded",
-            AttemptOutcome::Failed => "failed",
-            AttemptOutcome::TimedOut => "timed_out",
-            AttemptOutcome::Cancelled => "cancelled",
-            AttemptOutcome::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// One attempt of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptInfo {
-    /// Attempt number, from 1.
-    pub number: u32,
-    /// Start (ms since the epoch).
-    pub started_at: u64,
-    /// End (ms), when it ended.
-    pub ended_at: Option<u64>,
-    /// How it ended; null while running.
-    pub outcome: Option<AttemptOutcome>,
-    /// Failure reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Exit code of an exec job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    /// Tail of the output of a failed exec job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_tail: Option<String>,
-    /// When the failure scheduled the next attempt (ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<u64>,
-}
-
-impl AttemptInfo {
-    /// A just-started attempt.
-    pub fn started(number: u32, at: u64) -> AttemptInfo {
-        AttemptInfo {
-            number,
-            started_at: at,
-            ended_at: None,
-            outcome: None,
-            error: None,
-            exit_code: None,
-            output_tail: None,
-            retry_at: None,
-        }
-    }
-}
+pub use crate::job::{AttemptInfo, AttemptOutcome};
 
 /// A job's status and timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,8 +47,10 @@ pub struct Done {
 pub enum Refused {
     /// No such job (or forgotten from memory).
     NotFound,
-    /// The job's state does not allow it (the state's name).
-    WrongState(&'static str),
+    /// The job's state does not allow it.
+    WrongState(crate::job::State),
+    /// The job is dead, but purged from the dead letters.
+    Purged,
     /// The WAL failed, so the change was not recorded, and not made. For an operation on many
     /// jobs, `applied` lists those whose records did reach the log before the failure: for them
     /// the change was made.
@@ -100,7 +102,7 @@ pub enum Msg {
         /// Job id.
         id: u64,
         /// The state the job was in, or why it was refused.
-        reply: Sender<Result<&'static str, Refused>>,
+        reply: Sender<Result<crate::job::State, Refused>>,
     },
     /// `dead list`: dead jobs, oldest death first.
     DeadList {

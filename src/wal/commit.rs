@@ -75,7 +75,8 @@ impl RecordBatch {
     pub fn byte_len(&self) -> usize {
         self.bytes.len()
     }
-    fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> {
+    /// Each record's type and encoded body, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> {
         let mut off = 0usize;
         self.entries.iter().map(move |&(t, len)| {
             let body = &self.bytes[off..off + len as usize];

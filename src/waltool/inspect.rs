@@ -1,7 +1,7 @@
 //! `duejob wal inspect DATA`: segments, LSN and time ranges, records by type, jobs by state and
 //! queue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -10,9 +10,9 @@ use serde::Serialize;
 use super::wal_dir;
 use crate::cli::fmt::time;
 use crate::cli::CliResult;
+use crate::job::census::Census;
 use crate::wal::io::FileStorage;
 use crate::wal::reader::{read_log, RecordView, Tail};
-use crate::wal::record::{state_code, Record};
 
 #[derive(Debug, Default, Serialize)]
 struct SegmentSummary {
@@ -35,51 +35,13 @@ struct Inspection {
     jobs_by_queue: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
-/// Job counts while reading the log. Only live and dead jobs are kept by id (dead ones can be
-/// revived); other terminal jobs are just counted, so memory follows the live set, not the log.
-#[derive(Default)]
-struct Tally {
-    live: HashMap<u64, (u16, &'static str)>,
-    dead: HashMap<u64, u16>,
-    done: BTreeMap<(u16, &'static str), u64>,
-}
-
-impl Tally {
-    fn set(&mut self, id: u64, state: &'static str) {
-        if let Some(e) = self.live.get_mut(&id) {
-            e.1 = state;
-        }
-    }
-    fn end(&mut self, id: u64, state: &'static str) {
-        if let Some((q, _)) = self.live.remove(&id) {
-            *self.done.entry((q, state)).or_default() += 1;
-            if state == "dead" {
-                self.dead.insert(id, q);
-            }
-        }
-    }
-    fn revive(&mut self, id: u64) {
-        if let Some(q) = self.dead.remove(&id) {
-            *self.done.entry((q, "dead")).or_default() -= 1;
-            self.live.insert(id, (q, "ready"));
-        }
-    }
-    fn purge(&mut self, id: u64) {
-        if let Some(q) = self.dead.remove(&id) {
-            *self.done.entry((q, "dead")).or_default() -= 1;
-            *self.done.entry((q, "purged")).or_default() += 1;
-        }
-    }
-}
-
 /// `wal inspect`.
 pub fn inspect(data: &Path, json: bool) -> CliResult {
     let dir = wal_dir(data)?;
     let storage = FileStorage::new(&dir);
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
     let mut segs: BTreeMap<u64, SegmentSummary> = BTreeMap::new();
-    let mut queues: Vec<String> = Vec::new();
-    let mut tally = Tally::default();
+    let mut census = Census::new();
     let scan = read_log(&storage, &mut |r: &RecordView<'_>| {
         *by_type.entry(r.record.type_name().into()).or_default() += 1;
         let s = segs.entry(r.segment).or_default();
@@ -89,31 +51,7 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
         let t = r.record.time();
         s.first_time = Some(s.first_time.map_or(t, |f| f.min(t)));
         s.last_time = Some(s.last_time.map_or(t, |l| l.max(t)));
-        let Some(id) = r.record.job_id() else {
-            return Ok(()); // a sync mark: counted above, about no job
-        };
-        match &r.record {
-            Record::Submit(sub) => {
-                let q = match queues.iter().position(|n| *n == *sub.queue) {
-                    Some(i) => i,
-                    None => {
-                        queues.push(sub.queue.to_string());
-                        queues.len() - 1
-                    }
-                };
-                tally.live.insert(id, (q as u16, "ready"));
-            }
-            Record::Start(_) => tally.set(id, "running"),
-            Record::Retry(_) => tally.set(id, "retrying"),
-            Record::Finish(f) => match f.state {
-                state_code::SUCCEEDED => tally.end(id, "succeeded"),
-                _ => tally.end(id, "dead"),
-            },
-            Record::Cancel(_) => tally.end(id, "cancelled"),
-            Record::Revive(_) => tally.revive(id),
-            Record::Purge(_) => tally.purge(id),
-            Record::Sync(_) => {}
-        }
+        census.record(&r.record);
         Ok(())
     })?;
     let mut ins = Inspection {
@@ -135,20 +73,11 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
         };
         ins.segments.push(s);
     }
-    let mut add = |q: u16, state: &str, n: u64| {
-        *ins.jobs_by_state.entry(state.into()).or_default() += n;
-        *ins.jobs_by_queue
-            .entry(queues[q as usize].clone())
-            .or_default()
-            .entry(state.into())
-            .or_default() += n;
-    };
-    for (q, state) in tally.live.values() {
-        add(*q, state, 1);
-    }
-    for ((q, state), n) in tally.done {
-        if n > 0 {
-            add(q, state, n);
+    for (queue, states) in census.by_queue() {
+        let counts = ins.jobs_by_queue.entry(queue).or_default();
+        for (state, n) in states {
+            *counts.entry(state.to_string()).or_default() += n;
+            *ins.jobs_by_state.entry(state.to_string()).or_default() += n;
         }
     }
     let mut out = std::io::stdout().lock();

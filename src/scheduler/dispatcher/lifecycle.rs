@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::{Dispatcher, DoneJob, State, IDLE};
 use crate::handlers::{JobError, StopReason};
+use crate::job::machine::outcome_reason;
 use crate::job::now_ms;
-use crate::scheduler::info::{AttemptInfo, AttemptOutcome, JobInfo};
+use crate::scheduler::info::JobInfo;
 use crate::scheduler::{DeadFilter, Refused};
 use crate::wal::commit::{Ack, Fate, RecordBatch};
 use crate::wal::record::{state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry};
@@ -24,21 +25,30 @@ fn without_nul(s: String) -> String {
 
 impl Dispatcher {
     pub(super) fn succeeded(&mut self, id: u64) {
-        let now = now_ms();
-        let e = self.jobs.get_mut(&id).expect("live job");
-        let rec = Finish {
+        let rec = Record::Finish(Finish {
             id,
-            attempt: e.attempt,
-            at: now,
+            attempt: self.jobs[&id].core.attempt,
+            at: now_ms(),
             state: state_code::SUCCEEDED,
             outcome: Outcome::Succeeded,
-        };
-        if let Some(a) = e.attempts.last_mut() {
-            apply_finish(a, &rec);
+        });
+        self.record(id, rec);
+        self.retire(id);
+    }
+
+    /// Applies a record the dispatcher built to its job and queues it for the WAL (it goes out
+    /// with the burst's other records).
+    fn record(&mut self, id: u64, rec: Record<'_>) {
+        if let Err(stale) = self.apply(id, &rec) {
+            // The dispatcher checked the job's state before building the record.
+            debug_assert!(false, "job {id}: {stale}");
+            log::error!(
+                "job {id}: a {} the dispatcher built does not apply: {stale}",
+                rec.type_name()
+            );
+            return;
         }
-        self.records.push(&Record::Finish(rec));
-        self.set_state(id, State::Succeeded);
-        self.retire(id, now);
+        self.records.push(&rec);
     }
 
     /// The current attempt failed: retry after a backoff, or end the job dead.
@@ -46,7 +56,8 @@ impl Dispatcher {
         let now = now_ms();
         let e = self.jobs.get_mut(&id).expect("live job");
         e.worker = IDLE;
-        e.failures += 1;
+        // The failure this attempt adds (its record, applied below, counts it).
+        let failures = e.core.failures + 1;
         let q = &self.cfg.queues[e.job.queue as usize];
         let fig = &mut self.figures[e.job.queue as usize];
         fig.failures += 1;
@@ -64,17 +75,17 @@ impl Dispatcher {
                 output_tail: without_nul(err.output_tail.clone()),
             },
         };
-        let attempt = e.attempt;
+        let attempt = e.core.attempt;
         let mut dead_reason = None;
         if err.permanent {
             dead_reason = Some(format!("{} (permanent: not retried)", err.reason));
-        } else if e.failures >= e.job.max_attempts {
+        } else if failures >= e.job.max_attempts {
             dead_reason = Some(format!(
                 "{} (attempt {} of {})",
-                err.reason, e.failures, e.job.max_attempts
+                err.reason, failures, e.job.max_attempts
             ));
         }
-        let retry_at = now + backoff(&mut self.rng, q.backoff_base, q.backoff_cap, e.failures);
+        let retry_at = now + backoff(&mut self.rng, q.backoff_base, q.backoff_cap, failures);
         if dead_reason.is_none() && !q.retry_past_deadline && retry_at > e.job.deadline {
             dead_reason = Some(format!(
                 "{}; not retried: the next attempt would start after the deadline",
@@ -83,22 +94,19 @@ impl Dispatcher {
         }
         match dead_reason {
             Some(reason) => {
+                let outcome = outcome(reason);
+                log::warn!("job {id} is dead: {}", outcome_reason(&outcome));
                 let rec = Finish {
                     id,
                     attempt,
                     at: now,
                     state: state_code::DEAD,
-                    outcome: outcome(reason),
+                    outcome,
                 };
-                if let Some(a) = e.attempts.last_mut() {
-                    apply_finish(a, &rec);
-                }
-                e.at = now;
-                log::warn!("job {id} is dead: {}", outcome_reason(&rec.outcome));
-                self.records.push(&Record::Finish(rec));
-                self.set_state(id, State::Dead);
+                self.record(id, Record::Finish(rec));
             }
             None => {
+                fig.retries += 1;
                 let rec = Retry {
                     id,
                     attempt,
@@ -106,38 +114,29 @@ impl Dispatcher {
                     retry_at,
                     outcome: outcome(err.reason.clone()),
                 };
-                if let Some(a) = e.attempts.last_mut() {
-                    apply_retry(a, &rec);
-                }
-                fig.retries += 1;
-                self.records.push(&Record::Retry(rec));
-                self.wait_for_retry(id, retry_at);
+                self.record(id, Record::Retry(rec));
+                self.timers
+                    .push(std::cmp::Reverse((retry_at, id, super::Timer::Ready)));
             }
         }
     }
 
     /// Moves a job that reached `succeeded` or `cancelled` (or a purged dead job) from the live
     /// table into the bounded history.
-    pub(super) fn retire(&mut self, id: u64, now: u64) {
+    pub(super) fn retire(&mut self, id: u64) {
         let e = self.jobs.remove(&id).expect("live job");
         let j = &e.job;
         self.remember(DoneJob {
             id,
             queue: self.queue_names[j.queue as usize].clone(),
             kind: self.kind_names[j.kind as usize].clone(),
-            state: e.state,
             submitted_at: j.submitted_at,
             deadline: j.deadline,
             run_at: j.run_at,
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
             key: j.key.clone(),
-            finished_at: if e.state == State::Dead && e.at > 0 {
-                e.at
-            } else {
-                now
-            },
-            attempts: e.attempts,
+            core: e.core,
         });
     }
 
@@ -157,21 +156,21 @@ impl Dispatcher {
     /// Cancels a job that is not yet terminal, once its `cancel` record is durable: a cancel the
     /// WAL could not record changes nothing. A running attempt is then told to stop (an exec
     /// job's process group is killed); whatever it reports later is ignored.
-    pub(super) fn cancel(&mut self, id: u64) -> Result<&'static str, Refused> {
+    pub(super) fn cancel(&mut self, id: u64) -> Result<State, Refused> {
         let Some(e) = self.jobs.get(&id) else {
             return match self.history.get(&id) {
-                Some(d) => Err(Refused::WrongState(d.state.name())),
+                Some(d) => Err(Refused::WrongState(d.state())),
                 None => Err(Refused::NotFound),
             };
         };
-        let was = e.state;
+        let was = e.core.state;
         if was.is_terminal() {
-            return Err(Refused::WrongState(was.name()));
+            return Err(Refused::WrongState(was));
         }
         self.check_wal()?;
-        let now = now_ms();
+        let rec = Record::Cancel(Cancel { id, at: now_ms() });
         let mut batch = RecordBatch::new();
-        batch.push(&Record::Cancel(Cancel { id, at: now }));
+        batch.push(&rec);
         let ack = self.record_and_wait(batch);
         if !matches!(ack.fates().next(), Some(Fate::Recorded(_))) {
             return Err(wal_refusal(&ack, 1, Vec::new()));
@@ -182,15 +181,13 @@ impl Dispatcher {
             let w = e.worker as usize;
             e.worker = IDLE;
             self.signals[w].raise(self.serials[w], StopReason::Cancelled);
-            if let Some(a) = e.attempts.last_mut() {
-                a.ended_at = Some(now);
-                a.outcome = Some(AttemptOutcome::Cancelled);
-            }
         }
         // Heap and timer entries are dropped lazily: they no longer point at a live job.
-        self.set_state(id, State::Cancelled);
-        self.retire(id, now);
-        Ok(was.name())
+        if let Err(stale) = self.apply(id, &rec) {
+            log::error!("job {id}: its recorded cancel does not apply: {stale}");
+        }
+        self.retire(id);
+        Ok(was)
     }
 
     /// Refuses a change up front when the WAL has failed (it could not be recorded).
@@ -211,7 +208,7 @@ impl Dispatcher {
         &mut self,
         ids: Vec<u64>,
         record: fn(JobEvent) -> Record<'static>,
-        mut change: impl FnMut(&mut Self, u64, u64),
+        mut change: impl FnMut(&mut Self, u64),
     ) -> Result<Vec<u64>, Refused> {
         if ids.is_empty() {
             return Ok(ids);
@@ -226,7 +223,12 @@ impl Dispatcher {
         let mut applied = Vec::with_capacity(ids.len());
         for (&id, fate) in ids.iter().zip(ack.fates()) {
             if matches!(fate, Fate::Recorded(_)) {
-                change(self, id, now);
+                match self.apply(id, &record(JobEvent { id, at: now })) {
+                    Ok(_) => change(self, id),
+                    Err(stale) => {
+                        log::error!("job {id}: its recorded change does not apply: {stale}")
+                    }
+                }
                 applied.push(id);
             }
         }
@@ -239,13 +241,13 @@ impl Dispatcher {
 
     pub(super) fn dead_ids(&self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
         match which {
-            DeadFilter::Id(id) => match self.jobs.get(id).map(|e| e.state) {
+            DeadFilter::Id(id) => match self.jobs.get(id).map(|e| e.core.state) {
                 Some(State::Dead) => Ok(vec![*id]),
-                Some(s) => Err(Refused::WrongState(s.name())),
+                Some(s) => Err(Refused::WrongState(s)),
                 None => match self.history.get(id) {
                     // A dead job in the history was purged from the dead letters.
-                    Some(d) if d.state == State::Dead => Err(Refused::WrongState("purged")),
-                    Some(d) => Err(Refused::WrongState(d.state.name())),
+                    Some(d) if d.state() == State::Dead => Err(Refused::Purged),
+                    Some(d) => Err(Refused::WrongState(d.state())),
                     None => Err(Refused::NotFound),
                 },
             },
@@ -253,10 +255,10 @@ impl Dispatcher {
                 let mut ids: Vec<(u64, u64)> = self
                     .jobs
                     .iter()
-                    .filter(|(_, e)| e.state == State::Dead)
+                    .filter(|(_, e)| e.core.state == State::Dead)
                     .filter(|(_, e)| queue.is_none_or(|q| e.job.queue == q))
-                    .filter(|(_, e)| before.is_none_or(|b| e.at < b))
-                    .map(|(id, e)| (e.at, *id))
+                    .filter(|(_, e)| before.is_none_or(|b| e.core.at < b))
+                    .map(|(id, e)| (e.core.at, *id))
                     .collect();
                 ids.sort_unstable();
                 Ok(ids.into_iter().map(|(_, id)| id).collect())
@@ -272,24 +274,19 @@ impl Dispatcher {
             })
             .unwrap_or_default();
         ids.into_iter()
-            .filter(|id| since.is_none_or(|s| self.jobs[id].at >= s))
+            .filter(|id| since.is_none_or(|s| self.jobs[id].core.at >= s))
             .filter_map(|id| self.status(id))
             .collect()
     }
 
     pub(super) fn dead_retry(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
         let ids = self.dead_ids(which)?;
-        self.change_dead(ids, Record::Revive, |d, id, _| {
-            let e = d.jobs.get_mut(&id).expect("dead job");
-            e.failures = 0;
-            e.at = 0;
-            d.push_ready(id);
-        })
+        self.change_dead(ids, Record::Revive, |d, id| d.push_ready(id))
     }
 
     pub(super) fn dead_purge(&mut self, which: &DeadFilter) -> Result<Vec<u64>, Refused> {
         let ids = self.dead_ids(which)?;
-        self.change_dead(ids, Record::Purge, |d, id, now| d.retire(id, now))
+        self.change_dead(ids, Record::Purge, |d, id| d.retire(id))
     }
 }
 
@@ -321,50 +318,6 @@ pub fn backoff(rng: &mut u64, base: Duration, cap: Duration, failures: u32) -> u
     *rng ^= *rng >> 27;
     let r = rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
     r % (ceiling + 1)
-}
-
-/// The reason text of an outcome.
-pub fn outcome_reason(o: &Outcome) -> &str {
-    match o {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed { reason, .. } | Outcome::TimedOut { reason, .. } => reason,
-    }
-}
-
-fn apply_outcome(a: &mut AttemptInfo, at: u64, o: &Outcome) {
-    a.ended_at = Some(at);
-    match o {
-        Outcome::Succeeded => a.outcome = Some(AttemptOutcome::Succeeded),
-        Outcome::Failed {
-            reason,
-            exit_code,
-            output_tail,
-        } => {
-            a.outcome = Some(AttemptOutcome::Failed);
-            a.error = Some(reason.clone());
-            a.exit_code = *exit_code;
-            a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
-        }
-        Outcome::TimedOut {
-            reason,
-            output_tail,
-        } => {
-            a.outcome = Some(AttemptOutcome::TimedOut);
-            a.error = Some(reason.clone());
-            a.output_tail = (!output_tail.is_empty()).then(|| output_tail.clone());
-        }
-    }
-}
-
-/// Fills in an attempt's end from its `finish` record.
-pub fn apply_finish(a: &mut AttemptInfo, f: &Finish) {
-    apply_outcome(a, f.at, &f.outcome);
-}
-
-/// Fills in an attempt's end from its `retry` record.
-pub fn apply_retry(a: &mut AttemptInfo, r: &Retry) {
-    apply_outcome(a, r.at, &r.outcome);
-    a.retry_at = Some(r.retry_at);
 }
 
 #[cfg(test)]

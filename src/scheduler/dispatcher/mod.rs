@@ -17,7 +17,7 @@ use crate::idmap::{id_map, IdMap};
 mod lifecycle;
 mod report;
 
-pub use lifecycle::{apply_finish, apply_retry, backoff, outcome_reason};
+pub use lifecycle::backoff;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,36 +25,28 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use super::info::{AttemptInfo, JobInfo};
+use super::info::JobInfo;
 use super::ready::{Limits, ReadySet};
 use super::table::JobTable;
 use super::worker::{self, Task};
 use super::{Done, Msg};
 use crate::config::{Config, Order};
 use crate::handlers::{JobError, Kinds, StopReason, StopSignal};
+use crate::job::machine::{self, JobCore, Stale, Transition};
 use crate::job::WalMsg;
 use crate::job::{now_ms, JobRef, State};
 use crate::wal::commit::{Ack, Append, RecordBatch};
 use crate::wal::record::{Record, Start};
 use crate::wal::WalError;
 
-/// A non-terminal or dead job recovered from the WAL.
+/// A non-terminal or dead job recovered from the WAL: `scheduled`, `ready`, `retrying` or
+/// `dead` (recovery leaves no job `running`).
 #[derive(Debug, Clone)]
 pub struct LiveJob {
     /// The job.
     pub job: JobRef,
-    /// `Ready` (or scheduled, by its `run_at`), `Retrying` or `Dead`.
-    pub state: State,
-    /// Attempts started so far.
-    pub attempt: u32,
-    /// Attempts that failed (the budget `max_attempts` bounds).
-    pub failures: u32,
-    /// When a `Retrying` job runs again.
-    pub retry_at: Option<u64>,
-    /// When a `Dead` job died.
-    pub finished_at: u64,
-    /// The timeline.
-    pub attempts: Vec<AttemptInfo>,
+    /// Its progress.
+    pub core: JobCore,
 }
 
 /// A job in a terminal state, kept (without its payload) for `status`.
@@ -66,8 +58,6 @@ pub struct DoneJob {
     pub queue: Arc<str>,
     /// Kind name.
     pub kind: Arc<str>,
-    /// Terminal state.
-    pub state: State,
     /// Acceptance time.
     pub submitted_at: u64,
     /// Deadline.
@@ -80,19 +70,22 @@ pub struct DoneJob {
     pub timeout_ms: Option<u64>,
     /// Idempotency key.
     pub key: Option<Box<str>>,
-    /// When it ended.
-    pub finished_at: u64,
-    /// Timeline.
-    pub attempts: Vec<AttemptInfo>,
+    /// Its end state, when it ended, and its timeline.
+    pub core: JobCore,
 }
 
 impl DoneJob {
+    /// The terminal state.
+    pub fn state(&self) -> State {
+        self.core.state
+    }
+
     fn info(&self) -> JobInfo {
         JobInfo {
             id: self.id,
             queue: self.queue.to_string(),
             kind: self.kind.to_string(),
-            state: self.state.name().into(),
+            state: self.core.state.to_string(),
             submitted_at: self.submitted_at,
             deadline: self.deadline,
             run_at: self.run_at,
@@ -100,9 +93,9 @@ impl DoneJob {
             timeout_ms: self.timeout_ms,
             key: self.key.as_deref().map(Into::into),
             next_attempt_at: None,
-            finished_at: Some(self.finished_at),
+            finished_at: self.core.finished_at(),
             payload: None,
-            attempts: self.attempts.clone(),
+            attempts: self.core.attempts.clone(),
         }
     }
 }
@@ -127,14 +120,9 @@ const IDLE: u16 = u16::MAX;
 
 struct Entry {
     job: JobRef,
-    state: State,
-    attempt: u32,
-    failures: u32,
-    attempts: Vec<AttemptInfo>,
+    core: JobCore,
     /// Monotonic µs when it became ready.
     ready_at_us: u64,
-    /// When a retrying job runs again, or when a dead job died (ms); 0 otherwise.
-    at: u64,
     /// The worker running it, or [`IDLE`].
     worker: u16,
     /// Whether the running attempt's timeout fired.
@@ -307,73 +295,56 @@ impl Dispatcher {
     fn restore(&mut self, rec: Recovered) {
         for done in rec.done {
             if let Some(q) = self.queue_names.iter().position(|n| *n == done.queue) {
-                self.counts[q][done.state.index()] += 1;
+                self.counts[q][done.state().index()] += 1;
             }
             self.remember(done);
         }
         let now = now_ms();
         for live in rec.live {
-            let (id, q) = (live.job.id, live.job.queue as usize);
-            let state = live.state;
-            self.counts[q][State::Ready.index()] += 1;
-            self.jobs.insert(
-                id,
-                Entry {
-                    job: live.job,
-                    state: State::Ready,
-                    attempt: live.attempt,
-                    failures: live.failures,
-                    attempts: live.attempts,
-                    ready_at_us: 0,
-                    at: live.finished_at,
-                    worker: IDLE,
-                    timed_out: false,
-                },
-            );
-            match state {
-                State::Dead => self.set_state(id, State::Dead),
-                State::Retrying => self.wait_for_retry(id, live.retry_at.unwrap_or(now)),
-                _ => self.make_ready_or_schedule(id, now),
-            }
+            self.insert(live.job, live.core, now);
         }
     }
 
-    /// Adds a new job, ready or (if delayed) scheduled.
-    fn admit(&mut self, job: JobRef, now: u64) {
+    /// Adds a job to the table, counts it, and starts it on its way: to the ready set, or to the
+    /// timers if it waits for its `run_at` or its retry.
+    fn insert(&mut self, job: JobRef, core: JobCore, now: u64) {
         let (id, q) = (job.id, job.queue as usize);
-        self.counts[q][State::Ready.index()] += 1;
+        self.counts[q][core.state.index()] += 1;
         let entry = Entry {
             job,
-            state: State::Ready,
-            attempt: 0,
-            failures: 0,
-            attempts: Vec::new(),
+            core,
             ready_at_us: 0,
-            at: 0,
             worker: IDLE,
             timed_out: false,
         };
         self.jobs.insert(id, entry);
-        self.make_ready_or_schedule(id, now);
-    }
-
-    /// A job counted as `Ready` goes to the ready set, or to the timers if its `run_at` is ahead.
-    fn make_ready_or_schedule(&mut self, id: u64, now: u64) {
-        match self.jobs[&id].job.run_at {
-            Some(at) if at > now => {
-                self.set_state(id, State::Scheduled);
-                self.timers.push(Reverse((at, id, Timer::Ready)));
-            }
-            _ => self.push_ready(id),
+        let e = &self.jobs[&id];
+        match e.core.state {
+            State::Scheduled => match e.job.run_at {
+                Some(at) if at > now => self.timers.push(Reverse((at, id, Timer::Ready))),
+                _ => self.wake(id),
+            },
+            State::Retrying => self.timers.push(Reverse((e.core.at, id, Timer::Ready))),
+            State::Ready => self.push_ready(id),
+            _ => {}
         }
     }
 
-    fn wait_for_retry(&mut self, id: u64, at: u64) {
-        self.set_state(id, State::Retrying);
-        if let Some(e) = self.jobs.get_mut(&id) {
-            e.at = at;
+    /// Applies a record the dispatcher built (or had recorded) to a job, keeping the counts by
+    /// state.
+    fn apply(&mut self, id: u64, rec: &Record<'_>) -> Result<Transition, Stale> {
+        let e = self.jobs.get_mut(&id).expect("live job");
+        apply_counted(&mut self.counts, e, rec)
+    }
+
+    /// A scheduled or retrying job's time came: it goes to the ready set.
+    fn wake(&mut self, id: u64) {
+        let e = self.jobs.get_mut(&id).expect("live job");
+        let from = e.core.state;
+        if e.core.wake() {
+            recount(&mut self.counts, e, from);
+            self.push_ready(id);
         }
-        self.timers.push(Reverse((at, id, Timer::Ready)));
     }
 
     fn now_us(&self) -> u64 {
@@ -449,7 +420,8 @@ impl Dispatcher {
             Msg::Jobs(jobs) => {
                 let now = now_ms();
                 for job in jobs {
-                    self.admit(job, now);
+                    let core = JobCore::with_run_at(job.run_at);
+                    self.insert(job, core, now);
                 }
             }
             Msg::Done(d) => self.finished(d),
@@ -487,21 +459,13 @@ impl Dispatcher {
         }
     }
 
-    fn set_state(&mut self, id: u64, to: State) {
-        let e = self.jobs.get_mut(&id).expect("live job");
-        let q = e.job.queue as usize;
-        self.counts[q][e.state.index()] -= 1;
-        self.counts[q][to.index()] += 1;
-        e.state = to;
-    }
-
+    /// Puts a `ready` job into the ready set.
     fn push_ready(&mut self, id: u64) {
         let now_us = self.now_us();
         let order = self.cfg.order;
-        self.set_state(id, State::Ready);
         let e = self.jobs.get_mut(&id).expect("live job");
+        debug_assert_eq!(e.core.state, State::Ready);
         e.ready_at_us = now_us;
-        e.at = 0;
         let q = e.job.queue;
         let rank = match order {
             Order::Deadline => e.job.deadline,
@@ -530,18 +494,18 @@ impl Dispatcher {
             };
             match what {
                 Timer::Ready => {
-                    let due = match e.state {
+                    let due = match e.core.state {
                         State::Scheduled => true,
-                        State::Retrying => e.at == at,
+                        State::Retrying => e.core.at == at,
                         _ => false,
                     };
                     if due {
-                        self.push_ready(id);
+                        self.wake(id);
                     }
                 }
                 Timer::Timeout(attempt) => {
-                    if e.state != State::Running
-                        || e.attempt != attempt
+                    if e.core.state != State::Running
+                        || e.core.attempt != attempt
                         || e.worker == IDLE
                         || e.timed_out
                     {
@@ -556,7 +520,7 @@ impl Dispatcher {
                         .push(Reverse((give_up, id, Timer::GiveUp(attempt))));
                 }
                 Timer::GiveUp(attempt) => {
-                    if e.state == State::Running && e.attempt == attempt {
+                    if e.core.state == State::Running && e.core.attempt == attempt {
                         let ms = e.job.timeout_ms.unwrap_or(0);
                         log::error!("job {id} attempt {attempt}: the handler did not stop after its timeout; giving the attempt up (its worker stays busy until it returns)");
                         let err = JobError::new(format!(
@@ -579,7 +543,7 @@ impl Dispatcher {
             let expected = &self.expected_ms;
             let pick = self.ready.pick(
                 self.free.len(),
-                &mut |id| jobs.get(&id).is_some_and(|e| e.state == State::Ready),
+                &mut |id| jobs.get(&id).is_some_and(|e| e.core.state == State::Ready),
                 &mut |q, id| {
                     let kind = jobs.get(&id)?.job.kind;
                     expected.get(&(q, kind)).map(|&ms| ms.ceil() as u64)
@@ -591,13 +555,14 @@ impl Dispatcher {
             let now_us = self.now_us();
             self.serial += 1;
             let serial = self.serial;
-            self.set_state(pick.id, State::Running);
             let e = self.jobs.get_mut(&pick.id).expect("picked job");
-            e.attempt += 1;
-            // Exact capacity: most jobs have one attempt, and the list outlives the job in the
-            // history.
-            e.attempts.reserve_exact(1);
-            e.attempts.push(AttemptInfo::started(e.attempt, now));
+            let start = Record::Start(Start {
+                id: pick.id,
+                attempt: e.core.attempt + 1,
+                at: now,
+            });
+            let started = apply_counted(&mut self.counts, e, &start);
+            debug_assert!(started.is_ok(), "{started:?}");
             e.worker = worker as u16;
             e.timed_out = false;
             self.serials[worker] = serial;
@@ -609,19 +574,16 @@ impl Dispatcher {
             if pick.borrowed {
                 fig.borrowed += 1;
             }
+            let attempt = e.core.attempt;
             if let Some(t) = e.job.timeout_ms {
                 self.timers
-                    .push(Reverse((now + t, pick.id, Timer::Timeout(e.attempt))));
+                    .push(Reverse((now + t, pick.id, Timer::Timeout(attempt))));
             }
-            self.records.push(&Record::Start(Start {
-                id: pick.id,
-                attempt: e.attempt,
-                at: now,
-            }));
+            self.records.push(&start);
             self.signals[worker].arm(serial);
             let task = Task {
                 job: e.job.clone(),
-                attempt: e.attempt,
+                attempt,
                 serial,
             };
             // A free worker's channel is empty, so this never blocks.
@@ -636,7 +598,7 @@ impl Dispatcher {
         self.free.push(d.worker);
         self.ready.finished(d.queue);
         let current = self.jobs.get(&d.id).and_then(|e| {
-            (e.worker != IDLE && e.state == State::Running && e.attempt == d.attempt)
+            (e.worker != IDLE && e.core.state == State::Running && e.core.attempt == d.attempt)
                 .then_some(e.timed_out)
         });
         let Some(timed_out) = current else {
@@ -700,5 +662,27 @@ impl Dispatcher {
         if self.wal.send(msg).is_err() {
             log::error!("dispatcher: the WAL has stopped; state changes are no longer recorded");
         }
+    }
+}
+
+/// Applies `rec` to a job through the state machine and moves it between the counts by state.
+fn apply_counted(
+    counts: &mut [[u64; 7]],
+    e: &mut Entry,
+    rec: &Record<'_>,
+) -> Result<Transition, Stale> {
+    let from = e.core.state;
+    let t = machine::apply(&mut e.core, rec);
+    recount(counts, e, from);
+    t
+}
+
+/// Moves a job whose state was `from` to the count of its state now.
+fn recount(counts: &mut [[u64; 7]], e: &Entry, from: State) {
+    let to = e.core.state;
+    if to != from {
+        let q = e.job.queue as usize;
+        counts[q][from.index()] -= 1;
+        counts[q][to.index()] += 1;
     }
 }

@@ -31,40 +31,38 @@ impl Dispatcher {
             id,
             queue: self.queue_names[j.queue as usize].to_string(),
             kind: self.kind_names[j.kind as usize].to_string(),
-            state: e.state.name().into(),
+            state: e.core.state.to_string(),
             submitted_at: j.submitted_at,
             deadline: j.deadline,
             run_at: j.run_at,
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
             key: j.key.as_deref().map(Into::into),
-            next_attempt_at: (e.state == State::Retrying).then_some(e.at),
-            finished_at: (e.state == State::Dead).then_some(e.at),
+            next_attempt_at: e.core.retry_at(),
+            finished_at: e.core.finished_at(),
             payload: serde_json::from_str(&j.payload).ok(),
-            attempts: e.attempts.clone(),
+            attempts: e.core.attempts.clone(),
         })
     }
 
     pub(super) fn stats(&mut self) -> SchedStats {
         let now = now_ms();
         let now_us = self.now_us();
-        let mut totals: std::collections::BTreeMap<String, u64> = State::ALL
-            .iter()
-            .map(|s| (s.name().to_string(), 0))
-            .collect();
+        let mut totals: std::collections::BTreeMap<String, u64> =
+            State::ALL.iter().map(|s| (s.to_string(), 0)).collect();
         let mut queues = std::collections::BTreeMap::new();
         for (q, qc) in self.cfg.queues.iter().enumerate() {
             let mut states = std::collections::BTreeMap::new();
             for s in State::ALL {
                 let c = self.counts[q][s.index()];
-                states.insert(s.name().to_string(), c);
-                *totals.get_mut(s.name()).expect("state") += c;
+                states.insert(s.to_string(), c);
+                *totals.get_mut(&s.to_string()).expect("state") += c;
             }
             let jobs = &self.jobs;
             let head = self
                 .ready
                 .head(q as u16, &mut |id| {
-                    jobs.get(&id).is_some_and(|e| e.state == State::Ready)
+                    jobs.get(&id).is_some_and(|e| e.core.state == State::Ready)
                 })
                 .and_then(|(_, id)| jobs.get(&id));
             let fig = &self.figures[q];

@@ -1,0 +1,188 @@
+//! Jobs by queue and state as a log's records leave them: what `wal inspect` counts. Every record
+//! goes through the same state machine as in the daemon and in recovery, so a stale record
+//! (about an attempt that was given up) is ignored here as it is there.
+//!
+//! Only open and dead jobs are kept by id (a dead one can be revived); jobs that succeed, are
+//! cancelled or are purged are counted and forgotten, so memory follows the live set, not the log.
+//! (So a second `submit` of an ended job's id, which only damage could write, is counted as a new
+//! job here while recovery ignores it, and logs it.)
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::machine::{self, JobCore, Transition};
+use super::State;
+use crate::wal::record::Record;
+
+/// What a job is counted as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counted {
+    /// In this state.
+    State(State),
+    /// Dead, and purged from the dead letters.
+    Purged,
+}
+
+impl std::fmt::Display for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Counted::State(s) => s.fmt(f),
+            Counted::Purged => f.write_str("purged"),
+        }
+    }
+}
+
+/// The count under construction. Feed it every record in log order with [`Census::record`].
+#[derive(Debug, Default)]
+pub struct Census {
+    /// Queue names, by first appearance.
+    queues: Vec<String>,
+    /// Open and dead jobs: queue index and progress.
+    jobs: HashMap<u64, (u16, JobCore)>,
+    /// Jobs that ended for good, by queue and how.
+    ended: BTreeMap<(u16, Counted), u64>,
+    /// Records that did not apply to their job (stale: fenced off).
+    stale: u64,
+}
+
+impl Census {
+    /// An empty count.
+    pub fn new() -> Census {
+        Census::default()
+    }
+
+    /// Applies one record.
+    pub fn record(&mut self, rec: &Record<'_>) {
+        let Some(id) = rec.job_id() else {
+            return; // a sync mark: about no job
+        };
+        if let Record::Submit(s) = rec {
+            if self.jobs.contains_key(&id) {
+                self.stale += 1;
+                return;
+            }
+            let q = match self.queues.iter().position(|n| *n == *s.queue) {
+                Some(i) => i,
+                None => {
+                    self.queues.push(s.queue.to_string());
+                    self.queues.len() - 1
+                }
+            };
+            self.jobs.insert(id, (q as u16, JobCore::new(s)));
+            return;
+        }
+        let Some((q, core)) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let q = *q;
+        let gone = match machine::apply(core, rec) {
+            Ok(Transition::Ended(s @ (State::Succeeded | State::Cancelled))) => Counted::State(s),
+            Ok(Transition::Purged) => Counted::Purged,
+            Ok(_) => return,
+            Err(_) => {
+                self.stale += 1;
+                return;
+            }
+        };
+        self.jobs.remove(&id);
+        *self.ended.entry((q, gone)).or_default() += 1;
+    }
+
+    /// Records that did not apply to a job kept by id (stale, or a second submit of an open job).
+    pub fn stale_records(&self) -> u64 {
+        self.stale
+    }
+
+    /// Jobs by queue name and how they are counted (zero counts left out).
+    pub fn by_queue(&self) -> BTreeMap<String, BTreeMap<Counted, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<Counted, u64>> = BTreeMap::new();
+        let mut add = |q: u16, c: Counted, n: u64| {
+            *out.entry(self.queues[q as usize].clone())
+                .or_default()
+                .entry(c)
+                .or_default() += n;
+        };
+        for (q, core) in self.jobs.values() {
+            add(*q, Counted::State(core.state), 1);
+        }
+        for (&(q, c), &n) in &self.ended {
+            add(q, c, n);
+        }
+        out
+    }
+
+    /// Jobs by how they are counted, all queues.
+    pub fn by_state(&self) -> BTreeMap<Counted, u64> {
+        let mut out = BTreeMap::new();
+        for states in self.by_queue().into_values() {
+            for (c, n) in states {
+                *out.entry(c).or_default() += n;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::{state_code, Finish, JobEvent, Outcome, Start, Submit};
+
+    fn submit(id: u64, queue: &'static str) -> Record<'static> {
+        Record::Submit(Submit {
+            id,
+            queue: queue.into(),
+            kind: "noop".into(),
+            payload: "{}".into(),
+            key: None,
+            submitted_at: 1,
+            deadline: 2,
+            run_at: None,
+            max_attempts: 1,
+            timeout_ms: None,
+        })
+    }
+
+    fn finish(id: u64, attempt: u32, state: u8) -> Record<'static> {
+        Record::Finish(Finish {
+            id,
+            attempt,
+            at: 9,
+            state,
+            outcome: Outcome::Succeeded,
+        })
+    }
+
+    #[test]
+    fn a_stale_finish_does_not_end_a_job() {
+        let mut c = Census::new();
+        let start = |id, attempt| Record::Start(Start { id, attempt, at: 5 });
+        for r in [
+            submit(1, "bulk"),
+            start(1, 1),
+            start(1, 2),
+            // Attempt 1 was given up: its late finish must not end the job (recovery ignores
+            // it too).
+            finish(1, 1, state_code::SUCCEEDED),
+            submit(2, "bulk"),
+            start(2, 1),
+            finish(2, 1, state_code::DEAD),
+            Record::Purge(JobEvent { id: 2, at: 10 }),
+            Record::Revive(JobEvent { id: 2, at: 11 }),
+            submit(3, "mail"),
+        ] {
+            c.record(&r);
+        }
+        // The late finish; the revive after the purge is about a job no longer kept.
+        assert_eq!(c.stale_records(), 1);
+        let by_queue = c.by_queue();
+        assert_eq!(
+            by_queue["bulk"],
+            BTreeMap::from([(Counted::State(State::Running), 1), (Counted::Purged, 1)])
+        );
+        assert_eq!(
+            by_queue["mail"],
+            BTreeMap::from([(Counted::State(State::Ready), 1)])
+        );
+        assert_eq!(c.by_state().values().sum::<u64>(), 3);
+    }
+}

@@ -349,6 +349,10 @@ mod tests {
                     output_tail
                 }
             ),
+            (".{0,40}", ".{0,40}").prop_map(|(reason, output_tail)| Outcome::TimedOut {
+                reason,
+                output_tail
+            }),
         ]
     }
 

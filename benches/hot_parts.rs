@@ -7,9 +7,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use duejob::config::Order;
-use duejob::protocol::Request;
 use duejob::scheduler::ready::{Limits, ReadySet};
 use duejob::wal::record::{rtype, Record, Submit, SCHEMA};
+use duejob::wire::Request;
 
 fn submit() -> Record<'static> {
     Record::Submit(Submit {

@@ -88,8 +88,18 @@ fn round(port: u16, pool_size: u32, n: usize) -> Result<f64, Box<dyn std::error:
     });
     loop {
         let st = rt.stats()?;
-        let ok = st.sched.totals.get("succeeded").copied().unwrap_or(0);
-        let dead = st.sched.totals.get("dead").copied().unwrap_or(0);
+        let ok = st
+            .sched
+            .totals
+            .get(&duejob::wire::State::Succeeded)
+            .copied()
+            .unwrap_or(0);
+        let dead = st
+            .sched
+            .totals
+            .get(&duejob::wire::State::Dead)
+            .copied()
+            .unwrap_or(0);
         if ok + dead >= n as u64 {
             assert_eq!(dead, 0, "emails died: {:?}", st.kinds);
             break;

@@ -35,8 +35,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total = n / 4 * 4;
     loop {
         let st = rt.stats()?;
-        let done = st.sched.totals.get("succeeded").copied().unwrap_or(0);
-        let dead = st.sched.totals.get("dead").copied().unwrap_or(0);
+        let done = st
+            .sched
+            .totals
+            .get(&duejob::wire::State::Succeeded)
+            .copied()
+            .unwrap_or(0);
+        let dead = st
+            .sched
+            .totals
+            .get(&duejob::wire::State::Dead)
+            .copied()
+            .unwrap_or(0);
         if done + dead >= total {
             let secs = t.elapsed().as_secs_f64();
             println!(

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use duejob::client::Submit;
 use duejob::config::{Config, Order};
+use duejob::wire::{Request, State};
 use duejob::{Client, Runtime};
 
 #[derive(Parser)]
@@ -83,7 +84,7 @@ fn run(s: &Scenario, order: Order) -> Result<Outcome, Box<dyn std::error::Error>
     let mut pending = 0u64;
     while Instant::now() < end {
         while Instant::now() >= next && Instant::now() < end {
-            c.send_line(note.to_request().to_string().as_bytes())?;
+            c.send(&Request::Submit(note.clone()))?;
             pending += 1;
             sent += 1;
             next += every;
@@ -97,16 +98,16 @@ fn run(s: &Scenario, order: Order) -> Result<Outcome, Box<dyn std::error::Error>
                 .min(Duration::from_millis(5)),
         );
     }
-    let bulk_in_window = c.stats()?.sched.queues["bulk"].states["succeeded"];
+    let bulk_in_window = c.stats()?.sched.queues["bulk"].states[&State::Succeeded];
     // Wait for the notifications (and, when it will finish in reasonable time, the bulk flood).
     let mut makespan = None;
     loop {
         let st = c.stats()?;
-        let q = |name: &str, state: &str| st.sched.queues[name].states[state];
-        if makespan.is_none() && q("bulk", "succeeded") >= s.bulk {
+        let q = |name: &str, state: State| st.sched.queues[name].states[&state];
+        if makespan.is_none() && q("bulk", State::Succeeded) >= s.bulk {
             makespan = Some(t0.elapsed());
         }
-        let notes_done = q("notifications", "succeeded") >= sent;
+        let notes_done = q("notifications", State::Succeeded) >= sent;
         let bulk_finishes = s.bulk * s.bulk_ms / 4 < 60_000;
         if notes_done && (makespan.is_some() || !bulk_finishes) {
             let w = &st.sched.queues["notifications"].wait_ms;
@@ -116,7 +117,7 @@ fn run(s: &Scenario, order: Order) -> Result<Outcome, Box<dyn std::error::Error>
                 max: w.max,
                 missed: st.sched.queues["notifications"].deadline_misses,
                 sent,
-                bulk_done: q("bulk", "succeeded"),
+                bulk_done: q("bulk", State::Succeeded),
                 bulk_in_window,
                 makespan,
             };

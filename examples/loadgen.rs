@@ -118,7 +118,7 @@ fn drive(sock: PathBuf, line: String, window: usize, jobs_per_req: u64, until: I
 fn succeeded(sock: &PathBuf) -> u64 {
     let mut c = duejob::Client::connect(sock).unwrap();
     let s = c.stats().unwrap();
-    s.sched.totals["succeeded"]
+    s.sched.totals[&duejob::wire::State::Succeeded]
 }
 
 fn main() {

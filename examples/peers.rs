@@ -240,7 +240,7 @@ fn consume(sys: System, sock: &Path, stop: &AtomicBool, done: &AtomicU64) {
 
 fn duejob_succeeded(sock: &Path) -> u64 {
     let mut c = duejob::Client::connect(sock).unwrap();
-    c.stats().unwrap().sched.totals["succeeded"]
+    c.stats().unwrap().sched.totals[&duejob::wire::State::Succeeded]
 }
 
 /// (utime + stime) of a process in seconds.

@@ -96,7 +96,7 @@ fn recover(dir: &std::path::Path, n: u64) -> Result<(), Box<dyn std::error::Erro
     let stats = rt.stats()?;
     let restored = t.elapsed();
     let rss = rss_bytes().saturating_sub(rss0);
-    let used = stats.sched.queues["bulk"].states["scheduled"];
+    let used = stats.sched.queues["bulk"].states[&duejob::wire::State::Scheduled];
     println!(
         "{n} pending jobs (200-byte payloads): accepting again after {:.0} ms, fully restored after {:.0} ms; RSS +{:.0} bytes/job ({:.0} beyond the payload); {} recovered",
         accepting.as_secs_f64() * 1000.0,

@@ -1,22 +1,31 @@
-//! [`Client`]: talks to a running daemon over its Unix socket (the CLI uses it too).
+//! [`Client`]: talks to a running daemon over its Unix socket, one typed method per request (the
+//! command line uses it too).
 //!
 //! ```no_run
-//! let mut c = duejob::Client::connect("./duejob-data/duejob.sock")?;
-//! let s = c.submit(&duejob::client::Submit::new("notifications", "exec")
+//! use duejob::client::{Client, Submit};
+//!
+//! let mut c = Client::connect("./duejob-data/duejob.sock")?;
+//! let s = c.submit(&Submit::new("notifications", "exec")
 //!     .payload(serde_json::json!({"argv": ["echo", "hi"]})))?;
 //! println!("job {} at LSN {}", s.id, s.lsn);
+//! let job = c.status(s.id)?;
+//! println!("{} attempts so far; {}", job.attempts.len(), job.state);
 //! # Ok::<(), duejob::client::ClientError>(())
 //! ```
 
+use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::runtime::Stats;
-use crate::scheduler::JobInfo;
+use crate::wire::reply::ErrorReply;
+use crate::wire::{
+    BatchSubmitted, Cancelled, DeadJobs, Hello, Ids, JobInfo, JobStatus, Rejection, Request, Stats,
+};
+pub use crate::wire::{DeadSelect, Submit, Submitted};
 
 /// Client errors.
 #[derive(Debug)]
@@ -24,13 +33,8 @@ use crate::scheduler::JobInfo;
 pub enum ClientError {
     /// Socket I/O.
     Io(std::io::Error),
-    /// The daemon answered with an error.
-    Server {
-        /// Error code.
-        code: String,
-        /// Message.
-        message: String,
-    },
+    /// The daemon refused the request (its code, message, and what of it was recorded).
+    Server(Rejection),
     /// The reply was not what the protocol promises.
     Protocol(String),
 }
@@ -39,7 +43,7 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Io(e) => write!(f, "{e}"),
-            ClientError::Server { code, message } => write!(f, "{message} ({code})"),
+            ClientError::Server(r) => write!(f, "{} ({})", r.message, r.code),
             ClientError::Protocol(m) => write!(f, "unexpected reply from the daemon: {m}"),
         }
     }
@@ -51,81 +55,6 @@ impl From<std::io::Error> for ClientError {
     fn from(e: std::io::Error) -> Self {
         ClientError::Io(e)
     }
-}
-
-/// A job to submit.
-#[derive(Debug, Clone, Serialize)]
-pub struct Submit {
-    /// Queue.
-    pub queue: String,
-    /// Kind.
-    pub kind: String,
-    /// Payload.
-    pub payload: Value,
-    /// Idempotency key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// Deadline after becoming ready (ms).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub due_in_ms: Option<u64>,
-    /// Delay (ms).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delay_ms: Option<u64>,
-    /// Attempts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    /// Timeout (ms).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-}
-
-impl Submit {
-    /// A job with an empty object payload.
-    pub fn new(queue: &str, kind: &str) -> Submit {
-        Submit {
-            queue: queue.into(),
-            kind: kind.into(),
-            payload: Value::Object(Default::default()),
-            key: None,
-            due_in_ms: None,
-            delay_ms: None,
-            max_attempts: None,
-            timeout_ms: None,
-        }
-    }
-    /// Sets the payload.
-    pub fn payload(mut self, p: Value) -> Submit {
-        self.payload = p;
-        self
-    }
-    /// Sets the delay.
-    pub fn delay_ms(mut self, ms: u64) -> Submit {
-        self.delay_ms = Some(ms);
-        self
-    }
-    /// Sets the deadline.
-    pub fn due_in_ms(mut self, ms: u64) -> Submit {
-        self.due_in_ms = Some(ms);
-        self
-    }
-    /// The request line for this job.
-    pub fn to_request(&self) -> Value {
-        let mut v = serde_json::to_value(self).expect("submit serializes");
-        v["op"] = "submit".into();
-        v
-    }
-}
-
-/// Reply to a submit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct Submitted {
-    /// Job id (the first job's id for a duplicate key).
-    pub id: u64,
-    /// LSN of the record.
-    pub lsn: u64,
-    /// Whether the key was already known.
-    #[serde(default)]
-    pub duplicate: bool,
 }
 
 /// A connection to a daemon.
@@ -161,6 +90,13 @@ impl Client {
         Ok(())
     }
 
+    /// Sends a request without waiting for its reply (pipelining; read it with
+    /// [`Client::read_reply`]).
+    pub fn send(&mut self, req: &Request<'_>) -> Result<(), ClientError> {
+        let line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.send_line(&line)
+    }
+
     /// Reads one reply line as JSON (whatever `ok` says).
     pub fn read_reply(&mut self) -> Result<Value, ClientError> {
         self.line.clear();
@@ -174,45 +110,79 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("{e}: {}", self.line.trim())))
     }
 
-    /// Sends a request and returns the reply; an `ok: false` reply becomes [`ClientError::Server`].
-    pub fn request(&mut self, req: &Value) -> Result<Value, ClientError> {
-        self.send_line(req.to_string().as_bytes())?;
+    /// Sends a request and returns its `ok: true` reply; an `ok: false` reply becomes
+    /// [`ClientError::Server`].
+    pub fn request(&mut self, req: &Request<'_>) -> Result<Value, ClientError> {
+        self.send(req)?;
         check(self.read_reply()?)
     }
 
-    /// `hello`: the protocol version.
-    pub fn hello(&mut self) -> Result<Value, ClientError> {
-        self.request(&serde_json::json!({"op": "hello"}))
-    }
-
-    /// Submits one job and waits until it is durable.
-    pub fn submit(&mut self, job: &Submit) -> Result<Submitted, ClientError> {
-        let v = self.request(&job.to_request())?;
+    /// Sends a request and reads its reply as `T`.
+    fn call<T: DeserializeOwned>(&mut self, req: &Request<'_>) -> Result<T, ClientError> {
+        let v = self.request(req)?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// Submits jobs atomically (all or none); returns their ids.
-    pub fn submit_batch(&mut self, jobs: &[Submit]) -> Result<Vec<u64>, ClientError> {
-        let v = self.request(&serde_json::json!({"op": "submit_batch", "jobs": jobs}))?;
-        serde_json::from_value(v["ids"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))
+    /// `hello`: the protocol version, the daemon's version and its sync mode. `client` names this
+    /// client in the daemon's log.
+    pub fn hello(&mut self, client: Option<&str>) -> Result<Hello, ClientError> {
+        self.call(&Request::Hello {
+            client: client.map(Cow::Borrowed),
+        })
+    }
+
+    /// Submits one job and waits until it is durable.
+    pub fn submit(&mut self, job: &Submit<'_>) -> Result<Submitted, ClientError> {
+        self.call(&Request::Submit(job.clone()))
+    }
+
+    /// Submits jobs atomically (all or none) and waits until they are durable.
+    pub fn submit_batch(&mut self, jobs: &[Submit<'_>]) -> Result<BatchSubmitted, ClientError> {
+        self.call(&Request::SubmitBatch {
+            jobs: jobs.to_vec(),
+        })
     }
 
     /// A job's status and timeline.
     pub fn status(&mut self, id: u64) -> Result<JobInfo, ClientError> {
-        let v = self.request(&serde_json::json!({"op": "status", "id": id}))?;
-        serde_json::from_value(v["job"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))
+        self.call(&Request::Status { id }).map(|s: JobStatus| s.job)
     }
 
-    /// Figures per queue and for the WAL.
+    /// Figures per queue, for the WAL and for kinds with an outside service.
     pub fn stats(&mut self) -> Result<Stats, ClientError> {
-        let v = self.request(&serde_json::json!({"op": "stats"}))?;
-        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+        self.call(&Request::Stats)
     }
 
-    /// Cancels a scheduled or ready job.
-    pub fn cancel(&mut self, id: u64) -> Result<(), ClientError> {
-        self.request(&serde_json::json!({"op": "cancel", "id": id}))
-            .map(|_| ())
+    /// Cancels a job that has not ended (a running exec job's process group is killed); returns
+    /// once the cancel is durable.
+    pub fn cancel(&mut self, id: u64) -> Result<Cancelled, ClientError> {
+        self.call(&Request::Cancel { id })
+    }
+
+    /// Dead jobs with their last error, oldest death first; of one queue, dead since a time (ms).
+    pub fn dead_list(
+        &mut self,
+        queue: Option<&str>,
+        since: Option<u64>,
+    ) -> Result<Vec<JobInfo>, ClientError> {
+        self.call(&Request::DeadList {
+            queue: queue.map(Cow::Borrowed),
+            since,
+        })
+        .map(|d: DeadJobs| d.jobs)
+    }
+
+    /// Puts dead jobs back with fresh attempts; returns their ids once that is durable.
+    pub fn dead_retry(&mut self, which: &DeadSelect<'_>) -> Result<Vec<u64>, ClientError> {
+        self.call(&Request::DeadRetry(which.clone()))
+            .map(|i: Ids| i.ids)
+    }
+
+    /// Removes dead jobs from the dead letters (their records stay in the WAL); returns their ids
+    /// once that is durable.
+    pub fn dead_purge(&mut self, which: &DeadSelect<'_>) -> Result<Vec<u64>, ClientError> {
+        self.call(&Request::DeadPurge(which.clone()))
+            .map(|i: Ids| i.ids)
     }
 }
 
@@ -221,12 +191,8 @@ pub fn check(v: Value) -> Result<Value, ClientError> {
     if v["ok"] == Value::Bool(true) {
         return Ok(v);
     }
-    let e = &v["error"];
-    match (e["code"].as_str(), e["message"].as_str()) {
-        (Some(c), Some(m)) => Err(ClientError::Server {
-            code: c.into(),
-            message: m.into(),
-        }),
-        _ => Err(ClientError::Protocol(v.to_string())),
+    match serde_json::from_value::<ErrorReply>(v.clone()) {
+        Ok(e) => Err(ClientError::Server(e.into())),
+        Err(_) => Err(ClientError::Protocol(v.to_string())),
     }
 }

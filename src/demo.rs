@@ -11,7 +11,8 @@ use crate::cli::fmt::millis;
 use crate::cli::CliResult;
 use crate::client::{Client, Submit};
 use crate::config::{Config, Order};
-use crate::runtime::{Runtime, Stats};
+use crate::runtime::Runtime;
+use crate::wire::{State, Stats};
 
 /// `demo` arguments.
 #[derive(Debug, Clone, Args)]
@@ -43,12 +44,12 @@ pub struct DemoRun {
     pub notifications: u64,
 }
 
-fn count(stats: &Stats, queue: &str, state: &str) -> u64 {
+fn count(stats: &Stats, queue: &str, state: State) -> u64 {
     stats
         .sched
         .queues
         .get(queue)
-        .and_then(|q| q.states.get(state))
+        .and_then(|q| q.states.get(&state))
         .copied()
         .unwrap_or(0)
 }
@@ -89,8 +90,8 @@ pub fn run_once(
         }
         if now >= next_report || makespan.is_some() {
             let s = c.stats()?;
-            let bulk_done = count(&s, "bulk", "succeeded");
-            let notes_done = count(&s, "notifications", "succeeded");
+            let bulk_done = count(&s, "bulk", State::Succeeded);
+            let notes_done = count(&s, "notifications", State::Succeeded);
             if progress {
                 let w = &s.sched.queues["notifications"].wait_ms;
                 eprint!(

@@ -24,150 +24,23 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
-use serde::Serialize;
-
 use crate::config::{Config, MAX_DURATION_MS};
+use crate::datadir::{lock_data_dir, private_dir};
 use crate::handlers::{Handler, Kinds};
 use crate::job::WalMsg;
 use crate::job::{now_ms, Job, JobRef};
-use crate::protocol::code;
 use crate::scheduler::dispatcher::{self};
-use crate::scheduler::{DeadFilter, JobInfo, Msg, Refused, SchedStats};
+use crate::scheduler::{DeadFilter, Msg, Refused};
 use crate::wal::appender::Appender;
 use crate::wal::commit::{self, Ack, Append, Fate, RecordBatch, WalEvent};
 use crate::wal::io::{FileStorage, Storage};
 use crate::wal::record::Record;
 use crate::wal::stats::WalStats;
 use crate::wal::WalError;
+use crate::wire::{ErrorCode, JobInfo, JobSpec, Rejection, Stats, Submitted, WalReport};
+use crossbeam_channel::Sender;
 
-/// Runtime errors.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Error {
-    /// Configuration problem.
-    Config(String),
-    /// I/O on a path.
-    Io {
-        /// Path.
-        path: PathBuf,
-        /// Error.
-        source: std::io::Error,
-    },
-    /// Another process holds the data directory.
-    Locked(PathBuf),
-    /// The WAL failed or is corrupt.
-    Wal(WalError),
-    /// The socket cannot be set up (another daemon listens there, the path holds something
-    /// else, its group cannot be set).
-    Socket(String),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Config(m) => write!(f, "configuration: {m}"),
-            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::Locked(p) => write!(
-                f,
-                "data directory {} is in use by another duejob process",
-                p.display()
-            ),
-            Error::Wal(e) => write!(f, "{e}"),
-            Error::Socket(m) => write!(f, "socket: {m}"),
-        }
-    }
-}
-
-/// Every message is complete in itself (it includes its cause), so `source()` returns nothing: a
-/// caller that prints the chain of causes prints each cause once.
-impl std::error::Error for Error {}
-
-impl From<WalError> for Error {
-    fn from(e: WalError) -> Error {
-        Error::Wal(e)
-    }
-}
-
-/// A refused request: a protocol error code and a message, and for a request the WAL failed on,
-/// what of it is in the log all the same.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// Stable error code (see [`crate::protocol::code`]).
-    pub code: &'static str,
-    /// Human-readable message.
-    pub message: String,
-    /// The job the rejection is about, when the client could not know its id otherwise (a
-    /// submit whose fate is uncertain: `status ID` tells after a restart).
-    pub id: Option<u64>,
-    /// Jobs of a request on many jobs (a batch, `dead retry --all`) for which the request was
-    /// recorded before the WAL failed: for them it took effect.
-    pub recorded_ids: Option<Vec<u64>>,
-}
-
-impl Rejection {
-    /// A rejection.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Rejection {
-        Rejection {
-            code,
-            message: message.into(),
-            id: None,
-            recorded_ids: None,
-        }
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for Rejection {}
-
-/// A job to submit (the fields of the protocol's `submit`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JobSpec<'a> {
-    /// Queue name.
-    pub queue: &'a str,
-    /// Kind name.
-    pub kind: &'a str,
-    /// Payload as JSON text.
-    pub payload: &'a str,
-    /// Idempotency key.
-    pub key: Option<&'a str>,
-    /// Deadline relative to when the job becomes ready (default: the queue's `due_in`).
-    pub due_in_ms: Option<u64>,
-    /// Delay before the job becomes ready.
-    pub delay_ms: Option<u64>,
-    /// Attempts allowed (default: the queue's).
-    pub max_attempts: Option<u32>,
-    /// Per-attempt timeout (default: the queue's).
-    pub timeout_ms: Option<u64>,
-}
-
-impl<'a> JobSpec<'a> {
-    /// A job with defaults for everything but queue, kind and payload.
-    pub fn new(queue: &'a str, kind: &'a str, payload: &'a str) -> JobSpec<'a> {
-        JobSpec {
-            queue,
-            kind,
-            payload,
-            ..JobSpec::default()
-        }
-    }
-}
-
-/// An accepted job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Submitted {
-    /// Job id (for a duplicate key: the first job's id).
-    pub id: u64,
-    /// LSN of its WAL record (for a duplicate: the first job's).
-    pub lsn: u64,
-    /// Whether the key was already known, so nothing was enqueued.
-    pub duplicate: bool,
-}
+pub use crate::error::Error;
 
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -205,47 +78,6 @@ fn json_depth(text: &str) -> usize {
 /// (`wal::format::MAX_BODY`). Through the socket, `max_line_bytes` (at most 8 MiB) comes first.
 pub const MAX_PAYLOAD_BYTES: usize = crate::wal::format::MAX_BODY as usize - 4096;
 
-/// WAL figures for `stats`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct WalReport {
-    /// Sync mode in force.
-    pub sync: String,
-    /// Segments in `wal/`.
-    pub segments: u64,
-    /// Bytes appended since start.
-    pub bytes: u64,
-    /// Records appended since start (sync marks included).
-    pub records: u64,
-    /// Sync marks appended since start (records that say how far the log was durable).
-    #[serde(default)]
-    pub sync_marks: u64,
-    /// Group commits since start.
-    pub groups: u64,
-    /// Mean records per group.
-    pub mean_group: f64,
-    /// Largest group.
-    pub max_group: u64,
-    /// fdatasync calls since start.
-    pub fsyncs: u64,
-    /// fdatasync latency upper bounds (µs): p50, p99.
-    pub fsync_p50_us: u64,
-    /// See `fsync_p50_us`.
-    pub fsync_p99_us: u64,
-}
-
-/// Everything `stats` reports.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Stats {
-    /// Scheduler figures.
-    #[serde(flatten)]
-    pub sched: SchedStats,
-    /// WAL figures.
-    pub wal: WalReport,
-    /// Kinds that depend on an outside service (`email`: the SMTP server), by name.
-    #[serde(default)]
-    pub kinds: std::collections::BTreeMap<String, crate::handlers::KindHealth>,
-}
-
 struct Inner {
     cfg: Arc<Config>,
     kinds: Arc<Kinds>,
@@ -267,7 +99,7 @@ pub struct Handle {
 }
 
 fn closed() -> Rejection {
-    Rejection::new(code::SHUTTING_DOWN, "the daemon is shutting down")
+    Rejection::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
 }
 
 impl Handle {
@@ -308,7 +140,7 @@ impl Handle {
         let queue = cfg.queue_id(spec.queue).ok_or_else(|| {
             let known: Vec<&str> = cfg.queues.iter().map(|q| q.name.as_str()).collect();
             Rejection::new(
-                code::UNKNOWN_QUEUE,
+                ErrorCode::UnknownQueue,
                 format!(
                     "unknown queue {:?} (known: {})",
                     spec.queue,
@@ -318,7 +150,7 @@ impl Handle {
         })?;
         let kind = self.inner.kinds.id(spec.kind).ok_or_else(|| {
             Rejection::new(
-                code::UNKNOWN_KIND,
+                ErrorCode::UnknownKind,
                 format!(
                     "unknown kind {:?} (known: {})",
                     spec.kind,
@@ -327,12 +159,12 @@ impl Handle {
             )
         })?;
         if let Some(k) = spec.key {
-            check_key(k, code::BAD_REQUEST, "key")?;
+            check_key(k, ErrorCode::BadRequest, "key")?;
         }
         let dur = |name: &str, v: Option<u64>| -> Result<Option<u64>, Rejection> {
             match v {
                 Some(ms) if ms > MAX_DURATION_MS => Err(Rejection::new(
-                    code::BAD_REQUEST,
+                    ErrorCode::BadRequest,
                     format!("{name} must be at most {MAX_DURATION_MS} (10 years)"),
                 )),
                 v => Ok(v),
@@ -344,7 +176,7 @@ impl Handle {
         let timeout_ms = match dur("timeout_ms", spec.timeout_ms)? {
             Some(0) => {
                 return Err(Rejection::new(
-                    code::BAD_REQUEST,
+                    ErrorCode::BadRequest,
                     "timeout_ms must be at least 1",
                 ))
             }
@@ -354,7 +186,7 @@ impl Handle {
         let max_attempts = match spec.max_attempts {
             Some(0) | Some(1001..) => {
                 return Err(Rejection::new(
-                    code::BAD_REQUEST,
+                    ErrorCode::BadRequest,
                     "max_attempts must be between 1 and 1000",
                 ))
             }
@@ -366,11 +198,11 @@ impl Handle {
             .kinds
             .handler(kind)
             .admit(spec.payload)
-            .map_err(|m| Rejection::new(code::INVALID_PAYLOAD, m))?;
+            .map_err(|m| Rejection::new(ErrorCode::InvalidPayload, m))?;
         let key: Option<Box<str>> = match (spec.key, admitted.default_key) {
             (Some(k), _) => Some(k.into()),
             (None, Some(k)) => {
-                check_key(&k, code::INVALID_PAYLOAD, "the payload's key")?;
+                check_key(&k, ErrorCode::InvalidPayload, "the payload's key")?;
                 Some(k.into())
             }
             (None, None) => None,
@@ -384,7 +216,7 @@ impl Handle {
         let brackets = payload.bytes().filter(|&b| b == b'[' || b == b'{').count();
         if brackets > MAX_PAYLOAD_DEPTH && json_depth(&payload) > MAX_PAYLOAD_DEPTH {
             return Err(Rejection::new(
-                code::INVALID_PAYLOAD,
+                ErrorCode::InvalidPayload,
                 format!(
                     "the payload nests arrays and objects more than {MAX_PAYLOAD_DEPTH} deep \
                      (it could not be shown by `status`)"
@@ -393,7 +225,7 @@ impl Handle {
         }
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(Rejection::new(
-                code::INVALID_PAYLOAD,
+                ErrorCode::InvalidPayload,
                 format!(
                     "the payload is {} bytes; at most {MAX_PAYLOAD_BYTES} fit in one WAL record",
                     payload.len()
@@ -567,16 +399,15 @@ impl Handle {
 
     /// A queue's index, for filters.
     pub fn queue_for_filter(&self, name: &str) -> Result<u16, Rejection> {
-        self.inner
-            .cfg
-            .queue_id(name)
-            .ok_or_else(|| Rejection::new(code::UNKNOWN_QUEUE, format!("unknown queue {name:?}")))
+        self.inner.cfg.queue_id(name).ok_or_else(|| {
+            Rejection::new(ErrorCode::UnknownQueue, format!("unknown queue {name:?}"))
+        })
     }
 }
 
 fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
     match r {
-        Refused::NotFound => Rejection::new(code::NOT_FOUND, format!("no job {id}")),
+        Refused::NotFound => Rejection::new(ErrorCode::NotFound, format!("no job {id}")),
         Refused::WrongState(_) | Refused::Purged => {
             let state = match r {
                 Refused::WrongState(s) => s.to_string(),
@@ -588,7 +419,7 @@ fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
                 "dead jobs"
             };
             Rejection::new(
-                code::WRONG_STATE,
+                ErrorCode::WrongState,
                 format!("job {id} is {state}; only {what} can be {verb}"),
             )
         }
@@ -602,12 +433,12 @@ fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
             }
             let mut r = if certain {
                 Rejection::new(
-                    code::WAL_FAILED,
+                    ErrorCode::WalFailed,
                     format!("{error}; the change was not recorded and nothing was changed"),
                 )
             } else {
                 Rejection::new(
-                    code::WAL_UNCERTAIN,
+                    ErrorCode::WalUncertain,
                     format!("{error}; the change may or may not have been recorded: after a restart, the job's status tells"),
                 )
             };
@@ -637,21 +468,21 @@ pub fn fate_rejection(ack: &Ack, fate: Fate, id: u64) -> Rejection {
     match fate {
         Fate::Unknown => {
             let mut r = Rejection::new(
-                code::WAL_UNCERTAIN,
+                ErrorCode::WalUncertain,
                 format!("{error}; job {id} was written but may or may not be in the log: after a restart, `status {id}` tells (or submit it again with the same key)"),
             );
             r.id = Some(id);
             r
         }
         _ => Rejection::new(
-            code::WAL_FAILED,
+            ErrorCode::WalFailed,
             format!("{error}; the job was not recorded"),
         ),
     }
 }
 
 /// Idempotency keys are 1 to [`MAX_KEY_BYTES`] bytes.
-fn check_key(k: &str, code: &'static str, what: &str) -> Result<(), Rejection> {
+fn check_key(k: &str, code: ErrorCode, what: &str) -> Result<(), Rejection> {
     if k.is_empty() || k.len() > MAX_KEY_BYTES {
         return Err(Rejection::new(
             code,
@@ -674,7 +505,7 @@ fn check_key(k: &str, code: &'static str, what: &str) -> Result<(), Rejection> {
 pub fn wal_rejection(e: &WalError) -> Rejection {
     match e {
         WalError::Closed => closed(),
-        e => Rejection::new(code::WAL_FAILED, e.to_string()),
+        e => Rejection::new(ErrorCode::WalFailed, e.to_string()),
     }
 }
 
@@ -825,74 +656,6 @@ impl RuntimeBuilder {
             _lock: lock,
             data_dir: self.data_dir,
         })
-    }
-}
-
-/// Creates `dir` (mode 0700) if it is missing. An existing one must belong to this daemon's user
-/// (another user could swap the socket or the WAL in it: refused), and loses write permission for
-/// group and others if it had it (logged: fixed, not refused).
-pub(crate) fn private_dir(dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let io = |source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io)?;
-    let meta = std::fs::metadata(dir).map_err(io)?;
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(Error::Config(format!(
-            "{} belongs to uid {}, not to this daemon's uid {me}: its owner could swap the socket \
-             or the WAL in it; give it to this user (chown) or choose another --data",
-            dir.display(),
-            meta.uid()
-        )));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        let fixed = mode & !0o022;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(fixed)).map_err(io)?;
-        let who = match mode & 0o022 {
-            0o020 => "its group",
-            0o002 => "every user",
-            _ => "its group and every user",
-        };
-        log::warn!(
-            "{} was writable by {who} (mode {mode:04o}), who could have swapped the socket or the \
-             WAL in it; changed to {fixed:04o}",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-fn lock_data_dir(dir: &Path) -> Result<File, Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    private_dir(dir)?;
-    let path = dir.join("LOCK");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        // A LOCK that is a symbolic link was not made by duejob: never follow it.
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
-        .map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(f),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked(dir.to_path_buf())),
-        Err(e) => Err(Error::Io {
-            path,
-            source: e.into(),
-        }),
     }
 }
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duejob::handlers::StopReason;
+use duejob::wire::State;
 use duejob::{Config, JobContext, JobError, JobSpec, Runtime};
 
-fn wait_state(rt: &Runtime, id: u64, state: &str) -> duejob::scheduler::JobInfo {
+fn wait_state(rt: &Runtime, id: u64, state: State) -> duejob::wire::JobInfo {
     let t = Instant::now();
     loop {
         let j = rt.status(id).unwrap().expect("job known");
@@ -76,7 +77,7 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
         .unwrap();
 
     let polite = rt.submit(&one_attempt("polite", Some(100))).unwrap().id;
-    let j = wait_state(&rt, polite, "dead");
+    let j = wait_state(&rt, polite, State::Dead);
     assert_eq!(
         saw_stop.load(Ordering::SeqCst),
         1,
@@ -84,12 +85,12 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
     );
     assert_eq!(
         j.attempts[0].outcome,
-        Some(duejob::scheduler::AttemptOutcome::TimedOut),
+        Some(duejob::wire::AttemptOutcome::TimedOut),
         "{j:?}"
     );
 
     let stubborn = rt.submit(&one_attempt("stubborn", Some(100))).unwrap().id;
-    let j = wait_state(&rt, stubborn, "dead");
+    let j = wait_state(&rt, stubborn, State::Dead);
     let err = j.attempts[0].error.as_deref().unwrap();
     assert!(err.contains("did not stop within"), "{err}");
     // The handler comes back with "success" later: fenced, the job stays dead.
@@ -101,11 +102,11 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
         assert!(t.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(rt.status(stubborn).unwrap().unwrap().state, "dead");
+    assert_eq!(rt.status(stubborn).unwrap().unwrap().state, State::Dead);
 
     // A panic is a failed attempt; the workers survive and keep running jobs.
     let p = rt.submit(&one_attempt("panicky", None)).unwrap().id;
-    let j = wait_state(&rt, p, "dead");
+    let j = wait_state(&rt, p, State::Dead);
     assert!(
         j.attempts[0]
             .error
@@ -119,7 +120,7 @@ fn timeouts_stop_handlers_and_late_completions_are_fenced() {
             .submit(&JobSpec::new("default", "noop", "{}"))
             .unwrap()
             .id;
-        wait_state(&rt, id, "succeeded");
+        wait_state(&rt, id, State::Succeeded);
     }
     let s = rt.stats().unwrap();
     assert_eq!(s.sched.queues["default"].timeouts, 2);
@@ -151,7 +152,7 @@ fn cancelling_a_running_embedded_job_reaches_its_handler() {
         .submit(&JobSpec::new("default", "loop", "{}"))
         .unwrap()
         .id;
-    wait_state(&rt, id, "running");
+    wait_state(&rt, id, State::Running);
     assert_eq!(rt.cancel(id).unwrap(), duejob::job::State::Running);
     let t = Instant::now();
     while stopped.load(Ordering::SeqCst) == 0 {
@@ -163,6 +164,6 @@ fn cancelling_a_running_embedded_job_reaches_its_handler() {
     }
     // It returned Ok, but the job was cancelled: it stays cancelled.
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(rt.status(id).unwrap().unwrap().state, "cancelled");
+    assert_eq!(rt.status(id).unwrap().unwrap().state, State::Cancelled);
     rt.shutdown();
 }

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use duejob::job::census::Census;
 use duejob::job::State;
-use duejob::scheduler::{DeadFilter, JobInfo};
+use duejob::scheduler::DeadFilter;
 use duejob::wal::io::MemStorage;
 use duejob::wal::reader::read_log;
+use duejob::wire::JobInfo;
 use duejob::{Config, JobContext, JobError, JobSpec, Runtime};
 use proptest::prelude::*;
 
@@ -224,10 +225,10 @@ impl Run {
             let mut busy = Vec::new();
             for (id, script) in &self.jobs {
                 let j = self.rt().status(*id).unwrap().expect("known job");
-                let settled = match j.state.as_str() {
-                    "succeeded" | "dead" | "cancelled" | "scheduled" => true,
-                    "retrying" => j.queue == "bulk",
-                    "running" => {
+                let settled = match j.state {
+                    State::Succeeded | State::Dead | State::Cancelled | State::Scheduled => true,
+                    State::Retrying => j.queue == "bulk",
+                    State::Running => {
                         if act_of(script, j.attempts.len() as u32) == 'H' {
                             let _ = self.rt().cancel(*id);
                         }
@@ -266,7 +267,7 @@ impl Run {
             let as_counted = if self.purged.contains(id) {
                 "purged".to_string()
             } else {
-                j.state.clone()
+                j.state.to_string()
             };
             *expected.entry(as_counted).or_default() += 1;
         }

@@ -139,10 +139,10 @@ fn a_failed_fsync_refuses_later_submits_with_a_clear_error() {
     assert!(rt.submit(&spec).is_ok());
     assert!(rt.submit(&spec).is_ok());
     let e = rt.submit(&spec).unwrap_err();
-    assert_eq!(e.code, "wal_failed", "{e}");
+    assert_eq!(e.code, duejob::wire::ErrorCode::WalFailed, "{e}");
     // The storage works again, but the WAL must not trust it until restart.
     let e = rt.submit(&spec).unwrap_err();
-    assert_eq!(e.code, "wal_failed");
+    assert_eq!(e.code, duejob::wire::ErrorCode::WalFailed);
     assert!(e.message.contains("restart"), "{}", e.message);
     rt.shutdown_within(std::time::Duration::ZERO);
 }

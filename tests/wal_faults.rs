@@ -47,19 +47,22 @@ fn a_cancel_the_wal_could_not_record_changes_nothing_and_nothing_starts_after_th
     let victim = rt.submit(&delayed(3_600_000)).unwrap().id;
     let soon = rt.submit(&delayed(300)).unwrap().id;
     let e = rt.cancel(victim).unwrap_err();
-    assert_eq!(e.code, "wal_failed", "{e}");
+    assert_eq!(e.code, duejob::wire::ErrorCode::WalFailed, "{e}");
     // The cancel was not recorded, so it was not made: the job is still scheduled.
-    assert_eq!(rt.status(victim).unwrap().unwrap().state, "scheduled");
+    assert_eq!(
+        rt.status(victim).unwrap().unwrap().state,
+        duejob::wire::State::Scheduled
+    );
     // The job that comes due after the failure is not started: its start could not be recorded.
     // (Were dispatch on, it would go from scheduled straight to running in one pass.)
     let t = std::time::Instant::now();
-    while rt.status(soon).unwrap().unwrap().state != "ready" {
+    while rt.status(soon).unwrap().unwrap().state != duejob::wire::State::Ready {
         assert!(t.elapsed() < std::time::Duration::from_secs(60));
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert_eq!(rt.stats().unwrap().sched.busy, 0);
     let e = rt.submit(&delayed(1)).unwrap_err();
-    assert_eq!(e.code, "wal_failed");
+    assert_eq!(e.code, duejob::wire::ErrorCode::WalFailed);
     rt.shutdown_within(std::time::Duration::ZERO);
     // And the log agrees, whatever of the unsynced bytes survives.
     for image in [storage.crash_image(0), storage.crash_image(usize::MAX)] {
@@ -193,7 +196,7 @@ fn a_payload_too_big_for_one_wal_record_is_refused_before_it_is_written() {
     let rt = start(&storage, 1 << 20).unwrap();
     let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(17 << 20));
     let e = rt.submit(&JobSpec::new("bulk", "noop", &big)).unwrap_err();
-    assert_eq!(e.code, "invalid_payload", "{e}");
+    assert_eq!(e.code, duejob::wire::ErrorCode::InvalidPayload, "{e}");
     assert!(e.message.contains("fit in one WAL record"), "{e}");
     let ok = rt.submit(&delayed(3_600_000)).unwrap();
     rt.shutdown_within(std::time::Duration::ZERO);

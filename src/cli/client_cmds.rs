@@ -3,12 +3,14 @@
 use std::io::Write;
 
 use clap::Args;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::fmt::{millis, parse_time, time};
 use super::{CliResult, ClientOpts};
-use crate::client::{Client, Submit};
+use crate::client::{Client, DeadSelect, Submit};
 use crate::config::parse_duration;
+use crate::wire::State;
 
 /// `submit` arguments.
 #[derive(Debug, Args)]
@@ -54,11 +56,22 @@ fn ms(arg: &Option<String>, name: &str) -> Result<Option<u64>, String> {
         .transpose()
 }
 
-fn print_json(v: &Value) -> CliResult {
+fn print_json(v: &impl Serialize) -> CliResult {
+    // Through a Value: keys come out sorted, as the daemon sends them.
+    let v = serde_json::to_value(v)?;
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
+    serde_json::to_writer_pretty(&mut out, &v)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Prints a reply as the daemon sent it: `"ok": true` with its fields.
+fn print_reply(v: &impl Serialize) -> CliResult {
+    let mut v = serde_json::to_value(v)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("ok".into(), true.into());
+    }
+    print_json(&v)
 }
 
 pub fn submit(a: SubmitArgs) -> CliResult {
@@ -75,32 +88,31 @@ pub fn submit(a: SubmitArgs) -> CliResult {
         (None, true) => serde_json::json!({}),
     };
     let mut job = Submit::new(&a.queue, &kind).payload(payload);
-    job.key = a.key.clone();
+    job.key = a.key.clone().map(Into::into);
     job.due_in_ms = ms(&a.due_in, "due-in")?;
     job.delay_ms = ms(&a.delay, "delay")?;
     job.timeout_ms = ms(&a.timeout, "timeout")?;
     job.max_attempts = a.max_attempts;
     let mut c = Client::connect(&a.opts.socket)?;
-    let reply = c.request(&job.to_request())?;
+    let s = c.submit(&job)?;
     if a.opts.json {
-        return print_json(&reply);
+        return print_reply(&s);
     }
     let mut out = std::io::stdout().lock();
-    if reply["duplicate"] == Value::Bool(true) {
-        writeln!(out, "{} duplicate", reply["id"])?;
+    if s.duplicate {
+        writeln!(out, "{} duplicate", s.id)?;
     } else {
-        writeln!(out, "{}", reply["id"])?;
+        writeln!(out, "{}", s.id)?;
     }
     Ok(())
 }
 
 pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     let mut c = Client::connect(&opts.socket)?;
-    let reply = c.request(&serde_json::json!({"op": "status", "id": id}))?;
+    let j = c.status(id)?;
     if opts.json {
-        return print_json(&reply["job"]);
+        return print_json(&j);
     }
-    let j: crate::scheduler::JobInfo = serde_json::from_value(reply["job"].clone())?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -151,11 +163,10 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
 
 pub fn stats(opts: &ClientOpts) -> CliResult {
     let mut c = Client::connect(&opts.socket)?;
-    let reply = c.request(&serde_json::json!({"op": "stats"}))?;
+    let s = c.stats()?;
     if opts.json {
-        return print_json(&reply);
+        return print_reply(&s);
     }
-    let s: crate::runtime::Stats = serde_json::from_value(reply)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -177,16 +188,16 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
         "missed"
     )?;
     for (name, q) in &s.sched.queues {
-        let st = |k: &str| q.states.get(k).copied().unwrap_or(0);
+        let st = |s: State| q.states.get(&s).copied().unwrap_or(0);
         writeln!(
             out,
             "{:<16} {:>8} {:>8} {:>8} {:>10} {:>6} {:>9} {:>9} {:>9} {:>7}",
             name,
-            st("ready"),
-            st("running"),
-            st("scheduled"),
-            st("succeeded"),
-            st("dead"),
+            st(State::Ready),
+            st(State::Running),
+            st(State::Scheduled),
+            st(State::Succeeded),
+            st(State::Dead),
             millis(q.wait_ms.p50),
             millis(q.wait_ms.p99),
             q.slack_ms
@@ -220,14 +231,14 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
 
 pub fn cancel(id: u64, opts: &ClientOpts) -> CliResult {
     let mut c = Client::connect(&opts.socket)?;
-    let reply = c.request(&serde_json::json!({"op": "cancel", "id": id}))?;
+    let reply = c.cancel(id)?;
     if opts.json {
-        return print_json(&reply);
+        return print_reply(&reply);
     }
     writeln!(
         std::io::stdout().lock(),
         "{id} cancelled (was {})",
-        reply["was"].as_str().unwrap_or("?")
+        reply.was
     )?;
     Ok(())
 }
@@ -258,7 +269,7 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
         "queue", "due_in", "max_workers", "reserved", "ready", "running"
     )?;
     for (name, q) in &s.sched.queues {
-        let st = |k: &str| q.states.get(k).copied().unwrap_or(0);
+        let st = |s: State| q.states.get(&s).copied().unwrap_or(0);
         writeln!(
             out,
             "{:<16} {:>8} {:>12} {:>9} {:>8} {:>8}",
@@ -266,8 +277,8 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
             millis(q.due_in_ms as f64),
             q.max_workers,
             q.reserved,
-            st("ready"),
-            st("running")
+            st(State::Ready),
+            st(State::Running)
         )?;
     }
     Ok(())
@@ -321,19 +332,10 @@ pub fn dead(cmd: DeadCommand) -> CliResult {
     match cmd {
         DeadCommand::List { queue, since, opts } => {
             let mut c = Client::connect(&opts.socket)?;
-            let mut req = serde_json::json!({"op": "dead_list"});
-            if let Some(q) = queue {
-                req["queue"] = q.into();
-            }
-            if let Some(t) = since {
-                req["since"] = t.into();
-            }
-            let reply = c.request(&req)?;
+            let jobs = c.dead_list(queue.as_deref(), since)?;
             if opts.json {
-                return print_json(&reply["jobs"]);
+                return print_json(&jobs);
             }
-            let jobs: Vec<crate::scheduler::JobInfo> =
-                serde_json::from_value(reply["jobs"].clone())?;
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
@@ -368,17 +370,15 @@ pub fn dead(cmd: DeadCommand) -> CliResult {
             queue,
             opts,
         } => {
-            let mut req = serde_json::json!({"op": "dead_retry"});
-            match id {
-                Some(id) => req["id"] = id.into(),
-                None => {
-                    req["all"] = all.into();
-                    if let Some(q) = queue {
-                        req["queue"] = q.into();
-                    }
-                }
-            }
-            ids_reply(&opts, &req, "put back")
+            let which = match id {
+                Some(id) => DeadSelect::one(id),
+                None => DeadSelect {
+                    all,
+                    ..DeadSelect::all(queue.as_deref())
+                },
+            };
+            let mut c = Client::connect(&opts.socket)?;
+            ids_reply(&opts, c.dead_retry(&which)?, "put back")
         }
         DeadCommand::Purge {
             id,
@@ -386,31 +386,23 @@ pub fn dead(cmd: DeadCommand) -> CliResult {
             queue,
             opts,
         } => {
-            let mut req = serde_json::json!({"op": "dead_purge"});
-            match id {
-                Some(id) => req["id"] = id.into(),
-                None => {
-                    req["all"] = true.into();
-                    if let Some(b) = before {
-                        req["before"] = b.into();
-                    }
-                    if let Some(q) = queue {
-                        req["queue"] = q.into();
-                    }
-                }
-            }
-            ids_reply(&opts, &req, "purged")
+            let which = match id {
+                Some(id) => DeadSelect::one(id),
+                None => DeadSelect {
+                    before,
+                    ..DeadSelect::all(queue.as_deref())
+                },
+            };
+            let mut c = Client::connect(&opts.socket)?;
+            ids_reply(&opts, c.dead_purge(&which)?, "purged")
         }
     }
 }
 
-fn ids_reply(opts: &ClientOpts, req: &Value, verb: &str) -> CliResult {
-    let mut c = Client::connect(&opts.socket)?;
-    let reply = c.request(req)?;
+fn ids_reply(opts: &ClientOpts, ids: Vec<u64>, verb: &str) -> CliResult {
     if opts.json {
-        return print_json(&reply);
+        return print_reply(&crate::wire::Ids { ids });
     }
-    let ids: Vec<u64> = serde_json::from_value(reply["ids"].clone())?;
     let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     writeln!(
         std::io::stdout().lock(),

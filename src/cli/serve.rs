@@ -61,7 +61,7 @@ pub fn run(a: ServeArgs) -> CliResult {
         .socket
         .clone()
         .unwrap_or_else(|| a.data.join("duejob.sock"));
-    crate::runtime::private_dir(&a.data)?;
+    crate::datadir::private_dir(&a.data)?;
     let bound = crate::server::bind(&cfg, &socket, Some(&a.data))?;
     let rt = Runtime::builder(&a.data).config(cfg).start()?;
     let server = bound.serve(rt.handle());

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use crate::wire::KindHealth;
+use serde::Deserialize;
 
 /// Why a running attempt is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,24 +142,6 @@ pub struct Admitted {
     pub payload: Option<String>,
     /// The job's idempotency key when the submit gives none (an email's Message-ID).
     pub default_key: Option<String>,
-}
-
-/// How a kind that talks to an outside service is faring (shown by `stats`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KindHealth {
-    /// Attempts that succeeded.
-    pub succeeded: u64,
-    /// Attempts that failed in a way a retry may mend (server down, 4xx).
-    pub temporary_failures: u64,
-    /// Attempts that failed for good (5xx).
-    pub permanent_failures: u64,
-    /// Temporary failures since the last success or permanent rejection (0: the service
-    /// answers).
-    pub consecutive_failures: u64,
-    /// The last failure's reason.
-    pub last_error: Option<String>,
-    /// When it happened (ms since the epoch).
-    pub last_error_at: Option<u64>,
 }
 
 impl From<String> for JobError {

@@ -138,7 +138,7 @@ pub enum AttemptOutcome {
 }
 
 /// The protocol name of a unit variant, from its serde name (one source of truth for names).
-fn serde_name<T: Serialize>(v: &T, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+pub(crate) fn serde_name<T: Serialize>(v: &T, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => f.write_str(&s),
         _ => Err(std::fmt::Error),

@@ -5,10 +5,8 @@
 //! - [`dispatcher`]: the thread and its state machine.
 //! - [`table`]: the job table (a slab behind a small id map).
 //! - [`worker`]: the worker threads.
-//! - [`info`]: what `status` and `stats` report.
 
 pub mod dispatcher;
-pub mod info;
 pub mod ready;
 pub mod table;
 pub mod worker;
@@ -23,7 +21,7 @@ use crate::handlers::JobError;
 use crate::job::JobRef;
 use crate::wal::WalError;
 
-pub use info::{AttemptInfo, AttemptOutcome, JobInfo, SchedStats};
+use crate::wire::{JobInfo, SchedStats};
 
 /// A finished attempt, from a worker.
 #[derive(Debug)]

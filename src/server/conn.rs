@@ -24,11 +24,12 @@ use std::sync::Arc;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::lines::{Line, LineReader};
-use crate::job::{now_ms, JobRef};
-use crate::protocol::{self, code, Request};
-use crate::runtime::{fate_rejection, Handle, Rejection};
-use crate::scheduler::DeadFilter;
+use super::ops::{error_slot, handle_line, Cx};
+use crate::job::JobRef;
+use crate::runtime::{fate_rejection, Handle};
 use crate::wal::commit::{Ack, Fate, RecordBatch};
+use crate::wire::reply::{write_batch, write_error, write_submitted};
+use crate::wire::{ErrorCode, Rejection, Submitted};
 
 /// Flush a burst to the WAL once it holds this many encoded bytes.
 const BURST_BYTES: usize = 1 << 20;
@@ -87,7 +88,7 @@ impl ReplyBudget {
 }
 
 /// A reply slot.
-enum Slot {
+pub(super) enum Slot {
     /// A finished reply line.
     Ready(Vec<u8>),
     /// A submit awaiting the WAL.
@@ -118,10 +119,10 @@ fn reply_bytes(slots: &[Slot]) -> usize {
 
 /// The reader's burst under construction.
 #[derive(Default)]
-struct Burst {
-    slots: Vec<Slot>,
-    records: RecordBatch,
-    jobs: Vec<JobRef>,
+pub(super) struct Burst {
+    pub slots: Vec<Slot>,
+    pub records: RecordBatch,
+    pub jobs: Vec<JobRef>,
     /// Bytes of the finished replies among `slots`.
     ready_bytes: usize,
 }
@@ -177,7 +178,14 @@ fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                handle_line(line, handle, &mut burst, out);
+                handle_line(
+                    line,
+                    &mut Cx {
+                        handle,
+                        burst: &mut burst,
+                        out,
+                    },
+                );
                 if let Some(Slot::Ready(b)) = burst.slots.last() {
                     burst.ready_bytes += b.len();
                 }
@@ -191,7 +199,7 @@ fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
             Line::TooLong => {
                 let max = handle.config().max_line;
                 burst.slots.push(error_slot(&Rejection::new(
-                    code::LINE_TOO_LONG,
+                    ErrorCode::LineTooLong,
                     format!("request line longer than {max} bytes; skipped to the next newline"),
                 )));
             }
@@ -218,189 +226,15 @@ fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
     }
 }
 
-fn error_slot(r: &Rejection) -> Slot {
-    let mut out = Vec::with_capacity(128);
-    protocol::write_error(&mut out, r);
-    Slot::Ready(out)
-}
-
-fn ready_slot(write: impl FnOnce(&mut Vec<u8>)) -> Slot {
-    let mut out = Vec::with_capacity(256);
-    write(&mut out);
-    Slot::Ready(out)
-}
-
-fn handle_line(line: &[u8], handle: &Handle, burst: &mut Burst, out: &Out<'_>) {
-    let req = match Request::parse(line) {
-        Ok(r) => r,
-        Err(e) => {
-            burst.slots.push(error_slot(&e));
-            return;
-        }
-    };
-    match req {
-        Request::Hello => burst.slots.push(ready_slot(|out| {
-            #[derive(serde::Serialize)]
-            struct Hello<'a> {
-                protocol: u32,
-                server: &'a str,
-                sync: String,
-            }
-            protocol::write_ok_with(
-                out,
-                &Hello {
-                    protocol: protocol::PROTOCOL_VERSION,
-                    server: concat!("duejob ", env!("CARGO_PKG_VERSION")),
-                    sync: handle.config().sync.to_string(),
-                },
-            )
-        })),
-        Request::Submit(f) => match handle.prepare(&f.spec(), now_ms()) {
-            Ok(job) => push_jobs(handle, burst, std::iter::once(job), false),
-            Err(e) => burst.slots.push(error_slot(&e)),
-        },
-        Request::SubmitBatch(jobs) => {
-            // All or nothing: validate every job before encoding any.
-            let now = now_ms();
-            let mut built = Vec::with_capacity(jobs.len());
-            for (i, f) in jobs.iter().enumerate() {
-                match handle.prepare(&f.spec(), now) {
-                    Ok(j) => built.push(j),
-                    Err(e) => {
-                        burst.slots.push(error_slot(&Rejection::new(
-                            e.code,
-                            format!("jobs[{i}]: {}", e.message),
-                        )));
-                        return;
-                    }
-                }
-            }
-            push_jobs(handle, burst, built.into_iter(), true);
-        }
-        Request::Status(id) => {
-            let slot = match handle.status(id) {
-                Ok(Some(job)) => ready_slot(|out| {
-                    #[derive(serde::Serialize)]
-                    struct R {
-                        job: crate::scheduler::JobInfo,
-                    }
-                    protocol::write_ok_with(out, &R { job })
-                }),
-                Ok(None) => error_slot(&Rejection::new(code::NOT_FOUND, format!("no job {id}"))),
-                Err(e) => error_slot(&e),
-            };
-            burst.slots.push(slot);
-        }
-        Request::Stats => {
-            let slot = match handle.stats() {
-                Ok(s) => ready_slot(|out| protocol::write_ok_with(out, &s)),
-                Err(e) => error_slot(&e),
-            };
-            burst.slots.push(slot);
-        }
-        Request::Cancel(id) => {
-            // A cancel must follow the submits before it in the log.
-            flush(burst, handle, out);
-            let slot = match handle.cancel(id) {
-                Ok(was) => ready_slot(|out| {
-                    let _ = writeln!(
-                        out,
-                        r#"{{"ok":true,"id":{id},"state":"cancelled","was":"{was}"}}"#
-                    );
-                }),
-                Err(e) => error_slot(&e),
-            };
-            burst.slots.push(slot);
-        }
-        Request::DeadList { queue, since } => {
-            let slot = match handle.dead_list(queue.as_deref(), since) {
-                Ok(jobs) => ready_slot(|out| {
-                    #[derive(serde::Serialize)]
-                    struct R {
-                        jobs: Vec<crate::scheduler::JobInfo>,
-                    }
-                    protocol::write_ok_with(out, &R { jobs })
-                }),
-                Err(e) => error_slot(&e),
-            };
-            burst.slots.push(slot);
-        }
-        Request::DeadRetry(sel) => dead_op(true, &sel, handle, burst, out),
-        Request::DeadPurge(sel) => dead_op(false, &sel, handle, burst, out),
-    }
-}
-
-/// `dead_retry` (`retry`) or `dead_purge`.
-fn dead_op(
-    retry: bool,
-    sel: &crate::protocol::DeadSelect<'_>,
-    handle: &Handle,
-    burst: &mut Burst,
-    out: &Out<'_>,
-) {
-    flush(burst, handle, out);
-    let which = match (sel.id, sel.queue.as_deref()) {
-        (Some(id), _) => Ok(DeadFilter::Id(id)),
-        (None, q) => q
-            .map(|q| handle.queue_for_filter(q))
-            .transpose()
-            .map(|queue| DeadFilter::All {
-                queue,
-                before: sel.before,
-            }),
-    };
-    let result = which.and_then(|w| {
-        if retry {
-            handle.dead_retry(w)
-        } else {
-            handle.dead_purge(w)
-        }
-    });
-    let slot = match result {
-        Ok(ids) => ready_slot(|out| {
-            #[derive(serde::Serialize)]
-            struct R {
-                ids: Vec<u64>,
-            }
-            protocol::write_ok_with(out, &R { ids })
-        }),
-        Err(e) => error_slot(&e),
-    };
-    burst.slots.push(slot);
-}
-
-/// Gives valid jobs their ids, encodes their records into the burst and queues their reply.
-fn push_jobs(
-    handle: &Handle,
-    burst: &mut Burst,
-    jobs: impl ExactSizeIterator<Item = crate::job::Job>,
-    batch: bool,
-) {
-    let first = handle.reserve_ids(jobs.len() as u64);
-    let mut ids = Vec::with_capacity(if batch { jobs.len() } else { 0 });
-    for (i, mut job) in jobs.enumerate() {
-        job.id = first + i as u64;
-        if batch {
-            ids.push(job.id);
-        }
-        handle.encode_submit(&job, &mut burst.records);
-        burst.jobs.push(Arc::new(job));
-    }
-    burst.slots.push(if batch {
-        Slot::Batch(ids)
-    } else {
-        Slot::Submit(first)
-    });
-}
-
 /// Where the reader's bursts go: the writer's channel, the WAL's acknowledgements, the budget.
-struct Out<'a> {
+pub(super) struct Out<'a> {
     groups: &'a Sender<Group>,
     ack: &'a Sender<Ack>,
     budget: &'a ReplyBudget,
 }
 
-fn flush(burst: &mut Burst, handle: &Handle, out: &Out<'_>) {
+/// Sends the burst: its records to the WAL (one append), its replies to the writer.
+pub(super) fn flush(burst: &mut Burst, handle: &Handle, out: &Out<'_>) {
     if burst.slots.is_empty() {
         return;
     }
@@ -551,21 +385,31 @@ fn write_group(
             Slot::Ready(b) => b,
             Slot::Submit(id) => {
                 match next() {
-                    Fate::Recorded(lsn) => protocol::write_submitted(&mut line, *id, lsn, false),
-                    Fate::Duplicate { id, lsn } => {
-                        protocol::write_submitted(&mut line, id, lsn, true)
-                    }
-                    fate => protocol::write_error(&mut line, &fate_rejection(ack, fate, *id)),
+                    Fate::Recorded(lsn) => write_submitted(
+                        &mut line,
+                        Submitted {
+                            id: *id,
+                            lsn,
+                            duplicate: false,
+                        },
+                    ),
+                    Fate::Duplicate { id, lsn } => write_submitted(
+                        &mut line,
+                        Submitted {
+                            id,
+                            lsn,
+                            duplicate: true,
+                        },
+                    ),
+                    fate => write_error(&mut line, &fate_rejection(ack, fate, *id)),
                 }
                 &line
             }
             Slot::Batch(ids) => {
                 let batch: Vec<Fate> = ids.iter().map(|_| next()).collect();
                 match batch_reply(ack, ids, &batch) {
-                    Ok((shown, lsn, dup_at)) => {
-                        protocol::write_batch(&mut line, &shown, lsn, &dup_at)
-                    }
-                    Err(r) => protocol::write_error(&mut line, &r),
+                    Ok((shown, lsn, dup_at)) => write_batch(&mut line, &shown, lsn, &dup_at),
+                    Err(r) => write_error(&mut line, &r),
                 }
                 &line
             }
@@ -610,7 +454,7 @@ fn batch_reply(
         return Ok((shown, first.unwrap_or(0), dup_at));
     };
     let mut r = fate_rejection(ack, fate, ids[0]);
-    if r.code != protocol::code::WAL_FAILED && r.code != protocol::code::WAL_UNCERTAIN {
+    if r.code != ErrorCode::WalFailed && r.code != ErrorCode::WalUncertain {
         return Err(r); // shutting down: nothing of it reached the log
     }
     let error = ack
@@ -666,7 +510,7 @@ mod tests {
 
     fn reply(r: &Rejection) -> serde_json::Value {
         let mut out = Vec::new();
-        protocol::write_error(&mut out, r);
+        write_error(&mut out, r);
         serde_json::from_slice(&out).unwrap()
     }
 

@@ -16,6 +16,7 @@
 
 pub mod conn;
 pub mod lines;
+mod ops;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,8 +29,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, DEFAULT_MAX_CONNECTIONS};
-use crate::protocol::{code, write_error};
-use crate::runtime::{Error, Handle, Rejection};
+use crate::runtime::{Error, Handle};
+use crate::wire::reply::write_error;
+use crate::wire::{ErrorCode, Rejection};
 
 /// File descriptors kept aside from connections: the WAL, the listener, the spare, exec pipes and
 /// pidfds (per worker), SMTP connections, logs.
@@ -411,7 +413,10 @@ fn refuse_one_pending(listener: &UnixListener, spare: &mut Option<std::fs::File>
         Ok((s, _)) => {
             refuse(
                 &s,
-                Rejection::new(code::BUSY, "too many connections (out of file descriptors)"),
+                Rejection::new(
+                    ErrorCode::Busy,
+                    "too many connections (out of file descriptors)",
+                ),
             );
             true
         }
@@ -520,7 +525,7 @@ fn admit(
         refuse(
             &stream,
             Rejection::new(
-                code::FORBIDDEN,
+                ErrorCode::Forbidden,
                 format!("uid {uid} may not use this daemon"),
             ),
         );
@@ -537,7 +542,7 @@ fn admit(
             refuse(
                 &stream,
                 Rejection::new(
-                    code::BUSY,
+                    ErrorCode::Busy,
                     format!("too many connections (at most {max_connections})"),
                 ),
             );

@@ -89,7 +89,7 @@ impl Journal {
     /// user's and not writable by others: an entry written by someone else would have the
     /// daemon kill a process group of their choosing).
     pub fn open(dir: &Path) -> Result<Journal, String> {
-        crate::runtime::private_dir(dir).map_err(|e| e.to_string())?;
+        crate::datadir::private_dir(dir).map_err(|e| e.to_string())?;
         Ok(Journal {
             dir: dir.to_path_buf(),
             boot: boot_id(),

@@ -7,10 +7,10 @@ use super::{Dispatcher, DoneJob, State, IDLE};
 use crate::handlers::{JobError, StopReason};
 use crate::job::machine::outcome_reason;
 use crate::job::now_ms;
-use crate::scheduler::info::JobInfo;
 use crate::scheduler::{DeadFilter, Refused};
 use crate::wal::commit::{Ack, Fate, RecordBatch};
 use crate::wal::record::{state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry};
+use crate::wire::JobInfo;
 
 /// Failure texts come from programs and remote servers: their NUL bytes become U+FFFD, so that no
 /// record body ever holds a run of outside bytes with NULs in it (what a forged sync mark would

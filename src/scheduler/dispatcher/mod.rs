@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use super::info::JobInfo;
 use super::ready::{Limits, ReadySet};
 use super::table::JobTable;
 use super::worker::{self, Task};
@@ -38,6 +37,7 @@ use crate::job::{now_ms, JobRef, State};
 use crate::wal::commit::{Ack, Append, RecordBatch};
 use crate::wal::record::{Record, Start};
 use crate::wal::WalError;
+use crate::wire::JobInfo;
 
 /// A non-terminal or dead job recovered from the WAL: `scheduled`, `ready`, `retrying` or
 /// `dead` (recovery leaves no job `running`).
@@ -85,7 +85,7 @@ impl DoneJob {
             id: self.id,
             queue: self.queue.to_string(),
             kind: self.kind.to_string(),
-            state: self.core.state.to_string(),
+            state: self.core.state,
             submitted_at: self.submitted_at,
             deadline: self.deadline,
             run_at: self.run_at,

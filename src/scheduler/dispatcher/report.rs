@@ -4,7 +4,7 @@ use hdrhistogram::Histogram;
 
 use super::Dispatcher;
 use crate::job::{now_ms, State};
-use crate::scheduler::info::{JobInfo, Percentiles, QueueStats, SchedStats};
+use crate::wire::{JobInfo, Percentiles, QueueStats, SchedStats};
 
 fn percentiles(h: &Histogram<u64>) -> Percentiles {
     if h.is_empty() {
@@ -31,7 +31,7 @@ impl Dispatcher {
             id,
             queue: self.queue_names[j.queue as usize].to_string(),
             kind: self.kind_names[j.kind as usize].to_string(),
-            state: e.core.state.to_string(),
+            state: e.core.state,
             submitted_at: j.submitted_at,
             deadline: j.deadline,
             run_at: j.run_at,
@@ -48,15 +48,15 @@ impl Dispatcher {
     pub(super) fn stats(&mut self) -> SchedStats {
         let now = now_ms();
         let now_us = self.now_us();
-        let mut totals: std::collections::BTreeMap<String, u64> =
-            State::ALL.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut totals: std::collections::BTreeMap<State, u64> =
+            State::ALL.iter().map(|&s| (s, 0)).collect();
         let mut queues = std::collections::BTreeMap::new();
         for (q, qc) in self.cfg.queues.iter().enumerate() {
             let mut states = std::collections::BTreeMap::new();
             for s in State::ALL {
                 let c = self.counts[q][s.index()];
-                states.insert(s.to_string(), c);
-                *totals.get_mut(&s.to_string()).expect("state") += c;
+                states.insert(s, c);
+                *totals.entry(s).or_default() += c;
             }
             let jobs = &self.jobs;
             let head = self

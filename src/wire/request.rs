@@ -1,16 +1,15 @@
-//! The socket protocol: newline-delimited JSON, one request per line, one reply per line, in
-//! order (see `docs/protocol.md`).
+//! Requests: one JSON object per line, `op` naming the operation (`docs/protocol.md`).
 //!
-//! Parsing is one pass of serde_json into a borrowed struct: strings without escapes and the
-//! payload (kept as raw JSON text) are not copied until a job is built.
+//! The server parses a line in one pass of serde_json into a borrowed [`Request`]: strings
+//! without escapes and the payload (kept as raw JSON text) are not copied until a job is built.
+//! A client builds a [`Request`] and serializes it.
 
 use std::borrow::Cow;
-use std::io::Write;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::runtime::{JobSpec, Rejection};
+use super::{ErrorCode, Rejection};
 
 /// Protocol version announced by `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -18,78 +17,110 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Most jobs in one `submit_batch`.
 pub const MAX_BATCH: usize = 10_000;
 
-/// Error codes. Stable: clients match on them.
-pub mod code {
-    /// The line is not JSON.
-    pub const INVALID_JSON: &str = "invalid_json";
-    /// JSON, but not a valid request (missing field, wrong type, unknown field, bad value).
-    pub const BAD_REQUEST: &str = "bad_request";
-    /// The line is longer than the limit (1 MiB by default).
-    pub const LINE_TOO_LONG: &str = "line_too_long";
-    /// No such op.
-    pub const UNKNOWN_OP: &str = "unknown_op";
-    /// No such queue.
-    pub const UNKNOWN_QUEUE: &str = "unknown_queue";
-    /// No such kind.
-    pub const UNKNOWN_KIND: &str = "unknown_kind";
-    /// The payload does not suit the kind.
-    pub const INVALID_PAYLOAD: &str = "invalid_payload";
-    /// No such job.
-    pub const NOT_FOUND: &str = "not_found";
-    /// The job's state does not allow the operation (e.g. cancelling a finished job, retrying a
-    /// job that is not dead).
-    pub const WRONG_STATE: &str = "wrong_state";
-    /// The WAL failed and the request was not recorded (certainly: safe to repeat once the
-    /// daemon runs again); nothing more is accepted until restart.
-    pub const WAL_FAILED: &str = "wal_failed";
-    /// The WAL failed after writing the request, and could not remove it again: it may or may not
-    /// be in the log after a restart (the reply's `id` names the job; its `status` tells).
-    pub const WAL_UNCERTAIN: &str = "wal_uncertain";
-    /// The daemon is stopping.
-    pub const SHUTTING_DOWN: &str = "shutting_down";
-    /// The peer's uid is not allowed.
-    pub const FORBIDDEN: &str = "forbidden";
-    /// Too many connections.
-    pub const BUSY: &str = "busy";
-}
-
-/// The fields of one job in `submit` or `submit_batch`.
-#[derive(Debug, Deserialize)]
+/// The fields of one job in `submit` or `submit_batch`. A client builds one with
+/// [`Submit::new`] and its setters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitFields<'a> {
+pub struct Submit<'a> {
     /// Queue.
     #[serde(borrow)]
     pub queue: Cow<'a, str>,
     /// Kind.
     #[serde(borrow)]
     pub kind: Cow<'a, str>,
-    /// Payload (any JSON; default `{}`).
-    #[serde(borrow, default)]
-    pub payload: Option<&'a RawValue>,
+    /// Payload (any JSON; `{}` when absent).
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "borrowed_raw",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub payload: Option<Cow<'a, RawValue>>,
     /// Idempotency key.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Cow<'a, str>>,
-    /// Deadline after becoming ready.
-    #[serde(default)]
+    /// Deadline after becoming ready (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_in_ms: Option<u64>,
-    /// Delay.
-    #[serde(default)]
+    /// Delay (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
     /// Attempts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
-    /// Timeout.
-    #[serde(default)]
+    /// Per-attempt timeout (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }
 
-impl<'a> SubmitFields<'a> {
-    /// As a [`JobSpec`].
+/// A payload borrowed from the request line (`Cow`'s own deserializer always copies).
+fn borrowed_raw<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, RawValue>>, D::Error> {
+    Option::<&'de RawValue>::deserialize(d).map(|p| p.map(Cow::Borrowed))
+}
+
+impl Submit<'static> {
+    /// A job for `queue` and `kind`, with an empty object payload and the queue's defaults.
+    pub fn new(queue: &str, kind: &str) -> Submit<'static> {
+        Submit {
+            queue: queue.to_string().into(),
+            kind: kind.to_string().into(),
+            payload: None,
+            key: None,
+            due_in_ms: None,
+            delay_ms: None,
+            max_attempts: None,
+            timeout_ms: None,
+        }
+    }
+
+    /// Sets the payload.
+    pub fn payload(mut self, p: serde_json::Value) -> Submit<'static> {
+        // A Value always serializes.
+        let raw = serde_json::value::to_raw_value(&p).expect("JSON value");
+        self.payload = Some(Cow::Owned(raw));
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn key(mut self, key: &str) -> Submit<'static> {
+        self.key = Some(key.to_string().into());
+        self
+    }
+}
+
+impl Submit<'_> {
+    /// Sets the delay.
+    pub fn delay_ms(mut self, ms: u64) -> Self {
+        self.delay_ms = Some(ms);
+        self
+    }
+
+    /// Sets the deadline (after the job becomes ready).
+    pub fn due_in_ms(mut self, ms: u64) -> Self {
+        self.due_in_ms = Some(ms);
+        self
+    }
+
+    /// Sets the attempts allowed.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// As the runtime takes it.
     pub fn spec(&self) -> JobSpec<'_> {
         JobSpec {
             queue: &self.queue,
             kind: &self.kind,
-            payload: self.payload.map(|p| p.get()).unwrap_or("{}"),
+            payload: self.payload.as_deref().map(RawValue::get).unwrap_or("{}"),
             key: self.key.as_deref(),
             due_in_ms: self.due_in_ms,
             delay_ms: self.delay_ms,
@@ -99,26 +130,76 @@ impl<'a> SubmitFields<'a> {
     }
 }
 
-/// One request line.
-#[derive(Debug)]
+/// A job to submit, as the runtime takes it: the fields of the protocol's `submit`, with the
+/// payload as JSON text ([`crate::Runtime::submit`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobSpec<'a> {
+    /// Queue name.
+    pub queue: &'a str,
+    /// Kind name.
+    pub kind: &'a str,
+    /// Payload as JSON text.
+    pub payload: &'a str,
+    /// Idempotency key.
+    pub key: Option<&'a str>,
+    /// Deadline relative to when the job becomes ready (default: the queue's `due_in`).
+    pub due_in_ms: Option<u64>,
+    /// Delay before the job becomes ready.
+    pub delay_ms: Option<u64>,
+    /// Attempts allowed (default: the queue's).
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout (default: the queue's).
+    pub timeout_ms: Option<u64>,
+}
+
+impl<'a> JobSpec<'a> {
+    /// A job with defaults for everything but queue, kind and payload.
+    pub fn new(queue: &'a str, kind: &'a str, payload: &'a str) -> JobSpec<'a> {
+        JobSpec {
+            queue,
+            kind,
+            payload,
+            ..JobSpec::default()
+        }
+    }
+}
+
+/// One request.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request<'a> {
-    /// `hello`
-    Hello,
+    /// `hello`: the protocol version; `client` names the client (free text, for the log).
+    Hello {
+        /// The client's name and version.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client: Option<Cow<'a, str>>,
+    },
     /// `submit`
-    Submit(SubmitFields<'a>),
-    /// `submit_batch`
-    SubmitBatch(Vec<SubmitFields<'a>>),
+    Submit(Submit<'a>),
+    /// `submit_batch`: all or nothing.
+    SubmitBatch {
+        /// The jobs, 1 to [`MAX_BATCH`].
+        jobs: Vec<Submit<'a>>,
+    },
     /// `status`
-    Status(u64),
+    Status {
+        /// Job id.
+        id: u64,
+    },
     /// `stats`
     Stats,
     /// `cancel`
-    Cancel(u64),
+    Cancel {
+        /// Job id.
+        id: u64,
+    },
     /// `dead_list`
     DeadList {
         /// Only this queue.
+        #[serde(skip_serializing_if = "Option::is_none")]
         queue: Option<Cow<'a, str>>,
         /// Only jobs dead since (ms).
+        #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
     },
     /// `dead_retry`: one job, or all (of a queue).
@@ -127,17 +208,40 @@ pub enum Request<'a> {
     DeadPurge(DeadSelect<'a>),
 }
 
-/// Which dead jobs a `dead_retry` or `dead_purge` is about.
-#[derive(Debug)]
+/// Which dead jobs a `dead_retry` or `dead_purge` is about: one by `id`, or `all` (with filters).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DeadSelect<'a> {
     /// One job.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     /// All dead jobs (with the filters).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
     /// Only this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<Cow<'a, str>>,
     /// Only jobs dead before this time (ms; `dead_purge`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<u64>,
+}
+
+impl DeadSelect<'_> {
+    /// One job.
+    pub fn one(id: u64) -> DeadSelect<'static> {
+        DeadSelect {
+            id: Some(id),
+            ..DeadSelect::default()
+        }
+    }
+
+    /// Every dead job, of one queue if given.
+    pub fn all(queue: Option<&str>) -> DeadSelect<'_> {
+        DeadSelect {
+            all: true,
+            queue: queue.map(Cow::Borrowed),
+            ..DeadSelect::default()
+        }
+    }
 }
 
 /// Every field any op takes. A line is parsed once, into this; then the op's own rules apply
@@ -165,7 +269,7 @@ struct Wire<'a> {
     #[serde(default)]
     timeout_ms: Option<u64>,
     #[serde(borrow, default)]
-    jobs: Option<Vec<SubmitFields<'a>>>,
+    jobs: Option<Vec<Submit<'a>>>,
     #[serde(default)]
     id: Option<u64>,
     #[serde(default)]
@@ -174,8 +278,8 @@ struct Wire<'a> {
     since: Option<u64>,
     #[serde(default)]
     before: Option<u64>,
-    #[serde(default)]
-    client: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, default)]
+    client: Option<&'a RawValue>,
 }
 
 impl Wire<'_> {
@@ -205,7 +309,7 @@ impl Wire<'_> {
     fn only(&self, allowed: &[&str]) -> Result<(), Rejection> {
         match self.present().find(|f| !allowed.contains(f)) {
             Some(f) => Err(Rejection::new(
-                code::BAD_REQUEST,
+                ErrorCode::BadRequest,
                 format!("field `{f}` does not go with op {:?}", self.op),
             )),
             None => Ok(()),
@@ -214,7 +318,7 @@ impl Wire<'_> {
 }
 
 fn missing(field: &str) -> Rejection {
-    Rejection::new(code::BAD_REQUEST, format!("missing field `{field}`"))
+    Rejection::new(ErrorCode::BadRequest, format!("missing field `{field}`"))
 }
 
 const SUBMIT_FIELDS: &[&str] = &[
@@ -231,8 +335,8 @@ const SUBMIT_FIELDS: &[&str] = &[
 fn json_error(e: serde_json::Error) -> Rejection {
     use serde_json::error::Category;
     let code = match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => code::INVALID_JSON,
-        Category::Data => code::BAD_REQUEST,
+        Category::Syntax | Category::Eof | Category::Io => ErrorCode::InvalidJson,
+        Category::Data => ErrorCode::BadRequest,
     };
     Rejection::new(code, e.to_string())
 }
@@ -242,21 +346,27 @@ impl<'a> Request<'a> {
     pub fn parse(line: &'a [u8]) -> Result<Request<'a>, Rejection> {
         let w: Wire<'a> = serde_json::from_slice(line).map_err(json_error)?;
         match &*w.op {
-            "hello" | "stats" => {
+            "hello" => {
                 w.only(&["client"])?;
-                Ok(if w.op == "hello" { Request::Hello } else { Request::Stats })
+                // Free text for the log; any JSON is accepted, a string is kept.
+                let client = w.client.and_then(|c| serde_json::from_str::<String>(c.get()).ok());
+                Ok(Request::Hello { client: client.map(Cow::Owned) })
+            }
+            "stats" => {
+                w.only(&["client"])?;
+                Ok(Request::Stats)
             }
             "status" | "cancel" => {
                 w.only(&["id"])?;
                 let id = w.id.ok_or_else(|| missing("id"))?;
-                Ok(if w.op == "status" { Request::Status(id) } else { Request::Cancel(id) })
+                Ok(if w.op == "status" { Request::Status { id } } else { Request::Cancel { id } })
             }
             "submit" => {
                 w.only(SUBMIT_FIELDS)?;
-                Ok(Request::Submit(SubmitFields {
+                Ok(Request::Submit(Submit {
                     queue: w.queue.ok_or_else(|| missing("queue"))?,
                     kind: w.kind.ok_or_else(|| missing("kind"))?,
-                    payload: w.payload,
+                    payload: w.payload.map(Cow::Borrowed),
                     key: w.key,
                     due_in_ms: w.due_in_ms,
                     delay_ms: w.delay_ms,
@@ -269,11 +379,11 @@ impl<'a> Request<'a> {
                 let jobs = w.jobs.ok_or_else(|| missing("jobs"))?;
                 if jobs.is_empty() || jobs.len() > MAX_BATCH {
                     return Err(Rejection::new(
-                        code::BAD_REQUEST,
+                        ErrorCode::BadRequest,
                         format!("jobs must hold 1 to {MAX_BATCH} jobs, not {}", jobs.len()),
                     ));
                 }
-                Ok(Request::SubmitBatch(jobs))
+                Ok(Request::SubmitBatch { jobs })
             }
             "dead_list" => {
                 w.only(&["queue", "since"])?;
@@ -284,11 +394,11 @@ impl<'a> Request<'a> {
                 w.only(if retry { &["id", "all", "queue"] } else { &["id", "all", "queue", "before"] })?;
                 let all = w.all.unwrap_or(false);
                 if w.id.is_some() == all {
-                    return Err(Rejection::new(code::BAD_REQUEST, "give either \"id\" or \"all\": true"));
+                    return Err(Rejection::new(ErrorCode::BadRequest, "give either \"id\" or \"all\": true"));
                 }
                 if w.id.is_some() && (w.queue.is_some() || w.before.is_some()) {
                     return Err(Rejection::new(
-                        code::BAD_REQUEST,
+                        ErrorCode::BadRequest,
                         "\"queue\" and \"before\" go with \"all\": true",
                     ));
                 }
@@ -296,89 +406,10 @@ impl<'a> Request<'a> {
                 Ok(if retry { Request::DeadRetry(sel) } else { Request::DeadPurge(sel) })
             }
             other => Err(Rejection::new(
-                code::UNKNOWN_OP,
+                ErrorCode::UnknownOp,
                 format!("unknown op {other:?} (hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, dead_purge)"),
             )),
         }
-    }
-}
-
-/// Appends `{"ok":false,"error":{"code":..,"message":..}}\n`, with the rejection's `id` and
-/// `recorded_ids` when it has them.
-pub fn write_error(out: &mut Vec<u8>, r: &Rejection) {
-    #[derive(Serialize)]
-    struct E<'a> {
-        code: &'a str,
-        message: &'a str,
-    }
-    #[derive(Serialize)]
-    struct R<'a> {
-        ok: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        recorded_ids: Option<&'a [u64]>,
-        error: E<'a>,
-    }
-    let _ = serde_json::to_writer(
-        &mut *out,
-        &R {
-            ok: false,
-            id: r.id,
-            recorded_ids: r.recorded_ids.as_deref(),
-            error: E {
-                code: r.code,
-                message: &r.message,
-            },
-        },
-    );
-    out.push(b'\n');
-}
-
-/// Appends a `submit` reply.
-pub fn write_submitted(out: &mut Vec<u8>, id: u64, lsn: u64, duplicate: bool) {
-    let _ = writeln!(
-        out,
-        r#"{{"ok":true,"id":{id},"lsn":{lsn},"duplicate":{duplicate}}}"#
-    );
-}
-
-/// Appends a `submit_batch` reply: ids in request order (a duplicate's id is the first job's),
-/// `lsn` of the first record written, and the indexes of duplicates when there are any.
-pub fn write_batch(out: &mut Vec<u8>, ids: &[u64], lsn: u64, duplicates: &[u32]) {
-    fn list(out: &mut Vec<u8>, items: impl Iterator<Item = u64>) {
-        for (i, v) in items.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let _ = write!(out, "{v}");
-        }
-    }
-    out.extend_from_slice(br#"{"ok":true,"ids":["#);
-    list(out, ids.iter().copied());
-    let _ = write!(out, r#"],"lsn":{lsn}"#);
-    if !duplicates.is_empty() {
-        out.extend_from_slice(br#","duplicates":["#);
-        list(out, duplicates.iter().map(|&d| u64::from(d)));
-        out.push(b']');
-    }
-    out.extend_from_slice(b"}\n");
-}
-
-/// Appends `{"ok":true, ...fields of v}\n` for a struct `v` that serializes to an object.
-pub fn write_ok_with<T: Serialize>(out: &mut Vec<u8>, v: &T) {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::Object(mut m)) => {
-            let mut o = serde_json::Map::new();
-            o.insert("ok".into(), true.into());
-            o.append(&mut m);
-            let _ = serde_json::to_writer(&mut *out, &o);
-            out.push(b'\n');
-        }
-        _ => write_error(
-            out,
-            &Rejection::new(code::BAD_REQUEST, "internal: reply is not an object"),
-        ),
     }
 }
 
@@ -386,7 +417,7 @@ pub fn write_ok_with<T: Serialize>(out: &mut Vec<u8>, v: &T) {
 mod tests {
     use super::*;
 
-    fn code_of(line: &str) -> &'static str {
+    fn code_of(line: &str) -> ErrorCode {
         Request::parse(line.as_bytes()).unwrap_err().code
     }
 
@@ -394,11 +425,11 @@ mod tests {
     fn parses_each_op() {
         assert!(matches!(
             Request::parse(br#"{"op":"hello"}"#),
-            Ok(Request::Hello)
+            Ok(Request::Hello { client: None })
         ));
         assert!(matches!(
             Request::parse(br#"{"op":"status","id":7}"#),
-            Ok(Request::Status(7))
+            Ok(Request::Status { id: 7 })
         ));
         let Ok(Request::Submit(s)) = Request::parse(
             br#"{"op":"submit","queue":"bulk","kind":"sleep","payload":{"ms":5},"delay_ms":10}"#,
@@ -407,7 +438,7 @@ mod tests {
         };
         assert_eq!(s.spec().payload, r#"{"ms":5}"#);
         assert_eq!(s.delay_ms, Some(10));
-        let Ok(Request::SubmitBatch(b)) =
+        let Ok(Request::SubmitBatch { jobs: b }) =
             Request::parse(br#"{"op":"submit_batch","jobs":[{"queue":"a","kind":"noop"},{"queue":"b","kind":"noop"}]}"#)
         else {
             panic!("batch")
@@ -418,38 +449,41 @@ mod tests {
 
     #[test]
     fn errors_have_specific_codes() {
-        assert_eq!(code_of("not json"), code::INVALID_JSON);
-        assert_eq!(code_of("{\"op\":"), code::INVALID_JSON);
-        assert_eq!(code_of("\u{1}\u{2}garbage"), code::INVALID_JSON);
-        assert_eq!(code_of(r#"{"op":"fly"}"#), code::UNKNOWN_OP);
-        assert_eq!(code_of(r#"{"id":1}"#), code::BAD_REQUEST);
+        assert_eq!(code_of("not json"), ErrorCode::InvalidJson);
+        assert_eq!(code_of("{\"op\":"), ErrorCode::InvalidJson);
+        assert_eq!(code_of("\u{1}\u{2}garbage"), ErrorCode::InvalidJson);
+        assert_eq!(code_of(r#"{"op":"fly"}"#), ErrorCode::UnknownOp);
+        assert_eq!(code_of(r#"{"id":1}"#), ErrorCode::BadRequest);
         assert_eq!(
             code_of(r#"{"op":"status","id":"seven"}"#),
-            code::BAD_REQUEST
+            ErrorCode::BadRequest
         );
-        assert_eq!(code_of(r#"{"op":"status","id":-1}"#), code::BAD_REQUEST);
-        assert_eq!(code_of(r#"{"op":"submit","queue":"q"}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"{"op":"status","id":-1}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code_of(r#"{"op":"submit","queue":"q"}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(
             code_of(r#"{"op":"submit","queue":"q","kind":"k","dealy_ms":5}"#),
-            code::BAD_REQUEST
+            ErrorCode::BadRequest
         );
         assert_eq!(
             code_of(r#"{"op":"submit_batch","jobs":[]}"#),
-            code::BAD_REQUEST
+            ErrorCode::BadRequest
         );
-        assert_eq!(code_of(r#"[1,2]"#), code::BAD_REQUEST);
-        assert_eq!(code_of(r#"{"op":"dead_retry"}"#), code::BAD_REQUEST);
+        assert_eq!(code_of(r#"[1,2]"#), ErrorCode::BadRequest);
+        assert_eq!(code_of(r#"{"op":"dead_retry"}"#), ErrorCode::BadRequest);
         assert_eq!(
             code_of(r#"{"op":"dead_retry","id":1,"all":true}"#),
-            code::BAD_REQUEST
+            ErrorCode::BadRequest
         );
         assert_eq!(
             code_of(r#"{"op":"dead_retry","all":true,"before":5}"#),
-            code::BAD_REQUEST
+            ErrorCode::BadRequest
         );
         assert_eq!(
             code_of(r#"{"op":"dead_purge","id":1,"queue":"q"}"#),
-            code::BAD_REQUEST
+            ErrorCode::BadRequest
         );
         assert!(matches!(
             Request::parse(br#"{"op":"dead_purge","all":true,"before":5}"#),
@@ -489,23 +523,30 @@ mod tests {
         assert_eq!(
             (e.code, e.message.as_str()),
             (
-                code::BAD_REQUEST,
+                ErrorCode::BadRequest,
                 "field `queue` does not go with op \"status\""
             )
         );
         assert_eq!(
             code_of(r#"{"op":"submit_batch","jobs":[{"queue":"a","kind":"noop"}],"queue":"a"}"#),
-            code::BAD_REQUEST
+            ErrorCode::BadRequest
         );
-        assert_eq!(code_of(r#"{"op":"dead_list","id":3}"#), code::BAD_REQUEST);
-        assert_eq!(code_of(r#"{"op":"cancel"}"#), code::BAD_REQUEST);
+        assert_eq!(
+            code_of(r#"{"op":"dead_list","id":3}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code_of(r#"{"op":"cancel"}"#), ErrorCode::BadRequest);
         assert_eq!(
             Request::parse(br#"{"op":"cancel"}"#).unwrap_err().message,
             "missing field `id`"
         );
         assert!(matches!(
             Request::parse(br#"{"op":"hello","client":"my-app 1.2"}"#),
-            Ok(Request::Hello)
+            Ok(Request::Hello { client: Some(c) }) if c == "my-app 1.2"
+        ));
+        assert!(matches!(
+            Request::parse(br#"{"op":"hello","client":{"any":"json"}}"#),
+            Ok(Request::Hello { client: None })
         ));
         assert!(matches!(
             Request::parse(br#"{"op":"dead_retry","all":true,"queue":"bulk"}"#),
@@ -514,25 +555,46 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_single_json_lines() {
-        let mut out = Vec::new();
-        write_submitted(&mut out, 7, 42, false);
-        write_batch(&mut out, &[1, 2], 9, &[]);
-        write_batch(&mut out, &[1, 5], 9, &[1]);
-        write_error(
-            &mut out,
-            &Rejection::new(code::BAD_REQUEST, "a \"quoted\"\nthing"),
-        );
-        let text = String::from_utf8(out).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines[0]["id"], 7);
-        assert_eq!(lines[0]["duplicate"], false);
-        assert_eq!(lines[1]["ids"][1], 2);
-        assert_eq!(lines[2]["duplicates"][0], 1);
-        assert_eq!(lines[3]["error"]["code"], "bad_request");
-        assert_eq!(lines.len(), 4);
+    fn requests_a_client_builds_parse_back_the_same() {
+        let requests = [
+            Request::Hello {
+                client: Some("duejob 0.1".into()),
+            },
+            Request::Hello { client: None },
+            Request::Submit(
+                Submit::new("bulk", "noop")
+                    .payload(serde_json::json!({"a": [1, {"b": null}]}))
+                    .key("k-1")
+                    .delay_ms(5)
+                    .due_in_ms(6)
+                    .max_attempts(2)
+                    .timeout_ms(7),
+            ),
+            Request::SubmitBatch {
+                jobs: vec![Submit::new("a", "noop"), Submit::new("b", "sleep")],
+            },
+            Request::Status { id: 3 },
+            Request::Stats,
+            Request::Cancel { id: 4 },
+            Request::DeadList {
+                queue: Some("q".into()),
+                since: Some(9),
+            },
+            Request::DeadList {
+                queue: None,
+                since: None,
+            },
+            Request::DeadRetry(DeadSelect::one(5)),
+            Request::DeadRetry(DeadSelect::all(Some("bulk"))),
+            Request::DeadPurge(DeadSelect {
+                before: Some(7),
+                ..DeadSelect::all(None)
+            }),
+        ];
+        for r in &requests {
+            let line = serde_json::to_string(r).unwrap();
+            let parsed = Request::parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&parsed).unwrap(), line);
+        }
     }
 }

@@ -1,0 +1,197 @@
+//! What `status` and `stats` report.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use crate::job::{AttemptInfo, AttemptOutcome, State};
+
+/// A field that is `Some` whenever it is present, `null` included (`Option`'s own deserializer
+/// reads `null` as absent).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// A job's status and timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Job id.
+    pub id: u64,
+    /// Queue name.
+    pub queue: String,
+    /// Kind name.
+    pub kind: String,
+    /// State.
+    pub state: State,
+    /// Acceptance time (ms).
+    pub submitted_at: u64,
+    /// Deadline (ms).
+    pub deadline: u64,
+    /// Earliest start of a delayed job (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<u64>,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Per-attempt timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When a `retrying` job runs again (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<u64>,
+    /// When it reached its terminal state (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// The payload (live jobs only; terminal jobs keep a summary).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub payload: Option<serde_json::Value>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptInfo>,
+}
+
+/// Percentiles of a latency, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Per-queue figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Jobs by state (terminal counts since the data directory began, as far as memory goes).
+    pub states: BTreeMap<State, u64>,
+    /// Limit.
+    pub max_workers: usize,
+    /// Reserved workers.
+    pub reserved: usize,
+    /// Queue `due_in` (ms).
+    pub due_in_ms: u64,
+    /// Age of the most urgent ready job (ms).
+    pub oldest_ready_age_ms: Option<u64>,
+    /// Time left until the most urgent ready job's deadline (ms; negative when late).
+    pub slack_ms: Option<i64>,
+    /// Jobs started after their deadline.
+    pub deadline_misses: u64,
+    /// Attempts that ended in failure (timeouts included).
+    pub failures: u64,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Attempts that timed out.
+    pub timeouts: u64,
+    /// Jobs that ran on a worker lent from another queue's reservation.
+    pub borrowed: u64,
+    /// From ready to started.
+    pub wait_ms: Percentiles,
+    /// Run time.
+    pub run_ms: Percentiles,
+}
+
+/// What the dispatcher reports for `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedStats {
+    /// Jobs by state, all queues.
+    pub totals: BTreeMap<State, u64>,
+    /// Per queue, by name.
+    pub queues: BTreeMap<String, QueueStats>,
+    /// Worker threads.
+    pub workers: usize,
+    /// Workers running a job now.
+    pub busy: usize,
+    /// Dispatch order.
+    pub order: String,
+}
+
+/// WAL figures for `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalReport {
+    /// Sync mode in force.
+    pub sync: String,
+    /// Segments in `wal/`.
+    pub segments: u64,
+    /// Bytes appended since start.
+    pub bytes: u64,
+    /// Records appended since start (sync marks included).
+    pub records: u64,
+    /// Sync marks appended since start (records that say how far the log was durable).
+    #[serde(default)]
+    pub sync_marks: u64,
+    /// Group commits since start.
+    pub groups: u64,
+    /// Mean records per group.
+    pub mean_group: f64,
+    /// Largest group.
+    pub max_group: u64,
+    /// fdatasync calls since start.
+    pub fsyncs: u64,
+    /// fdatasync latency upper bounds (µs): p50, p99.
+    pub fsync_p50_us: u64,
+    /// See `fsync_p50_us`.
+    pub fsync_p99_us: u64,
+}
+
+/// How a kind that talks to an outside service is faring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindHealth {
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed in a way a retry may mend (server down, 4xx).
+    pub temporary_failures: u64,
+    /// Attempts that failed for good (5xx).
+    pub permanent_failures: u64,
+    /// Temporary failures since the last success or permanent rejection (0: the service
+    /// answers).
+    pub consecutive_failures: u64,
+    /// The last failure's reason.
+    pub last_error: Option<String>,
+    /// When it happened (ms since the epoch).
+    pub last_error_at: Option<u64>,
+}
+
+/// Everything `stats` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Scheduler figures.
+    #[serde(flatten)]
+    pub sched: SchedStats,
+    /// WAL figures.
+    pub wal: WalReport,
+    /// Kinds that depend on an outside service (`email`: the SMTP server), by name.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, KindHealth>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_maps_and_null_payloads_round_trip() {
+        let mut states = BTreeMap::new();
+        states.insert(State::Ready, 3);
+        states.insert(State::Dead, 1);
+        let v = serde_json::to_value(&states).unwrap();
+        assert_eq!(v, serde_json::json!({"dead": 1, "ready": 3}));
+        let back: BTreeMap<State, u64> = serde_json::from_value(v).unwrap();
+        assert_eq!(back, states);
+        let job = serde_json::json!({"id": 1, "queue": "q", "kind": "k", "state": "ready",
+            "submitted_at": 1, "deadline": 2, "max_attempts": 1, "payload": null, "attempts": []});
+        let info: JobInfo = serde_json::from_value(job.clone()).unwrap();
+        assert_eq!(info.payload, Some(serde_json::Value::Null));
+        assert_eq!(serde_json::to_value(&info).unwrap(), job);
+    }
+}

@@ -1,0 +1,18 @@
+//! The socket protocol's types, in one place: [`Request`]s (what a line asks), replies (what the
+//! daemon answers), [`JobInfo`] and [`Stats`] (what `status` and `stats` report), and the error
+//! codes. The server, the [`crate::Client`], the [`crate::Runtime`] and the command line all use
+//! these, so the protocol has one definition. `docs/protocol.md` describes it for other
+//! languages.
+
+mod error;
+pub mod info;
+pub mod reply;
+pub mod request;
+
+pub use error::{ErrorCode, Rejection};
+pub use info::{
+    AttemptInfo, AttemptOutcome, JobInfo, KindHealth, Percentiles, QueueStats, SchedStats, State,
+    Stats, WalReport,
+};
+pub use reply::{BatchSubmitted, Cancelled, DeadJobs, Hello, Ids, JobStatus, Submitted};
+pub use request::{DeadSelect, JobSpec, Request, Submit, MAX_BATCH, PROTOCOL_VERSION};

@@ -10,7 +10,7 @@
 //! - [`scheduler`]: the dispatcher, the ready set and the workers.
 //! - [`handlers`]: job kinds (`noop`, `sleep`, `exec`, and your own).
 //! - [`runtime`]: [`Runtime`], duejob embedded in a process.
-//! - [`server`] and [`protocol`]: the socket daemon.
+//! - [`server`] and [`wire`]: the socket daemon and its protocol types.
 //! - [`client`]: [`Client`], for talking to a daemon.
 //! - [`waltool`]: the offline `wal verify|inspect|dump` tools.
 //!

@@ -131,7 +131,7 @@ impl Submit<'_> {
 }
 
 /// A job to submit, as the runtime takes it: the fields of the protocol's `submit`, with the
-/// payload as JSON text ([`crate::Runtime::submit`]).
+/// payload as JSON text ([`crate::Handle::submit`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobSpec<'a> {
     /// Queue name.

@@ -6,7 +6,6 @@
 
 use std::time::Instant;
 
-use duejob::wal::commit::RecordBatch;
 use duejob::{Config, JobSpec, Runtime};
 
 fn rss_bytes() -> u64 {
@@ -47,17 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut left = n;
         while left > 0 {
             let k = left.min(10_000);
-            let mut batch = RecordBatch::new();
-            let mut jobs = Vec::new();
-            let first = rt.reserve_ids(k);
-            for i in 0..k {
-                let mut job = rt.prepare(&spec, duejob::job::now_ms())?;
-                job.id = first + i;
-                rt.encode_submit(&job, &mut batch);
-                jobs.push(std::sync::Arc::new(job));
-            }
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            rt.append(batch, jobs, tx)?;
+            let (_, rx) = rt.append_specs(&vec![spec.clone(); k as usize])?;
             if let Some(f) = rx.recv()?.failure {
                 return Err(f.error.to_string().into());
             }

@@ -5,14 +5,20 @@
 //! deadline first, within per-queue limits; jobs arrive over a Unix socket (newline-delimited
 //! JSON), from the CLI, or in-process.
 //!
-//! - [`wal`]: the write-ahead log (format, storage seam, reader, appender, group commit).
-//! - [`recovery`]: replays the WAL at start-up.
-//! - [`scheduler`]: the dispatcher, the ready set and the workers.
-//! - [`handlers`]: job kinds (`noop`, `sleep`, `exec`, and your own).
-//! - [`runtime`]: [`Runtime`], duejob embedded in a process.
-//! - [`server`] and [`wire`]: the socket daemon and its protocol types.
-//! - [`client`]: [`Client`], for talking to a daemon.
-//! - [`waltool`]: the offline `wal verify|inspect|dump` tools.
+//! The public API:
+//!
+//! - [`Runtime`] (built with [`RuntimeBuilder`]; [`Handle`] for other threads): duejob embedded
+//!   in a process. Your own job kinds implement [`Handler`].
+//! - [`server`]: the Unix-socket daemon around a runtime; [`Client`] talks to one; [`wire`] holds
+//!   every request, reply and error code of the protocol (`docs/protocol.md`).
+//! - [`config`]: the configuration file's types.
+//! - [`wal`]: reading, verifying and salvaging a write-ahead log offline ([`wal::reader`],
+//!   [`wal::record`], [`wal::salvage`]), and [`Census`], what a log says about every job.
+//!
+//! The guarantees the library keeps are in `docs/guarantees.md`; the design in
+//! `ARCHITECTURE.md`. The crate's internals (the group commit, the scheduler, recovery, the job
+//! state machine) are public only with the `internals` feature, which the crate's own tests and
+//! benches use; they are not a stable API.
 //!
 //! ```no_run
 //! use duejob::{JobContext, JobError, JobSpec, Runtime};
@@ -32,26 +38,40 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod cli;
+/// Declares modules that are public with the `internals` feature and private to the crate
+/// without it. The tests, benches and examples turn the feature on (the crate is its own
+/// dev-dependency with it); the binary and every other user of the library see only the public
+/// API.
+macro_rules! internal_mods {
+    ($($(#[$m:meta])* mod $name:ident;)*) => {$(
+        #[cfg(feature = "internals")]
+        $(#[$m])* pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        $(#[$m])* pub(crate) mod $name;
+    )*};
+}
+
 pub mod client;
-pub mod clock;
 pub mod config;
-mod datadir;
-pub mod demo;
-mod error;
-pub mod handlers;
-pub mod idmap;
-pub mod job;
-pub mod recovery;
 pub mod runtime;
-pub mod scheduler;
 pub mod server;
 pub mod wal;
-pub mod waltool;
 pub mod wire;
+
+internal_mods! {
+    mod clock;
+    mod handlers;
+    mod idmap;
+    mod job;
+    mod recovery;
+    mod scheduler;
+}
+mod datadir;
+mod error;
 
 pub use client::Client;
 pub use config::Config;
-pub use handlers::{Handler, JobContext, JobError};
-pub use runtime::{Handle, Runtime};
+pub use handlers::{Admitted, Handler, JobContext, JobError, StopReason};
+pub use job::census::{Census, Counted};
+pub use runtime::{Error, Handle, Runtime, RuntimeBuilder};
 pub use wire::{JobSpec, Submitted};

@@ -37,7 +37,9 @@ use crate::wal::io::{FileStorage, Storage};
 use crate::wal::record::Record;
 use crate::wal::stats::WalStats;
 use crate::wal::WalError;
-use crate::wire::{ErrorCode, JobInfo, JobSpec, Rejection, Stats, Submitted, WalReport};
+use crate::wire::{
+    DeadSelect, ErrorCode, JobInfo, JobSpec, Rejection, Stats, Submitted, WalReport,
+};
 use crossbeam_channel::Sender;
 
 pub use crate::error::Error;
@@ -108,11 +110,6 @@ impl Handle {
         &self.inner.cfg
     }
 
-    /// The registered kinds.
-    pub fn kinds(&self) -> &Kinds {
-        &self.inner.kinds
-    }
-
     /// Whether shutdown has begun.
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Relaxed)
@@ -124,18 +121,18 @@ impl Handle {
     }
 
     /// Whether the WAL thread has stopped: an append not answered by now never will be.
-    pub fn is_wal_stopped(&self) -> bool {
+    pub(crate) fn is_wal_stopped(&self) -> bool {
         self.inner.wal_stopped.load(Ordering::SeqCst)
     }
 
     /// Reserves `n` consecutive job ids.
-    pub fn reserve_ids(&self, n: u64) -> u64 {
+    pub(crate) fn reserve_ids(&self, n: u64) -> u64 {
         self.inner.next_id.fetch_add(n, Ordering::Relaxed)
     }
 
     /// Validates a submit and builds the job with id 0 (the caller assigns one from
     /// [`Handle::reserve_ids`] once everything it submits together is valid). Writes nothing.
-    pub fn prepare(&self, spec: &JobSpec<'_>, now: u64) -> Result<Job, Rejection> {
+    pub(crate) fn prepare(&self, spec: &JobSpec<'_>, now: u64) -> Result<Job, Rejection> {
         let cfg = &self.inner.cfg;
         let queue = cfg.queue_id(spec.queue).ok_or_else(|| {
             let known: Vec<&str> = cfg.queues.iter().map(|q| q.name.as_str()).collect();
@@ -249,14 +246,14 @@ impl Handle {
     }
 
     /// Encodes a job's `submit` record into `batch`.
-    pub fn encode_submit(&self, job: &Job, batch: &mut RecordBatch) {
+    pub(crate) fn encode_submit(&self, job: &Job, batch: &mut RecordBatch) {
         let q = &self.inner.cfg.queues[job.queue as usize].name;
         let k = self.inner.kinds.name(job.kind);
         batch.push(&Record::Submit(job.to_record(q, k)));
     }
 
     /// Sends records and their jobs to the WAL; `ack` hears what became of each record.
-    pub fn append(
+    pub(crate) fn append(
         &self,
         records: RecordBatch,
         jobs: Vec<JobRef>,
@@ -367,16 +364,18 @@ impl Handle {
         })
     }
 
-    /// Puts dead jobs back with fresh attempts; returns their ids once that is durable.
-    pub fn dead_retry(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
+    /// Puts dead jobs back with fresh attempts (one by id, or all, of a queue if given); returns
+    /// their ids once that is durable.
+    pub fn dead_retry(&self, which: &DeadSelect<'_>) -> Result<Vec<u64>, Rejection> {
         self.dead_op(which, "retried", |which, reply| Msg::DeadRetry {
             which,
             reply,
         })
     }
 
-    /// Removes dead jobs from the dead letters; returns their ids once that is durable.
-    pub fn dead_purge(&self, which: DeadFilter) -> Result<Vec<u64>, Rejection> {
+    /// Removes dead jobs from the dead letters (one by id, or all, of a queue and dead before a
+    /// time if given); returns their ids once that is durable.
+    pub fn dead_purge(&self, which: &DeadSelect<'_>) -> Result<Vec<u64>, Rejection> {
         self.dead_op(which, "purged", |which, reply| Msg::DeadPurge {
             which,
             reply,
@@ -385,20 +384,24 @@ impl Handle {
 
     fn dead_op(
         &self,
-        which: DeadFilter,
+        sel: &DeadSelect<'_>,
         verb: &str,
         msg: impl FnOnce(DeadFilter, Sender<Result<Vec<u64>, Refused>>) -> Msg,
     ) -> Result<Vec<u64>, Rejection> {
-        let id = match which {
-            DeadFilter::Id(id) => id,
-            DeadFilter::All { .. } => 0,
+        let which = match (sel.id, sel.queue.as_deref()) {
+            (Some(id), _) => DeadFilter::Id(id),
+            (None, q) => DeadFilter::All {
+                queue: q.map(|q| self.queue_for_filter(q)).transpose()?,
+                before: sel.before,
+            },
         };
+        let id = sel.id.unwrap_or(0);
         self.ask(|reply| msg(which, reply))?
             .map_err(|r| refused(id, r, verb))
     }
 
     /// A queue's index, for filters.
-    pub fn queue_for_filter(&self, name: &str) -> Result<u16, Rejection> {
+    fn queue_for_filter(&self, name: &str) -> Result<u16, Rejection> {
         self.inner.cfg.queue_id(name).ok_or_else(|| {
             Rejection::new(ErrorCode::UnknownQueue, format!("unknown queue {name:?}"))
         })
@@ -454,10 +457,37 @@ fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
     }
 }
 
+#[cfg(feature = "internals")]
+impl Handle {
+    /// For the crate's own tests and examples: validates `specs`, numbers them and sends their
+    /// `submit` records to the WAL as one group without waiting. Returns their ids and the
+    /// channel that hears each record's fate.
+    pub fn append_specs(
+        &self,
+        specs: &[JobSpec<'_>],
+    ) -> Result<(Vec<u64>, crossbeam_channel::Receiver<Ack>), Rejection> {
+        let now = now_ms();
+        let mut jobs = specs
+            .iter()
+            .map(|s| self.prepare(s, now))
+            .collect::<Result<Vec<Job>, Rejection>>()?;
+        let first = self.reserve_ids(jobs.len() as u64);
+        let mut batch = RecordBatch::new();
+        for (i, job) in jobs.iter_mut().enumerate() {
+            job.id = first + i as u64;
+            self.encode_submit(job, &mut batch);
+        }
+        let ids = jobs.iter().map(|j| j.id).collect();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.append(batch, jobs.into_iter().map(Arc::new).collect(), tx)?;
+        Ok((ids, rx))
+    }
+}
+
 /// The rejection for a record of `ack` whose fate is not `Recorded`: `wal_failed` when it is
 /// certainly not in the log (safe to submit again once the daemon runs again), `wal_uncertain`
 /// when it may be (the reply names the job, whose `status` tells after a restart).
-pub fn fate_rejection(ack: &Ack, fate: Fate, id: u64) -> Rejection {
+pub(crate) fn fate_rejection(ack: &Ack, fate: Fate, id: u64) -> Rejection {
     let error = match &ack.failure {
         Some(f) => f.error.clone(),
         None => Arc::new(WalError::Closed),
@@ -499,14 +529,6 @@ fn check_key(k: &str, code: ErrorCode, what: &str) -> Result<(), Rejection> {
         ));
     }
     Ok(())
-}
-
-/// The rejection a client sees when the WAL could not make its records durable.
-pub fn wal_rejection(e: &WalError) -> Rejection {
-    match e {
-        WalError::Closed => closed(),
-        e => Rejection::new(ErrorCode::WalFailed, e.to_string()),
-    }
 }
 
 /// Builds a [`Runtime`].

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use duejob::job::census::Census;
 use duejob::job::State;
-use duejob::scheduler::DeadFilter;
 use duejob::wal::io::MemStorage;
 use duejob::wal::reader::read_log;
+use duejob::wire::DeadSelect;
 use duejob::wire::JobInfo;
 use duejob::{Config, JobContext, JobError, JobSpec, Runtime};
 use proptest::prelude::*;
@@ -199,12 +199,12 @@ impl Run {
             }
             Op::DeadRetry(i) => {
                 if let Some(id) = self.pick(*i) {
-                    let _ = self.rt().dead_retry(DeadFilter::Id(id));
+                    let _ = self.rt().dead_retry(&DeadSelect::one(id));
                 }
             }
             Op::Purge(i) => {
                 if let Some(id) = self.pick(*i) {
-                    if self.rt().dead_purge(DeadFilter::Id(id)).is_ok() {
+                    if self.rt().dead_purge(&DeadSelect::one(id)).is_ok() {
                         self.purged.insert(id);
                     }
                 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use duejob::config::Config;
 use duejob::recovery::recover;
-use duejob::wal::commit::RecordBatch;
 use duejob::wal::io::{Fault, MemStorage, Storage};
 use duejob::{JobSpec, Runtime};
 
@@ -164,24 +163,14 @@ fn batch_workload(storage: &MemStorage) -> (Vec<u64>, Vec<u64>) {
     let (mut acked, mut offered) = (Vec::new(), Vec::new());
     for round in 0..3 {
         for n in [1usize, 3, 7, 2, 5, 1] {
-            let mut batch = RecordBatch::new();
-            let mut jobs = Vec::new();
-            for _ in 0..n {
-                let spec = JobSpec {
-                    delay_ms: Some(3_600_000 + round),
-                    ..JobSpec::new("bulk", "noop", &payload)
-                };
-                let mut job = rt.prepare(&spec, duejob::job::now_ms()).unwrap();
-                job.id = rt.reserve_ids(1);
-                rt.encode_submit(&job, &mut batch);
-                offered.push(job.id);
-                jobs.push(Arc::new(job));
-            }
-            let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            if rt.append(batch, jobs, tx).is_err() {
+            let spec = JobSpec {
+                delay_ms: Some(3_600_000 + round),
+                ..JobSpec::new("bulk", "noop", &payload)
+            };
+            let Ok((ids, rx)) = rt.append_specs(&vec![spec; n]) else {
                 continue;
-            }
+            };
+            offered.extend(&ids);
             if let Ok(ack) = rx.recv() {
                 for (id, fate) in ids.into_iter().zip(ack.fates()) {
                     if matches!(fate, duejob::wal::commit::Fate::Recorded(_)) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use duejob::config::Config;
 use duejob::recovery::recover;
-use duejob::wal::commit::{Fate, RecordBatch};
+use duejob::wal::commit::Fate;
 use duejob::wal::io::{Fault, MemStorage, Storage};
 use duejob::{JobSpec, Runtime};
 
@@ -82,21 +82,11 @@ fn every_reply_agrees_with_the_log_when_the_disk_fills_up_or_fails() {
         let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(500));
         let mut answers = Vec::new();
         for n in [3usize, 9, 14, 5, 11, 20, 7, 16] {
-            let mut batch = RecordBatch::new();
-            let mut jobs = Vec::new();
-            for _ in 0..n {
-                let spec = JobSpec {
-                    delay_ms: Some(3_600_000),
-                    ..JobSpec::new("bulk", "noop", &payload)
-                };
-                let mut job = rt.prepare(&spec, duejob::job::now_ms()).unwrap();
-                job.id = rt.reserve_ids(1);
-                rt.encode_submit(&job, &mut batch);
-                jobs.push(Arc::new(job));
-            }
-            let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            rt.append(batch, jobs, tx).unwrap();
+            let spec = JobSpec {
+                delay_ms: Some(3_600_000),
+                ..JobSpec::new("bulk", "noop", &payload)
+            };
+            let (ids, rx) = rt.append_specs(&vec![spec; n]).unwrap();
             let ack = rx.recv().unwrap();
             let batch: Vec<(u64, Fate)> = ids.into_iter().zip(ack.fates()).collect();
             // A job answered recorded is known to the daemon at once; one answered otherwise

@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use super::fmt::{millis, parse_time, time};
 use super::{CliResult, ClientOpts};
-use crate::client::{Client, DeadSelect, Submit};
-use crate::config::parse_duration;
-use crate::wire::State;
+use duejob::client::{Client, DeadSelect, Submit};
+use duejob::config::parse_duration;
+use duejob::wire::State;
 
 /// `submit` arguments.
 #[derive(Debug, Args)]
@@ -401,7 +401,7 @@ pub fn dead(cmd: DeadCommand) -> CliResult {
 
 fn ids_reply(opts: &ClientOpts, ids: Vec<u64>, verb: &str) -> CliResult {
     if opts.json {
-        return print_reply(&crate::wire::Ids { ids });
+        return print_reply(&duejob::wire::Ids { ids });
     }
     let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     writeln!(

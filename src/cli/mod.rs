@@ -2,8 +2,10 @@
 //! `src/main.rs` only calls [`main_with_args`].
 
 mod client_cmds;
+mod demo;
 pub mod fmt;
 mod serve;
+mod wal;
 
 use std::path::PathBuf;
 
@@ -70,7 +72,7 @@ enum Command {
     #[command(subcommand)]
     Wal(WalCommand),
     /// Demo: a bulk flood with notifications overtaking it, against plain FIFO.
-    Demo(crate::demo::DemoArgs),
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,10 +100,10 @@ enum WalCommand {
         json: bool,
     },
     /// Print records, one per line.
-    Dump(crate::waltool::DumpArgs),
+    Dump(wal::DumpArgs),
     /// Copy every record that checks out into a new data directory (the way out of a damaged
     /// log; the damaged one is only read).
-    Salvage(crate::waltool::SalvageArgs),
+    Salvage(wal::SalvageArgs),
 }
 
 /// Parses `args` and runs the subcommand. Returns the process exit code.
@@ -129,11 +131,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Cancel { id, opts } => client_cmds::cancel(id, &opts),
         Command::Dead(d) => client_cmds::dead(d),
         Command::Queue(QueueCommand::List { opts }) => client_cmds::queue_list(&opts),
-        Command::Wal(WalCommand::Verify { data }) => return crate::waltool::verify(&data),
-        Command::Wal(WalCommand::Inspect { data, json }) => crate::waltool::inspect(&data, json),
-        Command::Wal(WalCommand::Dump(a)) => crate::waltool::dump(&a),
-        Command::Wal(WalCommand::Salvage(a)) => crate::waltool::salvage(&a),
-        Command::Demo(a) => crate::demo::run(&a),
+        Command::Wal(WalCommand::Verify { data }) => return wal::verify(&data),
+        Command::Wal(WalCommand::Inspect { data, json }) => wal::inspect(&data, json),
+        Command::Wal(WalCommand::Dump(a)) => wal::dump(&a),
+        Command::Wal(WalCommand::Salvage(a)) => wal::salvage(&a),
+        Command::Demo(a) => demo::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use clap::Args;
 
 use super::CliResult;
-use crate::config::{default_workers, Config};
-use crate::runtime::Runtime;
-use crate::wal::SyncMode;
+use duejob::config::{default_workers, Config};
+use duejob::runtime::Runtime;
+use duejob::wal::SyncMode;
 
 /// `serve` arguments.
 #[derive(Debug, Args)]
@@ -53,7 +53,7 @@ pub fn run(a: ServeArgs) -> CliResult {
         }
         let _ = tx.try_send(());
     })?;
-    let fds = crate::server::raise_fd_limit();
+    let fds = duejob::server::raise_fd_limit();
     log::debug!("open-file limit {fds}");
     // The socket comes first: a daemon that cannot have it (a live daemon there, a file in the
     // way, a connection cap the open-file limit cannot carry) stops before it runs any job.
@@ -61,8 +61,7 @@ pub fn run(a: ServeArgs) -> CliResult {
         .socket
         .clone()
         .unwrap_or_else(|| a.data.join("duejob.sock"));
-    crate::datadir::private_dir(&a.data)?;
-    let bound = crate::server::bind(&cfg, &socket, Some(&a.data))?;
+    let bound = duejob::server::bind(&cfg, &socket, Some(&a.data))?;
     let rt = Runtime::builder(&a.data).config(cfg).start()?;
     let server = bound.serve(rt.handle());
     log::info!(

@@ -86,9 +86,9 @@ pub struct JobContext<'a> {
     /// Per-attempt timeout, if any.
     pub timeout: Option<Duration>,
     /// The stop signal of this attempt (see [`JobContext::should_stop`]).
-    pub stop: &'a StopSignal,
+    pub(crate) stop: &'a StopSignal,
     /// This attempt's serial number for `stop`.
-    pub serial: u64,
+    pub(crate) serial: u64,
 }
 
 impl JobContext<'_> {

@@ -72,11 +72,13 @@ impl ReadySet {
     }
 
     /// Entries in a queue's heap (cancelled ones included until they surface).
+    #[cfg(test)]
     pub fn queued(&self, queue: u16) -> usize {
         self.queues[queue as usize].heap.len()
     }
 
     /// Jobs of a queue on workers.
+    #[cfg(test)]
     pub fn running(&self, queue: u16) -> usize {
         self.queues[queue as usize].running
     }

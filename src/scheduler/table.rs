@@ -40,6 +40,7 @@ impl<V> JobTable<V> {
     }
 
     /// Whether `id` is present.
+    #[cfg(test)]
     pub fn contains_key(&self, id: &u64) -> bool {
         self.index.contains_key(id)
     }
@@ -78,11 +79,13 @@ impl<V> JobTable<V> {
     }
 
     /// Number of values.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.index.len()
     }
 
     /// True when empty.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }

@@ -43,6 +43,7 @@ pub const GROUPS_IN_FLIGHT: usize = 7;
 
 /// Most requests of one connection read but not yet answered: the groups in the channel, those
 /// the writer holds, the one it is writing and the one the reader builds.
+#[cfg(any(test, feature = "internals"))]
 pub const MAX_UNANSWERED: usize = GROUP_SLOTS * (2 * GROUPS_IN_FLIGHT + 2);
 
 /// Most bytes of replies one connection holds unwritten (a `status` reply can carry a payload of

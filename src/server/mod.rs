@@ -1,5 +1,5 @@
 //! The Unix-socket server: binds the socket, accepts connections, checks the peer's uid, and gives
-//! each connection a reader and a writer thread ([`conn`]).
+//! each connection a reader and a writer thread (`conn`).
 //!
 //! - The socket is bound under a temporary name, given its group and mode (0600, or 0660 with
 //!   `socket_group`) and renamed into place, so it is never reachable with looser permissions.
@@ -14,8 +14,10 @@
 //! - On stop, the listener closes, open connections stop being read (the replies of requests
 //!   already read still go out), and the socket file is removed if it is still ours.
 
-pub mod conn;
-pub mod lines;
+internal_mods! {
+    mod conn;
+    mod lines;
+}
 mod ops;
 
 use std::collections::HashMap;
@@ -41,7 +43,7 @@ fn reserved_fds(cfg: &Config) -> usize {
 
 /// How many connections to serve at once: the configured number, or as many as the soft file
 /// descriptor limit leaves room for (one descriptor each), at most [`DEFAULT_MAX_CONNECTIONS`].
-pub fn connection_limit(cfg: &Config) -> Result<usize, String> {
+pub(crate) fn connection_limit(cfg: &Config) -> Result<usize, String> {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX)
@@ -234,9 +236,13 @@ fn place(tmp: &Path, path: &Path) -> Result<(), Error> {
 
 /// Binds the socket at `path` with the config's mode and group (and, with `socket_group`, opens
 /// the data directory to that group). Refuses when a live daemon or anything but a stale socket
-/// is there, or when the connection cap does not fit the open-file limit.
+/// is there, or when the connection cap does not fit the open-file limit. A `data_dir` that is
+/// given is created first (mode 0700) if it is missing, and must belong to this user.
 pub fn bind(cfg: &Config, path: &Path, data_dir: Option<&Path>) -> Result<Bound, Error> {
     let max_connections = connection_limit(cfg).map_err(Error::Socket)?;
+    if let Some(d) = data_dir {
+        crate::datadir::private_dir(d)?;
+    }
     clear_stale_socket(path)?;
     let tmp = path.with_extension(format!("sock.{}.tmp", std::process::id()));
     clear_stale_socket(&tmp)?;

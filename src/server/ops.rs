@@ -10,7 +10,6 @@ use std::sync::Arc;
 use super::conn::{flush, Burst, Out, Slot};
 use crate::job::{now_ms, Job};
 use crate::runtime::Handle;
-use crate::scheduler::DeadFilter;
 use crate::wire::reply::{self, write_error, write_ok_with};
 use crate::wire::{
     Cancelled, DeadJobs, DeadSelect, Hello, Ids, JobStatus, Rejection, Request, Submit,
@@ -159,23 +158,10 @@ fn cancel(id: u64, cx: &mut Cx<'_, '_>) -> Slot {
 /// `dead_retry` (`retry`) or `dead_purge`.
 fn dead_change(sel: &DeadSelect<'_>, retry: bool, cx: &mut Cx<'_, '_>) -> Slot {
     cx.flush();
-    let handle = cx.handle;
-    let which = match (sel.id, sel.queue.as_deref()) {
-        (Some(id), _) => Ok(DeadFilter::Id(id)),
-        (None, q) => q
-            .map(|q| handle.queue_for_filter(q))
-            .transpose()
-            .map(|queue| DeadFilter::All {
-                queue,
-                before: sel.before,
-            }),
+    let result = if retry {
+        cx.handle.dead_retry(sel)
+    } else {
+        cx.handle.dead_purge(sel)
     };
-    let result = which.and_then(|w| {
-        if retry {
-            handle.dead_retry(w)
-        } else {
-            handle.dead_purge(w)
-        }
-    });
     ok_or_error(result.map(|ids| Ids { ids }))
 }

@@ -194,11 +194,6 @@ impl Appender {
         &self.stats
     }
 
-    /// The LSN the next pushed record gets.
-    pub fn next_lsn(&self) -> u64 {
-        self.next_lsn
-    }
-
     /// Whether an earlier failure poisoned the appender.
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()

@@ -64,6 +64,7 @@ impl RecordBatch {
             .push((rec.rtype(), (self.bytes.len() - start) as u32));
     }
     /// Number of records.
+    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,23 +1,34 @@
 //! The write-ahead log: the single source of truth of a data directory.
 //!
-//! - [`mod@format`]: byte layout (documented in `docs/wal-format.md`).
+//! Public, for reading a log offline:
+//!
 //! - [`io`]: the storage seam (real files, or memory with injected faults).
 //! - [`record`]: record bodies (bincode 1.3.3).
 //! - [`reader`]: the one decoder, shared by recovery and the offline tools.
-//! - [`appender`]: appends records to segments, rotates, repairs a torn tail at open.
-//! - [`commit`]: the group-commit thread that owns the appender.
-//! - [`durable`]: the durable point (`wal/durable`), how far the log is known durable.
-//! - [`keys`]: the idempotency-key index, owned by the group-commit thread.
+//! - [`salvage`]: copies what checks out of a damaged log into a new one.
+//!
+//! Internal (public with the `internals` feature):
+//!
+//! - `format`: byte layout (documented in `docs/wal-format.md`).
+//! - `appender`: appends records to segments, rotates, repairs a torn tail at open.
+//! - `commit`: the group-commit thread that owns the appender.
+//! - `durable`: the durable point (`wal/durable`), how far the log is known durable.
+//! - `keys`: the idempotency-key index, owned by the group-commit thread.
+//! - `stats`: the log's counters and fsync latency histogram.
 
-pub mod appender;
-pub mod commit;
-pub mod durable;
-pub mod format;
 pub mod io;
-pub mod keys;
 pub mod reader;
 pub mod record;
-pub mod stats;
+pub mod salvage;
+
+internal_mods! {
+    mod appender;
+    mod commit;
+    mod durable;
+    mod format;
+    mod keys;
+    mod stats;
+}
 
 use std::fmt;
 use std::time::Duration;

@@ -5,9 +5,9 @@
 //! languages.
 
 mod error;
-pub mod info;
-pub mod reply;
-pub mod request;
+mod info;
+pub(crate) mod reply;
+mod request;
 
 pub use error::{ErrorCode, Rejection};
 pub use info::{

@@ -62,6 +62,7 @@ fn proc_stat(pid: i32) -> Option<Proc> {
 }
 
 /// Whether process `pid` runs (a zombie nobody reaped yet does not: PID 1 may never reap it).
+#[cfg(any(test, feature = "internals"))]
 pub fn process_running(pid: i32) -> bool {
     proc_stat(pid).is_some_and(|p| !p.zombie)
 }

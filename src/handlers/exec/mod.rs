@@ -126,8 +126,9 @@ impl Handler for Exec {
     }
 }
 
-/// Runs the program outside a runtime (no stop signal, no journal); see the module doc.
-pub fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
+/// Runs the program outside a runtime (no stop signal, no journal), for the unit tests.
+#[cfg(test)]
+fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
     child::run(child::Run {
         payload: p,
         timeout,

@@ -17,7 +17,6 @@ use crate::idmap::{id_map, IdMap};
 mod lifecycle;
 mod report;
 
-pub use lifecycle::backoff;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};

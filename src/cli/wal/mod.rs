@@ -1,6 +1,6 @@
 //! `duejob wal verify|inspect|dump|salvage DATA`: offline WAL tools.
 //!
-//! They read through the same reader as recovery ([`crate::wal::reader`]), open every file of
+//! They read through the same reader as recovery ([`duejob::wal::reader`]), open every file of
 //! the log read-only, stream segment by segment (a 1 GB log is never held in memory), and work
 //! while a daemon is appending: a partly written last record is reported as an incomplete tail,
 //! not as corruption. `salvage` writes only into a new directory it is given.
@@ -13,8 +13,8 @@ pub mod salvage;
 
 use std::path::{Path, PathBuf};
 
-use crate::wal::io::FileStorage;
-use crate::wal::reader::{verify_log, Tail};
+use duejob::wal::io::FileStorage;
+use duejob::wal::reader::{verify_log, Tail};
 
 pub use dump::{dump, DumpArgs};
 pub use inspect::inspect;

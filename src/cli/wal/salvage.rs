@@ -14,7 +14,8 @@
 //!   (at least once), a lost `submit` means its later records are ignored.
 //!
 //! The copy has LSNs of its own (1, 2, ...: a log has no gaps) and sync marks of its own: the
-//! source's marks speak for the source's writes, not the copy's.
+//! source's marks speak for the source's writes, not the copy's. The copying itself is the
+//! library's ([`duejob::wal::salvage`]); this is its command line and its report.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,11 +24,9 @@ use clap::Args;
 
 use super::wal_dir;
 use crate::cli::CliResult;
-use crate::wal::appender::{Appender, DEFAULT_SEGMENT_SIZE};
-use crate::wal::io::{FileStorage, Storage};
-use crate::wal::reader::{list_segments, read_log, walk_log, OnDamage, Tail};
-use crate::wal::record::{Record, SCHEMA};
-use crate::wal::WalError;
+use duejob::wal::io::{FileStorage, Storage};
+use duejob::wal::reader::{list_segments, OnDamage, Tail};
+use duejob::wal::salvage::{copy_log, Salvaged};
 
 /// `wal salvage` arguments.
 #[derive(Debug, Args)]
@@ -41,14 +40,6 @@ pub struct SalvageArgs {
     /// first damage).
     #[arg(long)]
     pub past_damage: bool,
-}
-
-/// A stretch of LSNs the copy does not have.
-struct Gap {
-    /// First missing LSN.
-    from: u64,
-    /// Last missing LSN (inclusive); `None` when the next record read had a lower LSN.
-    to: Option<u64>,
 }
 
 /// `wal salvage`.
@@ -68,61 +59,18 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
     let dst = prepare_destination(&a.to)?;
     let source = FileStorage::new(&src);
     let out: Arc<dyn Storage> = Arc::new(FileStorage::new(&dst));
-    let empty = read_log(out.as_ref(), &mut |_| Ok(()))?;
-    let mut app = Appender::open(out.clone(), &empty, DEFAULT_SEGMENT_SIZE, Arc::default())?;
-
     let mode = if a.past_damage {
         OnDamage::NextRecord
     } else {
         OnDamage::Stop
     };
-    let mut copied = 0u64;
-    let mut prev: Option<u64> = None;
-    let mut gaps: Vec<Gap> = Vec::new();
-    let mut write_error: Option<WalError> = None;
-    let mut body = Vec::new();
-    let (scan, problems) = walk_log(&source, mode, &mut |r| {
-        match prev {
-            Some(p) if r.lsn > p + 1 => gaps.push(Gap {
-                from: p + 1,
-                to: Some(r.lsn - 1),
-            }),
-            Some(p) if r.lsn <= p => gaps.push(Gap {
-                from: p + 1,
-                to: None,
-            }),
-            _ => {}
-        }
-        prev = Some(r.lsn);
-        if matches!(r.record, Record::Sync(_)) {
-            return Ok(()); // it speaks for the source's writes; the copy gets marks of its own
-        }
-        body.clear();
-        r.record.encode_into(&mut body);
-        let pushed = app.push(r.record.rtype(), SCHEMA, &body).and_then(|_| {
-            copied += 1;
-            if copied % 1024 == 0 {
-                app.write()
-            } else {
-                Ok(())
-            }
-        });
-        pushed.map_err(|e| {
-            write_error = Some(e);
-            WalError::Closed // stops the walk; the real error is in write_error
-        })
-    });
-    if let Some(e) = write_error {
-        return Err(format!("writing the copy into {}: {e}", dst.display()).into());
-    }
-    app.write()?;
-    app.sync()?;
-    // A last sync mark, and the copy's own durable point: the copy is complete and durable.
-    app.push_mark(crate::clock::now_ms())?;
-    app.write()?;
-    app.sync()?;
-    crate::wal::durable::Writer::new(out.clone()).write(app.durable_lsn(), true)?;
-    drop(app);
+    let Salvaged {
+        copied,
+        gaps,
+        scan,
+        problems,
+    } = copy_log(&source, out, mode)
+        .map_err(|e| format!("writing the copy into {}: {e}", dst.display()))?;
 
     for p in &problems {
         eprintln!("damage: {p}");

@@ -9,9 +9,9 @@ use serde::Serialize;
 use super::wal_dir;
 use crate::cli::fmt::{parse_time, time};
 use crate::cli::CliResult;
-use crate::wal::io::FileStorage;
-use crate::wal::reader::read_log;
-use crate::wal::record::Record;
+use duejob::wal::io::FileStorage;
+use duejob::wal::reader::read_log;
+use duejob::wal::record::Record;
 
 /// `wal dump` arguments.
 #[derive(Debug, Args)]
@@ -100,7 +100,7 @@ pub fn dump(a: &DumpArgs) -> CliResult {
         if let Err(e) = res {
             io_err.get_or_insert(e);
             // Stop reading: stdout is gone (e.g. a closed pipe).
-            return Err(crate::wal::WalError::Closed);
+            return Err(duejob::wal::WalError::Closed);
         }
         Ok(())
     });

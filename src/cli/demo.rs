@@ -9,10 +9,10 @@ use clap::Args;
 
 use crate::cli::fmt::millis;
 use crate::cli::CliResult;
-use crate::client::{Client, Submit};
-use crate::config::{Config, Order};
-use crate::runtime::Runtime;
-use crate::wire::{State, Stats};
+use duejob::client::{Client, Submit};
+use duejob::config::{Config, Order};
+use duejob::runtime::Runtime;
+use duejob::wire::{State, Stats};
 
 /// `demo` arguments.
 #[derive(Debug, Clone, Args)]
@@ -33,15 +33,13 @@ pub struct DemoArgs {
 
 /// What one run measured.
 #[derive(Debug, Clone)]
-pub struct DemoRun {
-    /// Dispatch order used.
-    pub order: Order,
+struct DemoRun {
     /// Final stats.
-    pub stats: Stats,
+    stats: Stats,
     /// Time from the first bulk submit until the last bulk job finished.
-    pub bulk_makespan: Duration,
+    bulk_makespan: Duration,
     /// Notifications sent.
-    pub notifications: u64,
+    notifications: u64,
 }
 
 fn count(stats: &Stats, queue: &str, state: State) -> u64 {
@@ -55,7 +53,7 @@ fn count(stats: &Stats, queue: &str, state: State) -> u64 {
 }
 
 /// Runs the scenario once under `order` and returns the figures.
-pub fn run_once(
+fn run_once(
     a: &DemoArgs,
     order: Order,
     progress: bool,
@@ -65,7 +63,7 @@ pub fn run_once(
     cfg.order = order;
     let rt = Runtime::builder(dir.path()).config(cfg).start()?;
     let sock = dir.path().join("duejob.sock");
-    let server = crate::server::serve(rt.handle(), &sock)?;
+    let server = duejob::server::serve(rt.handle(), &sock)?;
     let mut c = Client::connect(&sock)?;
     let t0 = Instant::now();
     let bulk_job = Submit::new("bulk", "sleep").payload(serde_json::json!({ "ms": a.bulk_ms }));
@@ -112,7 +110,6 @@ pub fn run_once(
                 server.stop();
                 rt.shutdown();
                 return Ok(DemoRun {
-                    order,
                     stats,
                     bulk_makespan: makespan.unwrap_or_default(),
                     notifications: sent,

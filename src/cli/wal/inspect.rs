@@ -10,9 +10,9 @@ use serde::Serialize;
 use super::wal_dir;
 use crate::cli::fmt::time;
 use crate::cli::CliResult;
-use crate::job::census::Census;
-use crate::wal::io::FileStorage;
-use crate::wal::reader::{read_log, RecordView, Tail};
+use duejob::wal::io::FileStorage;
+use duejob::wal::reader::{read_log, RecordView, Tail};
+use duejob::Census;
 
 #[derive(Debug, Default, Serialize)]
 struct SegmentSummary {

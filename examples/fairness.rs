@@ -1,4 +1,4 @@
-//! SPEC §6 fairness scenarios through the real daemon (socket, WAL, dispatcher), each under
+//! The fairness scenarios of docs/guarantees.md ("Performance targets") through the real daemon (socket, WAL, dispatcher), each under
 //! deadline order, plain FIFO and strict priority, side by side.
 //!
 //! `cargo run --release --example fairness` (about 4 minutes; `--scale 0.25` for a quick look)
@@ -22,7 +22,7 @@ use duejob::{Client, Runtime};
 
 #[derive(Parser)]
 struct Args {
-    /// Multiplies job counts and durations (1.0 = the SPEC scenarios).
+    /// Multiplies job counts and durations (1.0 = the scenarios as specified).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Only this scenario (flood, long-sync, overload).

@@ -1,6 +1,6 @@
-//! Daemon configuration: queues, workers, sync mode, socket access. Built from defaults (SPEC §2),
-//! optionally from a TOML file, then from command-line overrides. Immutable once the runtime
-//! starts; every thread reads it through an `Arc`.
+//! Daemon configuration: queues, workers, sync mode, socket access. Built from defaults
+//! (docs/guarantees.md), optionally from a TOML file, then from command-line overrides.
+//! Immutable once the runtime starts; every thread reads it through an `Arc`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -68,7 +68,7 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    /// A queue with SPEC defaults for `workers` workers.
+    /// A queue with the default limits for `workers` workers.
     pub fn new(name: &str, due_in: Duration, workers: usize, reserved: usize) -> QueueConfig {
         QueueConfig {
             name: name.to_string(),
@@ -228,7 +228,7 @@ pub const MAX_SEGMENT_MIB: u64 = 1024;
 /// (16 MiB) whatever a line holds.
 pub const MAX_LINE_LIMIT: usize = 8 << 20;
 
-/// Default worker count: CPU count, at least 4 (SPEC §2).
+/// Default worker count: CPU count, at least 4 (docs/guarantees.md).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -237,7 +237,7 @@ pub fn default_workers() -> usize {
 }
 
 impl Config {
-    /// SPEC §2 defaults for `workers` workers. (`workers` is kept as given: [`Config::validate`]
+    /// The default queues (docs/guarantees.md) for `workers` workers. (`workers` is kept as given: [`Config::validate`]
     /// refuses 0 rather than quietly running one.)
     pub fn with_workers(workers: usize) -> Config {
         let w = workers.max(1);

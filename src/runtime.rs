@@ -697,7 +697,7 @@ impl std::ops::Deref for Runtime {
 }
 
 impl Runtime {
-    /// A builder with SPEC defaults and the built-in kinds.
+    /// A builder with the default configuration (docs/guarantees.md) and the built-in kinds.
     pub fn builder(data_dir: impl Into<PathBuf>) -> RuntimeBuilder {
         RuntimeBuilder {
             data_dir: data_dir.into(),

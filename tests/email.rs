@@ -438,7 +438,7 @@ fn a_server_that_is_down_delays_email_only_and_every_mail_goes_out_once_it_retur
     let d = daemon_for(dir.path(), smtp.port, "pool_size = 2");
     let mut c = d.conn();
     let ids: Vec<u64> = (0..20).map(|n| c.submit(&email(simple(n)))).collect();
-    // Other queues run on while the SMTP server is down (G6).
+    // Other queues run on while the SMTP server is down (G6, docs/guarantees.md).
     let others: Vec<u64> = (0..50)
         .map(|_| c.submit(r#"{"op":"submit","queue":"other","kind":"noop","payload":{}}"#))
         .collect();

@@ -131,6 +131,40 @@ fn the_wal_imports_nothing_above_it_and_the_client_needs_only_the_wire_types() {
 }
 
 #[test]
+fn every_module_imports_only_modules_below_it_in_architecture_md_s_layers() {
+    // The order of ARCHITECTURE.md's "Layers", top to bottom.
+    let layers = [
+        "server",
+        "client",
+        "runtime",
+        "recovery",
+        "scheduler",
+        "handlers",
+        "wire",
+        "config",
+        "job",
+        "datadir",
+        "error",
+        "idmap",
+        "wal",
+        "clock",
+    ];
+    let graph = module_graph();
+    let listed: BTreeSet<&str> = layers.iter().copied().collect();
+    let found: BTreeSet<&str> = graph.keys().map(String::as_str).collect();
+    assert_eq!(
+        found, listed,
+        "a module is missing from the layers (or gone)"
+    );
+    for (i, m) in layers.iter().enumerate() {
+        for dep in &graph[*m] {
+            let at = layers.iter().position(|l| l == dep).unwrap();
+            assert!(at > i, "{m} imports {dep}, which is not below it");
+        }
+    }
+}
+
+#[test]
 fn the_cycle_finder_finds_a_cycle() {
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")] {

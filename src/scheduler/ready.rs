@@ -4,7 +4,7 @@
 //! the arrival number (`fifo`), or the queue's priority then arrival (`priority`). Picking compares
 //! the heads of the queues that may take another worker, so one pick costs O(queues + log n).
 //!
-//! Limits under order `deadline` (SPEC G4):
+//! Limits under order `deadline` (G4, docs/guarantees.md):
 //! - a queue never runs more than `max_workers` jobs at once;
 //! - `reserved` workers stay free for their queue: a job of another queue may take a free worker
 //!   only while the free workers outnumber the reservations still unmet;

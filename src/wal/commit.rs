@@ -10,7 +10,7 @@
 //! acknowledgement and no jobs to hand on) is written at once but its fdatasync is deferred: it
 //! rides with the next group that has a waiter, or happens [`DEFERRED_SYNC`] later. A process
 //! crash loses nothing (the bytes are in the page cache); a power cut inside that window can lose
-//! such records, which at-least-once execution (G3) already covers: the job runs again. This
+//! such records, which at-least-once execution (G3, docs/guarantees.md) already covers: the job runs again. This
 //! spares a lone request the fdatasync of the previous job's completion in front of its own.
 //!
 //! In mode `batch:MS` acknowledgements follow the write, and an fdatasync follows at most MS ms

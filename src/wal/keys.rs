@@ -8,7 +8,8 @@
 //! index is rebuilt from the WAL at start-up, so a key acknowledged before a crash is known after
 //! it. Memory: about 90 bytes plus the key per entry, roughly 8 million 40-byte keys per GiB.
 //! Beyond `max_keys` the oldest keys are forgotten early, loudly (error log, `stats`), rather than
-//! refusing work: the dedup window shrinks, the primary path keeps going (G6). The catalog will
+//! refusing work: the dedup window shrinks, the primary path keeps going (G6,
+//! docs/guarantees.md). The catalog will
 //! move old keys to disk.
 
 use std::collections::{HashMap, VecDeque};

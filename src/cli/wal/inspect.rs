@@ -1,5 +1,6 @@
 //! `duejob wal inspect DATA`: segments, LSN and time ranges, records by type, jobs by state and
-//! queue.
+//! queue. The counts come from the library's [`duejob::Census`], which applies every record
+//! through the daemon's own job state machine: they are what a restart would recover.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,6 +34,9 @@ struct Inspection {
     records_by_type: BTreeMap<String, u64>,
     jobs_by_state: BTreeMap<String, u64>,
     jobs_by_queue: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Records the daemon ignores too (a `finish` for an attempt that is not the job's current
+    /// one, a record for a job already ended or unknown): not counted in any job's state.
+    stale_records: u64,
 }
 
 /// `wal inspect`.
@@ -56,6 +60,7 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
     })?;
     let mut ins = Inspection {
         records_by_type: by_type,
+        stale_records: census.stale_records(),
         ..Default::default()
     };
     for seg in &scan.segments {
@@ -114,6 +119,13 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
     for (q, states) in &ins.jobs_by_queue {
         let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
         writeln!(out, "  {q:<16} {}", parts.join(", "))?;
+    }
+    if ins.stale_records > 0 {
+        writeln!(
+            out,
+            "stale records (ignored, as recovery ignores them): {}",
+            ins.stale_records
+        )?;
     }
     Ok(())
 }

@@ -1,9 +1,7 @@
 //! Bad input gets a specific error, the connection stays usable, other clients are unaffected, and
 //! nothing reaches the WAL for a rejected request.
 
-mod common;
-
-use common::{tempdir, Conn, Daemon};
+use crate::common::{tempdir, Conn, Daemon};
 use serde_json::Value;
 
 /// Records about jobs appended since the daemon started (sync marks are about the log).

@@ -1,14 +1,12 @@
 //! SIGKILL the daemon at random moments while thousands of submits and exec jobs are in flight;
 //! after the last restart every acknowledged job reaches `succeeded`, and no id was given twice.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cli, tempdir, Conn, Daemon};
+use crate::common::{cli, tempdir, Conn, Daemon};
 use serde_json::Value;
 
 /// Waits until `acks` reaches `n` (a round ends on progress, not on a clock: a slow disk only

@@ -1,12 +1,10 @@
 //! The daemon as a user meets it: socket permissions and the uid allow-list, signals, the CLI.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::{cli, tempdir, Daemon, BIN};
+use crate::common::{cli, tempdir, Daemon, BIN};
 use serde_json::Value;
 
 #[test]

@@ -4,15 +4,13 @@
 //! Needs a Python with aiosmtpd (`.ci/run` installs it; by hand: `python3 -m pip install
 //! aiosmtpd`). A missing aiosmtpd fails these tests with that hint; it never skips them.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cli, tempdir, Conn, Daemon};
+use crate::common::{cli, tempdir, Conn, Daemon};
 use serde_json::{json, Value};
 
 /// A Python interpreter that has aiosmtpd.

@@ -3,12 +3,10 @@
 //! the next start before the job runs again, and a process that leaves the group does not hold
 //! the attempt open.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{tempdir, Daemon};
+use crate::common::{tempdir, Daemon};
 use serde_json::json;
 
 // Whether a pid runs (gone and zombie both count as not running: PID 1 may not reap).

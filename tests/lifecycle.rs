@@ -1,11 +1,9 @@
 //! Job lifecycle through the real daemon: retries with backoff, dead letters, timeouts,
 //! cancellation, idempotency keys, and the timeline `status` shows.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{cli, tempdir, Conn, Daemon};
+use crate::common::{cli, tempdir, Conn, Daemon};
 use serde_json::{json, Value};
 
 /// A daemon with a `work` queue retrying fast: backoff 100 ms doubling to 400 ms, 5 attempts.

@@ -1,9 +1,7 @@
 //! Deadline order through the real daemon: a notification submitted behind 1,000 queued bulk jobs
 //! starts before them; a bulk job whose deadline has come starts before a fresh notification.
 
-mod common;
-
-use common::{tempdir, Daemon};
+use crate::common::{tempdir, Daemon};
 use serde_json::Value;
 
 #[test]

@@ -1,11 +1,9 @@
 //! The examples in docs/protocol.md are sent, in order, to a fresh daemon; every reply must have
 //! the documented shape, and the same `ok`, state names, queue and kind names and error codes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{tempdir, Daemon};
+use crate::common::{tempdir, Daemon};
 use serde_json::Value;
 
 /// Keys whose values must match the document exactly; other values must only match in type.

@@ -1,13 +1,11 @@
 //! The socket server under hostile conditions: its socket file removed or replaced, a path that
 //! is not a socket, a client that never reads, and more clients than file descriptors.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{tempdir, Conn, Daemon};
+use crate::common::{tempdir, Conn, Daemon};
 use serde_json::Value;
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -252,7 +250,8 @@ fn a_daemon_refused_its_socket_runs_no_job() {
         !refused.log_text().contains("recovered"),
         "the runtime never started"
     );
-    let (st, dump, err) = common::cli(&["wal", "dump", "--json", d.data().to_str().unwrap()]);
+    let (st, dump, err) =
+        crate::common::cli(&["wal", "dump", "--json", d.data().to_str().unwrap()]);
     assert!(st.success(), "{err}");
     assert!(
         !dump.contains(r#""type":"start""#),
@@ -308,7 +307,8 @@ fn every_request_read_before_sigterm_is_answered_by_what_is_in_the_log() {
     );
     let (ok, refused) = reader.join().unwrap();
     let _ = writer.join();
-    let (st, dump, err) = common::cli(&["wal", "dump", "--json", d.data().to_str().unwrap()]);
+    let (st, dump, err) =
+        crate::common::cli(&["wal", "dump", "--json", d.data().to_str().unwrap()]);
     assert!(st.success(), "{err}");
     let mut logged: Vec<u64> = dump
         .lines()

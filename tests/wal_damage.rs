@@ -2,12 +2,10 @@
 //! start-up naming segment and offset; `wal verify|inspect|dump` report both, exit accordingly,
 //! and never change a byte.
 
-mod common;
-
 use std::io::{Seek, SeekFrom, Write};
 use std::time::Duration;
 
-use common::{cli, snapshot, tempdir, Daemon};
+use crate::common::{cli, snapshot, tempdir, Daemon};
 use serde_json::Value;
 
 const SEG: &str = "00000000000000000001.wal";
@@ -159,7 +157,7 @@ fn tools_read_a_log_while_the_daemon_writes_it() {
     let writer = {
         let done = done.clone();
         std::thread::spawn(move || {
-            let mut c = common::Conn::connect(&sock).unwrap();
+            let mut c = crate::common::Conn::connect(&sock).unwrap();
             for _ in 0..40 {
                 for _ in 0..50 {
                     c.send(r#"{"op":"submit","queue":"bulk","kind":"noop"}"#);

@@ -1,0 +1,23 @@
+//! The integration tests, in one test binary (`autotests = false` in Cargo.toml): one module
+//! per area, each in its own file beside this one, sharing `common/` (the real `duejob` binary in
+//! a temp dir, talked to over its socket). Every test uses its own temp dir and socket, so they
+//! run in parallel; `cargo test NAME` picks tests by name as before (e.g. `cargo test crash::`).
+
+mod common;
+
+mod bad_input;
+mod crash;
+mod daemon;
+mod email;
+mod embedded;
+mod exec_containment;
+mod golden_wal;
+mod layering;
+mod lifecycle;
+mod model;
+mod ordering;
+mod power_cut;
+mod protocol_doc;
+mod server;
+mod wal_damage;
+mod wal_faults;

@@ -88,18 +88,8 @@ fn round(port: u16, pool_size: u32, n: usize) -> Result<f64, Box<dyn std::error:
     });
     loop {
         let st = rt.stats()?;
-        let ok = st
-            .sched
-            .totals
-            .get(&duejob::wire::State::Succeeded)
-            .copied()
-            .unwrap_or(0);
-        let dead = st
-            .sched
-            .totals
-            .get(&duejob::wire::State::Dead)
-            .copied()
-            .unwrap_or(0);
+        let ok = st.sched.total(duejob::wire::State::Succeeded);
+        let dead = st.sched.total(duejob::wire::State::Dead);
         if ok + dead >= n as u64 {
             assert_eq!(dead, 0, "emails died: {:?}", st.kinds);
             break;

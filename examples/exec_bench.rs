@@ -35,18 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total = n / 4 * 4;
     loop {
         let st = rt.stats()?;
-        let done = st
-            .sched
-            .totals
-            .get(&duejob::wire::State::Succeeded)
-            .copied()
-            .unwrap_or(0);
-        let dead = st
-            .sched
-            .totals
-            .get(&duejob::wire::State::Dead)
-            .copied()
-            .unwrap_or(0);
+        let done = st.sched.total(duejob::wire::State::Succeeded);
+        let dead = st.sched.total(duejob::wire::State::Dead);
         if done + dead >= total {
             let secs = t.elapsed().as_secs_f64();
             println!(

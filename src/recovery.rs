@@ -279,32 +279,8 @@ mod tests {
     use crate::job::AttemptOutcome;
     use crate::wal::appender::Appender;
     use crate::wal::io::MemStorage;
-    use crate::wal::record::{Cancel, Start, Submit, SCHEMA};
-
-    fn submit(id: u64, queue: &'static str) -> Record<'static> {
-        Record::Submit(Submit {
-            id,
-            queue: queue.into(),
-            kind: "noop".into(),
-            payload: "{}".into(),
-            key: None,
-            submitted_at: 1,
-            deadline: 2,
-            run_at: None,
-            max_attempts: 1,
-            timeout_ms: None,
-        })
-    }
-
-    fn finish(id: u64, attempt: u32, state: u8) -> Record<'static> {
-        Record::Finish(Finish {
-            id,
-            attempt,
-            at: 9,
-            state,
-            outcome: Outcome::Succeeded,
-        })
-    }
+    use crate::wal::record::sample::{finish, submit};
+    use crate::wal::record::{Cancel, Start, SCHEMA};
 
     fn log_of(records: &[Record<'_>]) -> MemStorage {
         let mem = MemStorage::new();

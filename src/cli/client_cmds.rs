@@ -188,7 +188,7 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
         "missed"
     )?;
     for (name, q) in &s.sched.queues {
-        let st = |s: State| q.states.get(&s).copied().unwrap_or(0);
+        let st = |s: State| q.count(s);
         writeln!(
             out,
             "{:<16} {:>8} {:>8} {:>8} {:>10} {:>6} {:>9} {:>9} {:>9} {:>7}",
@@ -269,7 +269,7 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
         "queue", "due_in", "max_workers", "reserved", "ready", "running"
     )?;
     for (name, q) in &s.sched.queues {
-        let st = |s: State| q.states.get(&s).copied().unwrap_or(0);
+        let st = |s: State| q.count(s);
         writeln!(
             out,
             "{:<16} {:>8} {:>12} {:>9} {:>8} {:>8}",

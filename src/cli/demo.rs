@@ -43,13 +43,7 @@ struct DemoRun {
 }
 
 fn count(stats: &Stats, queue: &str, state: State) -> u64 {
-    stats
-        .sched
-        .queues
-        .get(queue)
-        .and_then(|q| q.states.get(&state))
-        .copied()
-        .unwrap_or(0)
+    stats.sched.queues.get(queue).map_or(0, |q| q.count(state))
 }
 
 /// Runs the scenario once under `order` and returns the figures.

@@ -125,32 +125,8 @@ impl Census {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::{state_code, Finish, JobEvent, Outcome, Start, Submit};
-
-    fn submit(id: u64, queue: &'static str) -> Record<'static> {
-        Record::Submit(Submit {
-            id,
-            queue: queue.into(),
-            kind: "noop".into(),
-            payload: "{}".into(),
-            key: None,
-            submitted_at: 1,
-            deadline: 2,
-            run_at: None,
-            max_attempts: 1,
-            timeout_ms: None,
-        })
-    }
-
-    fn finish(id: u64, attempt: u32, state: u8) -> Record<'static> {
-        Record::Finish(Finish {
-            id,
-            attempt,
-            at: 9,
-            state,
-            outcome: Outcome::Succeeded,
-        })
-    }
+    use crate::wal::record::sample::{finish, submit};
+    use crate::wal::record::{state_code, JobEvent, Start};
 
     #[test]
     fn a_stale_finish_does_not_end_a_job() {

@@ -334,6 +334,40 @@ pub fn encode_body<T: Serialize>(out: &mut Vec<u8>, v: &T) {
     bincode::serialize_into(out, v).expect("bincode into Vec");
 }
 
+/// Records for the crate's unit tests (recovery's, the census's): a `submit` of a `noop` job
+/// with attempt budget 1, and a `finish` of one of its attempts.
+#[cfg(test)]
+pub(crate) mod sample {
+    use super::{Finish, Outcome, Record, Submit};
+
+    /// A `submit` of job `id` into `queue`.
+    pub(crate) fn submit(id: u64, queue: &'static str) -> Record<'static> {
+        Record::Submit(Submit {
+            id,
+            queue: queue.into(),
+            kind: "noop".into(),
+            payload: "{}".into(),
+            key: None,
+            submitted_at: 1,
+            deadline: 2,
+            run_at: None,
+            max_attempts: 1,
+            timeout_ms: None,
+        })
+    }
+
+    /// A `finish` of attempt `attempt` of job `id`, ending it in `state` (a `state_code`).
+    pub(crate) fn finish(id: u64, attempt: u32, state: u8) -> Record<'static> {
+        Record::Finish(Finish {
+            id,
+            attempt,
+            at: 9,
+            state,
+            outcome: Outcome::Succeeded,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,13 @@ pub struct QueueStats {
     pub run_ms: Percentiles,
 }
 
+impl QueueStats {
+    /// How many of the queue's jobs are in `state`.
+    pub fn count(&self, state: State) -> u64 {
+        self.states.get(&state).copied().unwrap_or(0)
+    }
+}
+
 /// What the dispatcher reports for `stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedStats {
@@ -114,6 +121,13 @@ pub struct SchedStats {
     pub busy: usize,
     /// Dispatch order.
     pub order: String,
+}
+
+impl SchedStats {
+    /// How many jobs of all queues are in `state`.
+    pub fn total(&self, state: State) -> u64 {
+        self.totals.get(&state).copied().unwrap_or(0)
+    }
 }
 
 /// WAL figures for `stats`.

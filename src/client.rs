@@ -23,7 +23,8 @@ use serde_json::Value;
 
 use crate::wire::reply::ErrorReply;
 use crate::wire::{
-    BatchSubmitted, Cancelled, DeadJobs, Hello, Ids, JobInfo, JobStatus, Rejection, Request, Stats,
+    BatchSubmitted, Cancelled, DeadJobs, ErrorCode, Hello, Ids, JobInfo, JobStatus, Rejection,
+    Request, Stats,
 };
 pub use crate::wire::{DeadSelect, Submit, Submitted};
 
@@ -43,6 +44,8 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Io(e) => write!(f, "{e}"),
+            // A code this client does not know is in the message already (see `check`).
+            ClientError::Server(r) if r.code == ErrorCode::Unknown => write!(f, "{}", r.message),
             ClientError::Server(r) => write!(f, "{} ({})", r.message, r.code),
             ClientError::Protocol(m) => write!(f, "unexpected reply from the daemon: {m}"),
         }
@@ -192,7 +195,32 @@ pub fn check(v: Value) -> Result<Value, ClientError> {
         return Ok(v);
     }
     match serde_json::from_value::<ErrorReply>(v.clone()) {
-        Ok(e) => Err(ClientError::Server(e.into())),
+        Ok(e) => {
+            let mut r = Rejection::from(e);
+            if r.code == ErrorCode::Unknown {
+                // A newer daemon's code: keep its name for the reader.
+                let raw = v["error"]["code"].as_str().unwrap_or("?");
+                r.message = format!("{} ({raw})", r.message);
+            }
+            Err(ClientError::Server(r))
+        }
         Err(_) => Err(ClientError::Protocol(v.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_code_from_a_newer_daemon_keeps_its_name() {
+        let v = serde_json::json!({"ok": false, "error": {"code": "quota_exceeded", "message": "too many"}});
+        let e = check(v).unwrap_err();
+        assert_eq!(e.to_string(), "too many (quota_exceeded)");
+        let v =
+            serde_json::json!({"ok": false, "error": {"code": "not_found", "message": "no job 9"}});
+        let e = check(v).unwrap_err();
+        assert!(matches!(&e, ClientError::Server(r) if r.code == ErrorCode::NotFound));
+        assert_eq!(e.to_string(), "no job 9 (not_found)");
     }
 }

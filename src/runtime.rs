@@ -340,6 +340,8 @@ impl Handle {
             fsyncs: s.fsyncs.load(Relaxed),
             fsync_p50_us: s.fsync_quantile_us(0.5),
             fsync_p99_us: s.fsync_quantile_us(0.99),
+            keys: s.keys.load(Relaxed),
+            keys_evicted: s.keys_evicted.load(Relaxed),
         }
     }
 
@@ -388,6 +390,7 @@ impl Handle {
         verb: &str,
         msg: impl FnOnce(DeadFilter, Sender<Result<Vec<u64>, Refused>>) -> Msg,
     ) -> Result<Vec<u64>, Rejection> {
+        sel.check(verb == "retried")?;
         let which = match (sel.id, sel.queue.as_deref()) {
             (Some(id), _) => DeadFilter::Id(id),
             (None, q) => DeadFilter::All {

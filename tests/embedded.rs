@@ -1,12 +1,13 @@
-//! Embedded handlers: timeouts through the stop signal, fencing of late completions, panics.
+//! Embedded handlers: timeouts through the stop signal, fencing of late completions, panics; and
+//! the embedding API (a handler run on its own, dead letters through `Runtime`). Only the public
+//! API is used here.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duejob::handlers::StopReason;
-use duejob::wire::State;
-use duejob::{Config, JobContext, JobError, JobSpec, Runtime};
+use duejob::wire::{DeadSelect, ErrorCode, State};
+use duejob::{Config, Handler, JobContext, JobError, JobSpec, Runtime, StopReason};
 
 fn wait_state(rt: &Runtime, id: u64, state: State) -> duejob::wire::JobInfo {
     let t = Instant::now();
@@ -153,7 +154,7 @@ fn cancelling_a_running_embedded_job_reaches_its_handler() {
         .unwrap()
         .id;
     wait_state(&rt, id, State::Running);
-    assert_eq!(rt.cancel(id).unwrap(), duejob::job::State::Running);
+    assert_eq!(rt.cancel(id).unwrap(), State::Running);
     let t = Instant::now();
     while stopped.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -165,5 +166,80 @@ fn cancelling_a_running_embedded_job_reaches_its_handler() {
     // It returned Ok, but the job was cancelled: it stays cancelled.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(rt.status(id).unwrap().unwrap().state, State::Cancelled);
+    rt.shutdown();
+}
+
+#[test]
+fn a_handler_runs_outside_the_runtime_with_a_context_of_its_own() {
+    let double = |ctx: &JobContext<'_>| -> Result<(), JobError> {
+        let v: serde_json::Value = serde_json::from_str(ctx.payload).map_err(|e| e.to_string())?;
+        match v["n"].as_u64() {
+            Some(n) if ctx.should_stop().is_none() && ctx.queue == "default" => {
+                assert_eq!((ctx.id, ctx.attempt, n * 2), (7, 2, 42));
+                Ok(())
+            }
+            _ => Err(JobError::permanent("no n")),
+        }
+    };
+    assert_eq!(
+        double.run(&JobContext::new(7, 2, "default", r#"{"n":21}"#)),
+        Ok(())
+    );
+    let e = double
+        .run(&JobContext::new(7, 2, "default", "{}"))
+        .unwrap_err();
+    assert!(e.permanent && e.reason == "no n", "{e:?}");
+}
+
+#[test]
+fn a_dead_selection_with_neither_id_nor_all_purges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder(dir.path())
+        .config(Config::with_workers(2))
+        .register("doomed", |_: &JobContext<'_>| -> Result<(), JobError> {
+            Err(JobError::permanent("never works"))
+        })
+        .start()
+        .unwrap();
+    let id = rt
+        .submit(&JobSpec::new("default", "doomed", "{}"))
+        .unwrap()
+        .id;
+    wait_state(&rt, id, State::Dead);
+    // An empty selection, and `before` on a retry, are refused as the protocol refuses them:
+    // they must not mean "every dead job".
+    let bad = [
+        (DeadSelect::default(), false),
+        (DeadSelect::default(), true),
+        (
+            DeadSelect {
+                before: Some(u64::MAX),
+                ..DeadSelect::all(None)
+            },
+            true,
+        ),
+        (
+            DeadSelect {
+                queue: Some("default".into()),
+                ..DeadSelect::one(id)
+            },
+            false,
+        ),
+    ];
+    for (sel, retry) in bad {
+        let r = if retry {
+            rt.dead_retry(&sel)
+        } else {
+            rt.dead_purge(&sel)
+        };
+        assert_eq!(r.unwrap_err().code, ErrorCode::BadRequest, "{sel:?}");
+    }
+    let dead = rt.dead_list(None, None).unwrap();
+    assert_eq!(dead.iter().map(|j| j.id).collect::<Vec<_>>(), [id]);
+    assert_eq!(
+        rt.dead_purge(&DeadSelect::all(Some("default"))).unwrap(),
+        [id]
+    );
+    assert!(rt.dead_list(None, None).unwrap().is_empty());
     rt.shutdown();
 }

@@ -42,34 +42,57 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
             files.push(src.join(format!("{m}.rs")));
         }
         for f in files {
-            let text = std::fs::read_to_string(&f).unwrap();
-            for line in text.lines() {
-                let line = line.trim_start();
-                if line.starts_with("//") {
-                    continue;
-                }
-                for (i, _) in line.match_indices("crate::") {
-                    let rest = &line[i + "crate::".len()..];
-                    let names: Vec<&str> = match rest.strip_prefix('{') {
-                        Some(group) => group
-                            .split(['}', ','])
-                            .map(|s| s.trim().split("::").next().unwrap_or(""))
-                            .collect(),
-                        None => vec![rest
-                            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                            .next()
-                            .unwrap_or("")],
-                    };
-                    for n in names {
-                        if n != m && modules.contains(n) {
-                            graph.get_mut(m).unwrap().insert(n.to_string());
-                        }
-                    }
+            // The code without its comments, as one string: a `use crate::{...}` may span lines.
+            let text: String = std::fs::read_to_string(&f)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            for n in crate_paths(&text) {
+                if n != *m && modules.contains(n) {
+                    graph.get_mut(m).unwrap().insert(n.to_string());
                 }
             }
         }
     }
     graph
+}
+
+/// The first segment of every `crate::` path in `code`, those of a `crate::{a, b::c}` group
+/// included.
+fn crate_paths(code: &str) -> Vec<&str> {
+    let ident = |s: &str| -> usize {
+        s.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
+    let mut out = Vec::new();
+    for (i, _) in code.match_indices("crate::") {
+        let rest = &code[i + "crate::".len()..];
+        match rest.strip_prefix('{') {
+            Some(group) => {
+                // The group's top level, up to its closing brace.
+                let mut depth = 0;
+                let mut start = true;
+                for (j, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => start = true,
+                        c if start && !c.is_whitespace() => {
+                            start = false;
+                            let name = &group[j..j + ident(&group[j..])];
+                            out.push(name);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            None => out.push(&rest[..ident(rest)]),
+        }
+    }
+    out
 }
 
 /// A cycle in `graph`, if it has one.
@@ -162,6 +185,13 @@ fn every_module_imports_only_modules_below_it_in_architecture_md_s_layers() {
             assert!(at > i, "{m} imports {dep}, which is not below it");
         }
     }
+}
+
+#[test]
+fn crate_paths_are_found_across_lines_and_in_nested_groups() {
+    let code =
+        "use crate::{\n    wal::{io, reader},\n    job::State,\n clock}; let x = crate::config::X;";
+    assert_eq!(crate_paths(code), ["wal", "job", "clock", "config"]);
 }
 
 #[test]

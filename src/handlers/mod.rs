@@ -91,7 +91,26 @@ pub struct JobContext<'a> {
     pub(crate) serial: u64,
 }
 
-impl JobContext<'_> {
+/// The stop signal of a [`JobContext`] built by [`JobContext::new`]: never raised.
+static NEVER: StopSignal = StopSignal {
+    word: AtomicU64::new(0),
+};
+
+impl<'a> JobContext<'a> {
+    /// A context for running a handler outside the runtime (its unit tests, say): attempt
+    /// `attempt` of job `id`, with a stop signal that is never raised.
+    pub fn new(id: u64, attempt: u32, queue: &'a str, payload: &'a str) -> JobContext<'a> {
+        JobContext {
+            id,
+            attempt,
+            queue,
+            payload,
+            timeout: None,
+            stop: &NEVER,
+            serial: 0,
+        }
+    }
+
     /// `Some(reason)` once the attempt has timed out or the job was cancelled: a long-running
     /// handler should check this and return early. Whatever it returns then, the attempt counts as
     /// timed out (or the job stays cancelled).

@@ -41,7 +41,7 @@ pub(super) fn handle_line(line: &[u8], cx: &mut Cx<'_, '_>) {
 
 fn handle(req: Request<'_>, cx: &mut Cx<'_, '_>) -> Slot {
     match req {
-        Request::Hello { .. } => hello(cx),
+        Request::Hello { client } => hello(client.as_deref(), cx),
         Request::Submit(job) => submit(&job, cx),
         Request::SubmitBatch { jobs } => submit_batch(&jobs, cx),
         Request::Status { id } => status(id, cx),
@@ -77,7 +77,10 @@ fn ok_or_error<T: serde::Serialize>(r: Result<T, Rejection>) -> Slot {
     }
 }
 
-fn hello(cx: &mut Cx<'_, '_>) -> Slot {
+fn hello(client: Option<&str>, cx: &mut Cx<'_, '_>) -> Slot {
+    if let Some(c) = client {
+        log::info!("client says hello: {}", c.escape_debug());
+    }
     ok_or_error(Ok(Hello {
         protocol: PROTOCOL_VERSION,
         server: concat!("duejob ", env!("CARGO_PKG_VERSION")).into(),

@@ -156,6 +156,13 @@ pub struct WalReport {
     pub fsync_p50_us: u64,
     /// See `fsync_p50_us`.
     pub fsync_p99_us: u64,
+    /// Idempotency keys known (inside `key_retention`).
+    #[serde(default)]
+    pub keys: u64,
+    /// Keys forgotten before their retention ran out because the index was full (`max_keys`):
+    /// while this is 0, every key inside the window deduplicates.
+    #[serde(default)]
+    pub keys_evicted: u64,
 }
 
 /// How a kind that talks to an outside service is faring.

@@ -226,6 +226,30 @@ pub struct DeadSelect<'a> {
 }
 
 impl DeadSelect<'_> {
+    /// Checks the selection's rules for `dead_retry` (`retry`) or `dead_purge`: either an `id` or
+    /// `all`, and `queue` and `before` only with `all` (`before` only for a purge).
+    pub fn check(&self, retry: bool) -> Result<(), Rejection> {
+        if self.id.is_some() == self.all {
+            return Err(Rejection::new(
+                ErrorCode::BadRequest,
+                "give either \"id\" or \"all\": true",
+            ));
+        }
+        if self.id.is_some() && (self.queue.is_some() || self.before.is_some()) {
+            return Err(Rejection::new(
+                ErrorCode::BadRequest,
+                "\"queue\" and \"before\" go with \"all\": true",
+            ));
+        }
+        if retry && self.before.is_some() {
+            return Err(Rejection::new(
+                ErrorCode::BadRequest,
+                "field `before` does not go with op \"dead_retry\"",
+            ));
+        }
+        Ok(())
+    }
+
     /// One job.
     pub fn one(id: u64) -> DeadSelect<'static> {
         DeadSelect {
@@ -393,16 +417,8 @@ impl<'a> Request<'a> {
                 let retry = w.op == "dead_retry";
                 w.only(if retry { &["id", "all", "queue"] } else { &["id", "all", "queue", "before"] })?;
                 let all = w.all.unwrap_or(false);
-                if w.id.is_some() == all {
-                    return Err(Rejection::new(ErrorCode::BadRequest, "give either \"id\" or \"all\": true"));
-                }
-                if w.id.is_some() && (w.queue.is_some() || w.before.is_some()) {
-                    return Err(Rejection::new(
-                        ErrorCode::BadRequest,
-                        "\"queue\" and \"before\" go with \"all\": true",
-                    ));
-                }
                 let sel = DeadSelect { id: w.id, all, queue: w.queue, before: w.before };
+                sel.check(retry)?;
                 Ok(if retry { Request::DeadRetry(sel) } else { Request::DeadPurge(sel) })
             }
             other => Err(Rejection::new(

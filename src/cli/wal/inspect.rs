@@ -34,8 +34,9 @@ struct Inspection {
     records_by_type: BTreeMap<String, u64>,
     jobs_by_state: BTreeMap<String, u64>,
     jobs_by_queue: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Records the daemon ignores too (a `finish` for an attempt that is not the job's current
-    /// one, a record for a job already ended or unknown): not counted in any job's state.
+    /// Records about a job still open or dead that the daemon ignores too (a `finish` for an
+    /// attempt that is not the current one, a second `submit`). Records about jobs that ended or
+    /// were never submitted are skipped without a count, as recovery skips them.
     stale_records: u64,
 }
 

@@ -40,7 +40,7 @@ use crate::wal::WalError;
 use crate::wire::{
     DeadSelect, ErrorCode, JobInfo, JobSpec, Rejection, Stats, Submitted, WalReport,
 };
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 pub use crate::error::Error;
 
@@ -272,15 +272,29 @@ impl Handle {
             .map_err(|_| closed())
     }
 
+    /// Validates `specs`, numbers them and sends their `submit` records to the WAL as one group
+    /// without waiting. Returns the first id (the others follow it) and the channel that hears
+    /// each record's fate.
+    fn send_specs(&self, specs: &[JobSpec<'_>]) -> Result<(u64, Receiver<Ack>), Rejection> {
+        let now = now_ms();
+        let mut jobs = specs
+            .iter()
+            .map(|s| self.prepare(s, now))
+            .collect::<Result<Vec<Job>, Rejection>>()?;
+        let first = self.reserve_ids(jobs.len() as u64);
+        let mut batch = RecordBatch::new();
+        for (i, job) in jobs.iter_mut().enumerate() {
+            job.id = first + i as u64;
+            self.encode_submit(job, &mut batch);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.append(batch, jobs.into_iter().map(Arc::new).collect(), tx)?;
+        Ok((first, rx))
+    }
+
     /// Submits one job and waits until it is durable.
     pub fn submit(&self, spec: &JobSpec<'_>) -> Result<Submitted, Rejection> {
-        let mut job = self.prepare(spec, now_ms())?;
-        job.id = self.reserve_ids(1);
-        let id = job.id;
-        let mut batch = RecordBatch::new();
-        self.encode_submit(&job, &mut batch);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.append(batch, vec![Arc::new(job)], tx)?;
+        let (id, rx) = self.send_specs(std::slice::from_ref(spec))?;
         let ack = rx.recv().map_err(|_| closed())?;
         match ack.fates().next() {
             Some(Fate::Recorded(lsn)) => Ok(Submitted {
@@ -468,22 +482,9 @@ impl Handle {
     pub fn append_specs(
         &self,
         specs: &[JobSpec<'_>],
-    ) -> Result<(Vec<u64>, crossbeam_channel::Receiver<Ack>), Rejection> {
-        let now = now_ms();
-        let mut jobs = specs
-            .iter()
-            .map(|s| self.prepare(s, now))
-            .collect::<Result<Vec<Job>, Rejection>>()?;
-        let first = self.reserve_ids(jobs.len() as u64);
-        let mut batch = RecordBatch::new();
-        for (i, job) in jobs.iter_mut().enumerate() {
-            job.id = first + i as u64;
-            self.encode_submit(job, &mut batch);
-        }
-        let ids = jobs.iter().map(|j| j.id).collect();
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.append(batch, jobs.into_iter().map(Arc::new).collect(), tx)?;
-        Ok((ids, rx))
+    ) -> Result<(Vec<u64>, Receiver<Ack>), Rejection> {
+        let (first, rx) = self.send_specs(specs)?;
+        Ok(((first..first + specs.len() as u64).collect(), rx))
     }
 }
 

@@ -12,8 +12,8 @@ use crate::job::{now_ms, Job};
 use crate::runtime::Handle;
 use crate::wire::reply::{self, write_error, write_ok_with};
 use crate::wire::{
-    Cancelled, DeadJobs, DeadSelect, Hello, Ids, JobStatus, Rejection, Request, Submit,
-    PROTOCOL_VERSION,
+    Cancelled, DeadJobs, DeadSelect, ErrorCode, Hello, Ids, JobStatus, Rejection, Request, State,
+    Submit, PROTOCOL_VERSION,
 };
 
 /// What a request works with: the runtime, the burst being built, and where bursts go.
@@ -133,10 +133,7 @@ fn push_jobs(cx: &mut Cx<'_, '_>, jobs: impl ExactSizeIterator<Item = Job>, batc
 fn status(id: u64, cx: &mut Cx<'_, '_>) -> Slot {
     match cx.handle.status(id) {
         Ok(Some(job)) => ok_or_error(Ok(JobStatus { job })),
-        Ok(None) => error_slot(&Rejection::new(
-            crate::wire::ErrorCode::NotFound,
-            format!("no job {id}"),
-        )),
+        Ok(None) => error_slot(&Rejection::new(ErrorCode::NotFound, format!("no job {id}"))),
         Err(e) => error_slot(&e),
     }
 }
@@ -149,7 +146,7 @@ fn cancel(id: u64, cx: &mut Cx<'_, '_>) -> Slot {
                 out,
                 Cancelled {
                     id,
-                    state: crate::job::State::Cancelled,
+                    state: State::Cancelled,
                     was,
                 },
             )

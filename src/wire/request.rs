@@ -345,6 +345,10 @@ fn missing(field: &str) -> Rejection {
     Rejection::new(ErrorCode::BadRequest, format!("missing field `{field}`"))
 }
 
+/// Every op, for the error about an unknown one.
+const OPS: &str =
+    "hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, dead_purge";
+
 const SUBMIT_FIELDS: &[&str] = &[
     "queue",
     "kind",
@@ -373,8 +377,12 @@ impl<'a> Request<'a> {
             "hello" => {
                 w.only(&["client"])?;
                 // Free text for the log; any JSON is accepted, a string is kept.
-                let client = w.client.and_then(|c| serde_json::from_str::<String>(c.get()).ok());
-                Ok(Request::Hello { client: client.map(Cow::Owned) })
+                let client = w
+                    .client
+                    .and_then(|c| serde_json::from_str::<String>(c.get()).ok());
+                Ok(Request::Hello {
+                    client: client.map(Cow::Owned),
+                })
             }
             "stats" => {
                 w.only(&["client"])?;
@@ -383,7 +391,11 @@ impl<'a> Request<'a> {
             "status" | "cancel" => {
                 w.only(&["id"])?;
                 let id = w.id.ok_or_else(|| missing("id"))?;
-                Ok(if w.op == "status" { Request::Status { id } } else { Request::Cancel { id } })
+                Ok(if w.op == "status" {
+                    Request::Status { id }
+                } else {
+                    Request::Cancel { id }
+                })
             }
             "submit" => {
                 w.only(SUBMIT_FIELDS)?;
@@ -411,19 +423,35 @@ impl<'a> Request<'a> {
             }
             "dead_list" => {
                 w.only(&["queue", "since"])?;
-                Ok(Request::DeadList { queue: w.queue, since: w.since })
+                Ok(Request::DeadList {
+                    queue: w.queue,
+                    since: w.since,
+                })
             }
             "dead_retry" | "dead_purge" => {
                 let retry = w.op == "dead_retry";
-                w.only(if retry { &["id", "all", "queue"] } else { &["id", "all", "queue", "before"] })?;
+                w.only(if retry {
+                    &["id", "all", "queue"]
+                } else {
+                    &["id", "all", "queue", "before"]
+                })?;
                 let all = w.all.unwrap_or(false);
-                let sel = DeadSelect { id: w.id, all, queue: w.queue, before: w.before };
+                let sel = DeadSelect {
+                    id: w.id,
+                    all,
+                    queue: w.queue,
+                    before: w.before,
+                };
                 sel.check(retry)?;
-                Ok(if retry { Request::DeadRetry(sel) } else { Request::DeadPurge(sel) })
+                Ok(if retry {
+                    Request::DeadRetry(sel)
+                } else {
+                    Request::DeadPurge(sel)
+                })
             }
             other => Err(Rejection::new(
                 ErrorCode::UnknownOp,
-                format!("unknown op {other:?} (hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, dead_purge)"),
+                format!("unknown op {other:?} ({OPS})"),
             )),
         }
     }

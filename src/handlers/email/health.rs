@@ -17,33 +17,32 @@ pub(super) struct Health {
 }
 
 impl Health {
-    /// Counts an attempt's result against `server`, and logs when sending starts failing (then
-    /// at 2, 4, 8, ... failures in a row) and when the server accepts mail again.
-    pub(super) fn record(&self, server: &str, id: u64, r: &Result<(), JobError>) {
-        let h = self;
+    /// Counts an attempt's result, and logs when sending starts failing (then at 2, 4, 8, ...
+    /// failures in a row) and when the server (named by `server`, only then) accepts mail again.
+    pub(super) fn record(&self, server: impl FnOnce() -> String, id: u64, r: &Result<(), JobError>) {
         match r {
             Ok(()) => {
-                h.succeeded.fetch_add(1, Ordering::Relaxed);
-                let was = h.consecutive.swap(0, Ordering::Relaxed);
+                self.succeeded.fetch_add(1, Ordering::Relaxed);
+                let was = self.consecutive.swap(0, Ordering::Relaxed);
                 if was > 0 {
                     log::info!(
                         "email: SMTP server {} accepts mail again after {was} failed attempts",
-                        server
+                        server()
                     );
                 }
             }
             Err(e) => {
-                if let Ok(mut last) = h.last_error.lock() {
+                if let Ok(mut last) = self.last_error.lock() {
                     *last = Some((e.reason.clone(), crate::job::now_ms()));
                 }
                 if e.permanent {
                     // A 5xx is about this message: the server is up and answering.
-                    h.permanent.fetch_add(1, Ordering::Relaxed);
-                    h.consecutive.store(0, Ordering::Relaxed);
+                    self.permanent.fetch_add(1, Ordering::Relaxed);
+                    self.consecutive.store(0, Ordering::Relaxed);
                     log::warn!("email job {id}: {}", e.reason);
                 } else {
-                    h.temporary.fetch_add(1, Ordering::Relaxed);
-                    let n = h.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.temporary.fetch_add(1, Ordering::Relaxed);
+                    let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_power_of_two() {
                         log::error!(
                             "email job {id}: {} ({n} failed attempts in a row)",
@@ -57,13 +56,12 @@ impl Health {
 
     /// The figures `stats` shows.
     pub(super) fn snapshot(&self) -> KindHealth {
-        let h = self;
-        let last = h.last_error.lock().ok().and_then(|l| l.clone());
+        let last = self.last_error.lock().ok().and_then(|l| l.clone());
         KindHealth {
-            succeeded: h.succeeded.load(Ordering::Relaxed),
-            temporary_failures: h.temporary.load(Ordering::Relaxed),
-            permanent_failures: h.permanent.load(Ordering::Relaxed),
-            consecutive_failures: h.consecutive.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            temporary_failures: self.temporary.load(Ordering::Relaxed),
+            permanent_failures: self.permanent.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
             last_error_at: last.as_ref().map(|l| l.1),
             last_error: last.map(|l| l.0),
         }

@@ -165,7 +165,7 @@ impl Handler for Email {
         let p = parse_payload(ctx.payload).map_err(JobError::permanent)?;
         let m = build_message(&p).map_err(JobError::permanent)?;
         let r = self.send(&m);
-        self.health.record(&self.server(), ctx.id, &r);
+        self.health.record(|| self.server(), ctx.id, &r);
         r
     }
 

@@ -187,7 +187,7 @@ pub struct Dispatcher {
     serial: u64,
     wal: Sender<WalMsg>,
     records: RecordBatch,
-    counts: Vec<[u64; 7]>,
+    counts: Vec<Counts>,
     figures: Vec<QueueFigures>,
     expected_ms: HashMap<(u16, u16), f64>,
     priority_of: Vec<u64>,
@@ -259,7 +259,7 @@ pub fn spawn(
         serial: 0,
         wal,
         records: RecordBatch::new(),
-        counts: vec![[0; 7]; n],
+        counts: vec![[0; State::ALL.len()]; n],
         figures: (0..n).map(|_| QueueFigures::new()).collect(),
         expected_ms: HashMap::new(),
         priority_of,
@@ -664,9 +664,12 @@ impl Dispatcher {
     }
 }
 
+/// One queue's jobs by state, indexed by [`State::index`].
+type Counts = [u64; State::ALL.len()];
+
 /// Applies `rec` to a job through the state machine and moves it between the counts by state.
 fn apply_counted(
-    counts: &mut [[u64; 7]],
+    counts: &mut [Counts],
     e: &mut Entry,
     rec: &Record<'_>,
 ) -> Result<Transition, Stale> {
@@ -677,7 +680,7 @@ fn apply_counted(
 }
 
 /// Moves a job whose state was `from` to the count of its state now.
-fn recount(counts: &mut [[u64; 7]], e: &Entry, from: State) {
+fn recount(counts: &mut [Counts], e: &Entry, from: State) {
     let to = e.core.state;
     if to != from {
         let q = e.job.queue as usize;

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::wire::reply::ErrorReply;
 use crate::wire::{
-    BatchSubmitted, Cancelled, DeadJobs, ErrorCode, Hello, Ids, JobInfo, JobStatus, Rejection,
-    Request, Stats,
+    BatchSubmitted, Cancelled, CheckpointTaken, DeadJobs, ErrorCode, Hello, Ids, JobInfo,
+    JobStatus, Rejection, Request, Stats,
 };
 pub use crate::wire::{DeadSelect, Submit, Submitted};
 
@@ -186,6 +186,14 @@ impl Client {
     pub fn dead_purge(&mut self, which: &DeadSelect<'_>) -> Result<Vec<u64>, ClientError> {
         self.call(&Request::DeadPurge(which.clone()))
             .map(|i: Ids| i.ids)
+    }
+}
+
+impl Client {
+    /// Takes a checkpoint now (the daemon seals its current segment first), releasing the
+    /// segments it covers; returns once it is in place.
+    pub fn checkpoint(&mut self) -> Result<CheckpointTaken, ClientError> {
+        self.call(&Request::Checkpoint)
     }
 }
 

@@ -212,6 +212,38 @@ pub struct Config {
     pub max_keys: usize,
     /// SMTP server of the `email` kind; without it, email jobs are refused at submit.
     pub smtp: Option<SmtpConfig>,
+    /// Checkpoints and the archive.
+    pub checkpoint: CheckpointConfig,
+}
+
+/// When checkpoints are taken, and how long released segments are kept (`docs/config.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// Automatic checkpoints (`checkpoints`); `duejob wal checkpoint` works either way.
+    pub auto: bool,
+    /// A checkpoint is taken once the sealed log after the last one holds this many bytes
+    /// (`checkpoint_after_mib`): bounds what a restart reads.
+    pub after_bytes: u64,
+    /// The current segment is sealed once its first record is this old (`seal_after`), so that
+    /// an idle daemon releases its records too.
+    pub seal_after: Duration,
+    /// Released segments stay in `DATA/archive/` this long after their last write
+    /// (`archive_retention`); zero deletes them at once.
+    pub archive_retention: Duration,
+    /// The archive is trimmed, oldest first, to this many bytes (`archive_max_mib`).
+    pub archive_max_bytes: Option<u64>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            auto: true,
+            after_bytes: 256 << 20,
+            seal_after: Duration::from_secs(600),
+            archive_retention: Duration::from_secs(7 * 86_400),
+            archive_max_bytes: None,
+        }
+    }
 }
 
 /// Connections served at once when the config does not say (and the file descriptor limit
@@ -261,6 +293,7 @@ impl Config {
             key_retention: Duration::from_secs(7 * 86_400),
             max_keys: 10_000_000,
             smtp: None,
+            checkpoint: CheckpointConfig::default(),
         }
     }
 
@@ -318,6 +351,30 @@ impl Config {
         }
         if let Some(m) = f.max_keys {
             c.max_keys = m;
+        }
+        if let Some(b) = f.checkpoints {
+            c.checkpoint.auto = b;
+        }
+        if let Some(m) = f.checkpoint_after_mib {
+            if m == 0 || m > 1 << 20 {
+                return Err(format!(
+                    "checkpoint_after_mib must be between 1 and 1048576 (MiB), not {m}"
+                ));
+            }
+            c.checkpoint.after_bytes = m << 20;
+        }
+        if let Some(d) = &f.seal_after {
+            c.checkpoint.seal_after = parse_duration(d).map_err(|e| format!("seal_after: {e}"))?;
+            if c.checkpoint.seal_after.is_zero() {
+                return Err("seal_after must be longer than 0s".into());
+            }
+        }
+        if let Some(d) = &f.archive_retention {
+            c.checkpoint.archive_retention =
+                parse_duration(d).map_err(|e| format!("archive_retention: {e}"))?;
+        }
+        if let Some(m) = f.archive_max_mib {
+            c.checkpoint.archive_max_bytes = Some(m.saturating_mul(1 << 20));
         }
         if let Some(smtp) = f.smtp {
             c.smtp = Some(smtp.build(&|name| std::env::var(name).ok())?);
@@ -515,6 +572,11 @@ struct FileConfig {
     history_limit: Option<usize>,
     key_retention: Option<String>,
     max_keys: Option<usize>,
+    checkpoints: Option<bool>,
+    checkpoint_after_mib: Option<u64>,
+    seal_after: Option<String>,
+    archive_retention: Option<String>,
+    archive_max_mib: Option<u64>,
     #[serde(default)]
     queues: BTreeMap<String, FileQueue>,
     smtp: Option<FileSmtp>,

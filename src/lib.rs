@@ -51,6 +51,7 @@ macro_rules! internal_mods {
     )*};
 }
 
+pub mod checkpoint;
 pub mod client;
 pub mod config;
 pub mod runtime;

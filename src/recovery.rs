@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::handlers::Kinds;
-use crate::idmap::{id_map, IdMap};
-use crate::job::machine::{self, JobCore, Stale, Transition};
+use crate::checkpoint::{self, fold::Fold, fold::FoldJob, fold::Folded};
+use crate::job::machine;
 use crate::job::{Job, State};
 use crate::scheduler::dispatcher::{DoneJob, LiveJob, Recovered, MAX_INTERRUPTIONS};
 use crate::wal::commit::RecordBatch;
 use crate::wal::io::Storage;
 use crate::wal::keys::KeyIndex;
-use crate::wal::reader::{read_log, LogScan};
+use crate::wal::reader::{read_log_after, LogScan};
 use crate::wal::record::{state_code, Finish, Outcome, Record};
 use crate::wal::WalError;
 
@@ -39,152 +39,45 @@ pub struct Recovery {
     pub next_id: u64,
     /// `finish` records to append for jobs that cannot run any more.
     pub orphans: RecordBatch,
-    /// Records replayed.
+    /// The checkpoint recovery started from, if any.
+    pub checkpoint: Option<crate::checkpoint::file::Read>,
+    /// Records replayed (after the checkpoint).
     pub records: u64,
     /// Time spent.
     pub elapsed: Duration,
-}
-
-/// A job while the log is replayed: what it was submitted with, and its progress.
-struct RJob {
-    id: u64,
-    queue: Arc<str>,
-    kind: Arc<str>,
-    /// Dropped once the job ends (but for a dead one, which can be revived).
-    payload: Option<Box<str>>,
-    key: Option<Box<str>>,
-    submitted_at: u64,
-    deadline: u64,
-    run_at: Option<u64>,
-    max_attempts: u32,
-    timeout_ms: Option<u64>,
-    core: JobCore,
-}
-
-/// Shares one `Arc<str>` per queue or kind name. A handful of names: a linear scan beats hashing
-/// the name of every record.
-#[derive(Default)]
-struct Interner(Vec<Arc<str>>);
-
-impl Interner {
-    /// For each interned name, in order, what `resolve` says of it (evaluated once per name).
-    fn resolve<T>(&self, resolve: impl Fn(&str) -> T) -> Vec<T> {
-        self.0.iter().map(|a| resolve(a)).collect()
-    }
-
-    /// Position of an `Arc` this interner handed out (pointer comparison, no string compare).
-    fn position(&self, a: &Arc<str>) -> usize {
-        self.0
-            .iter()
-            .position(|b| Arc::ptr_eq(a, b))
-            .expect("interned name")
-    }
-
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.0.iter().find(|a| &***a == s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.0.push(a.clone());
-        a
-    }
 }
 
 /// Replays the log in `storage`.
 pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Recovery, WalError> {
     let t = Instant::now();
     let now = crate::job::now_ms();
-    // Jobs in a Vec, found through a small id -> index map: growing the map moves 16-byte
-    // entries, not whole jobs.
-    let mut jobs: Vec<RJob> = Vec::new();
-    let mut index: IdMap<u32> = id_map(0);
-    let mut ended: Vec<u64> = Vec::new();
-    let mut names = Interner::default();
-    let mut keys = KeyIndex::new(cfg.key_retention.as_millis() as u64, cfg.max_keys);
-    let mut max_id = 0u64;
-    let mut records = 0u64;
-    let scan = read_log(storage, &mut |r| {
-        records += 1;
-        // Sync marks are about the log, not a job.
-        let Some(id) = r.record.job_id() else {
-            return Ok(());
-        };
-        if let Record::Submit(s) = &r.record {
-            max_id = max_id.max(s.id);
-            if index.contains_key(&s.id) {
-                log::error!(
-                    "recovery: job {} submitted twice (LSN {}); keeping the first",
-                    s.id,
-                    r.lsn
-                );
-                return Ok(());
-            }
-            if let Some(k) = &s.key {
-                keys.insert(k, s.id, r.lsn, s.submitted_at, now);
-            }
-            index.insert(s.id, jobs.len() as u32);
-            jobs.push(RJob {
-                id: s.id,
-                queue: names.get(&s.queue),
-                kind: names.get(&s.kind),
-                payload: Some(s.payload.as_ref().into()),
-                key: s.key.as_deref().map(Into::into),
-                submitted_at: s.submitted_at,
-                deadline: s.deadline,
-                run_at: s.run_at,
-                max_attempts: s.max_attempts,
-                timeout_ms: s.timeout_ms,
-                core: JobCore::new(s),
-            });
-            return Ok(());
-        }
-        let Some(j) = index.get(&id).map(|&i| &mut jobs[i as usize]) else {
-            return Ok(());
-        };
-        match machine::apply(&mut j.core, &r.record) {
-            Ok(Transition::Ended(State::Succeeded | State::Cancelled) | Transition::Purged) => {
-                j.payload = None;
-                // It goes to the history, which is ordered by when jobs left the live set.
-                ended.push(id);
-            }
-            Ok(_) => {}
-            Err(stale @ Stale::NotCurrent { .. }) => log::warn!(
-                "recovery: ignoring the {} of job {id} at LSN {}: {stale}",
-                r.record.type_name(),
-                r.lsn
-            ),
-            // A record after the job's end (a cancel racing a finish): nothing to do.
-            Err(_) => {}
-        }
+    let keys = KeyIndex::new(cfg.key_retention.as_millis() as u64, cfg.max_keys);
+    let mut fold = Fold::new(keys, cfg.history_limit, now);
+    let (after, checkpoint) = checkpoint::load(storage, &mut fold)?;
+    let scan = read_log_after(storage, after, &mut |r| {
+        fold.apply(r);
         Ok(())
     })?;
-
+    let records = fold.records;
+    let Folded {
+        live: jobs,
+        history: finished,
+        names,
+        keys,
+        max_id,
+        ..
+    } = fold.split();
     let mut recovered = Recovered::default();
     let mut orphans = RecordBatch::new();
-    // Terminal jobs for the history: each id once, at its last ending, oldest first.
-    let mut last_end: IdMap<usize> = id_map(ended.len());
-    for (pos, id) in ended.iter().enumerate() {
-        last_end.insert(*id, pos);
-    }
-    drop(index);
     // Queue and kind ids, looked up once per distinct name rather than once per job.
     let queue_ids = names.resolve(|n| cfg.queue_id(n));
     let kind_ids = names.resolve(|n| kinds.id(n));
-    let mut history: Vec<(usize, DoneJob)> = Vec::new();
     let mut gone = Vec::new();
-    recovered
-        .live
-        .reserve(jobs.len() - last_end.len().min(jobs.len()));
-    // One pass, moving each job once: into the history or straight into the live set.
+    recovered.live.reserve(jobs.len());
+    recovered.done = finished.into_iter().map(done_job).collect();
+    // One pass, moving each job once.
     for mut j in jobs {
         let id = j.id;
-        let finished = j.core.purged || matches!(j.core.state, State::Succeeded | State::Cancelled);
-        if finished {
-            if let Some(&pos) = last_end.get(&id) {
-                history.push((pos, done_job(id, j)));
-                continue;
-            }
-        }
         let queue = queue_ids[names.position(&j.queue)];
         let kind = kind_ids[names.position(&j.kind)];
         // A running attempt was cut short by the restart: one more interruption.
@@ -223,7 +116,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         }
         if queue.is_none() || kind.is_none() {
             j.payload = None;
-            gone.push(done_job(id, j));
+            gone.push(done_job(j));
             continue;
         }
         let job = Job {
@@ -243,9 +136,6 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             core: j.core,
         });
     }
-    history.sort_unstable_by_key(|(pos, _)| *pos);
-    let skip = history.len().saturating_sub(cfg.history_limit);
-    recovered.done = history.into_iter().skip(skip).map(|(_, d)| d).collect();
     recovered.done.extend(gone);
     Ok(Recovery {
         scan,
@@ -253,14 +143,15 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         keys,
         next_id: max_id + 1,
         orphans,
+        checkpoint,
         records,
         elapsed: t.elapsed(),
     })
 }
 
-fn done_job(id: u64, j: RJob) -> DoneJob {
+fn done_job(j: FoldJob) -> DoneJob {
     DoneJob {
-        id,
+        id: j.id,
         queue: j.queue,
         kind: j.kind,
         submitted_at: j.submitted_at,
@@ -276,6 +167,8 @@ fn done_job(id: u64, j: RJob) -> DoneJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::machine::JobCore;
+    use crate::wal::reader::read_log;
     use crate::job::AttemptOutcome;
     use crate::wal::appender::Appender;
     use crate::wal::io::MemStorage;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::checkpoint::worker as ckpt;
 use crate::config::{Config, MAX_DURATION_MS};
 use crate::datadir::{lock_data_dir, private_dir};
 use crate::handlers::{Handler, Kinds};
@@ -31,14 +32,16 @@ use crate::job::WalMsg;
 use crate::job::{now_ms, Job, JobRef};
 use crate::scheduler::dispatcher::{self};
 use crate::scheduler::{DeadFilter, Msg, Refused};
-use crate::wal::appender::Appender;
+use crate::wal::appender::{Appender, Sealed};
 use crate::wal::commit::{self, Ack, Append, Fate, RecordBatch, WalEvent};
 use crate::wal::io::{FileStorage, Storage};
+use crate::wal::reader::Tail;
 use crate::wal::record::Record;
 use crate::wal::stats::WalStats;
 use crate::wal::WalError;
 use crate::wire::{
-    DeadSelect, ErrorCode, JobInfo, JobSpec, Rejection, Stats, Submitted, WalReport,
+    CheckpointReport, CheckpointTaken, DeadSelect, ErrorCode, JobInfo, JobSpec, Rejection, Stats,
+    Submitted, WalReport,
 };
 use crossbeam_channel::{Receiver, Sender};
 
@@ -92,6 +95,9 @@ struct Inner {
     wal_stopped: AtomicBool,
     /// The data directory, when the WAL lives in it (not with custom storage).
     data_dir: Option<PathBuf>,
+    /// The checkpointer's inbox and counters.
+    ckpt_tx: Sender<ckpt::Msg>,
+    ckpt_stats: Arc<ckpt::Stats>,
 }
 
 /// A cloneable handle on a running runtime: what connections use.
@@ -356,6 +362,54 @@ impl Handle {
             fsync_p99_us: s.fsync_quantile_us(0.99),
             keys: s.keys.load(Relaxed),
             keys_evicted: s.keys_evicted.load(Relaxed),
+            checkpoint: self.checkpoint_report(),
+        }
+    }
+
+    fn checkpoint_report(&self) -> CheckpointReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.ckpt_stats;
+        let last_at = c.last_at.load(Relaxed);
+        CheckpointReport {
+            auto: self.inner.cfg.checkpoint.auto,
+            bytes_since: c.sealed_bytes.load(Relaxed)
+                + self.inner.wal_stats.active_bytes.load(Relaxed),
+            checkpoints: c.checkpoints.load(Relaxed),
+            last_at: (last_at > 0).then_some(last_at),
+            last_lsn: c.last_lsn.load(Relaxed),
+            last_ms: c.last_ms.load(Relaxed),
+            last_bytes: c.last_bytes.load(Relaxed),
+            failures: c.failures.load(Relaxed),
+            last_error: c.last_error.lock().expect("stats").clone(),
+            released: c.released.load(Relaxed),
+            archive_segments: c.archive_segments.load(Relaxed),
+            archive_bytes: c.archive_bytes.load(Relaxed),
+        }
+    }
+
+    /// Takes a checkpoint now: the current segment is sealed, every sealed segment folded into
+    /// the checkpoint, and the segments it covers released. Returns once it is in place.
+    pub fn checkpoint(&self) -> Result<CheckpointTaken, Rejection> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner
+            .ckpt_tx
+            .send(ckpt::Msg::Force(tx))
+            .map_err(|_| closed())?;
+        match rx.recv() {
+            Ok(Ok(d)) => Ok(CheckpointTaken {
+                lsn: d.lsn,
+                segment: d.segment,
+                bytes: d.bytes,
+                jobs: d.jobs,
+                keys: d.keys,
+                released: d.released,
+                ms: d.ms,
+            }),
+            Ok(Err(e)) => Err(Rejection::new(
+                ErrorCode::CheckpointFailed,
+                format!("checkpoint failed: {e}"),
+            )),
+            Err(_) => Err(closed()),
         }
     }
 
@@ -593,14 +647,22 @@ impl RuntimeBuilder {
             Some(s) => (s, None),
             None => {
                 let lock = lock_data_dir(&self.data_dir)?;
-                let wal = self.data_dir.join("wal");
-                private_dir(&wal)?;
-                (Arc::new(FileStorage::new(wal)), Some(lock))
+                private_dir(&self.data_dir.join("wal"))?;
+                (Arc::new(FileStorage::data_dir(&self.data_dir)), Some(lock))
             }
         };
         let cfg = Arc::new(self.config);
         let kinds = Arc::new(self.kinds);
         let rec = crate::recovery::recover(storage.as_ref(), &cfg, &kinds)?;
+        if let Some(c) = &rec.checkpoint {
+            log::info!(
+                "checkpoint through LSN {} (segment {}): {} live jobs, {} keys",
+                c.header.covered_lsn,
+                c.header.covered_seq,
+                c.end.jobs,
+                c.end.keys
+            );
+        }
         log::info!(
             "recovered {} records in {:.1} ms: {} live jobs, next id {}",
             rec.records,
@@ -609,20 +671,69 @@ impl RuntimeBuilder {
             rec.next_id
         );
         let wal_stats = Arc::new(WalStats::default());
-        let appender = Appender::open(storage, &rec.scan, cfg.segment_size, wal_stats.clone())?;
+        // Every segment but the one the appender goes on in is sealed.
+        let mut sealed: Vec<Sealed> = rec
+            .scan
+            .segments
+            .iter()
+            .filter(|s| s.tail != Tail::EmptySegment)
+            .map(|s| Sealed {
+                seq: s.seq,
+                end: s.end,
+                last_lsn: s.last_lsn.unwrap_or(s.first_lsn.saturating_sub(1)),
+            })
+            .collect();
+        sealed.pop();
+        let appender = Appender::open(
+            storage.clone(),
+            &rec.scan,
+            cfg.segment_size,
+            wal_stats.clone(),
+        )?;
         let (sched_tx, sched_rx) = crossbeam_channel::unbounded();
         let (wal_tx, wal_rx) = crossbeam_channel::bounded(4096);
+        let seal_tx: Sender<WalMsg> = wal_tx.clone();
+        let checkpointer = ckpt::spawn(
+            storage,
+            ckpt::Settings {
+                cfg: cfg.checkpoint.clone(),
+                key_retention_ms: cfg.key_retention.as_millis() as u64,
+                max_keys: cfg.max_keys,
+                history_limit: cfg.history_limit,
+            },
+            sealed,
+            wal_stats.clone(),
+            Box::new(move || {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                seal_tx
+                    .send(WalMsg::Seal(tx))
+                    .map_err(|_| "the WAL is closed".to_string())?;
+                match rx.recv() {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("the WAL is closed".to_string()),
+                }
+            }),
+        );
         let to_sched = sched_tx.clone();
+        let to_ckpt = checkpointer.sender();
         let wal_thread = commit::spawn(
             appender,
-            cfg.sync,
+            commit::Options {
+                mode: cfg.sync,
+                seal_after: cfg.checkpoint.auto.then_some(cfg.checkpoint.seal_after),
+            },
             rec.keys,
             wal_rx,
-            Box::new(move |event| {
-                let _ = to_sched.send(match event {
-                    WalEvent::Durable(jobs) => Msg::Jobs(jobs),
-                    WalEvent::Failed(e) => Msg::WalFailed(e),
-                });
+            Box::new(move |event| match event {
+                WalEvent::Durable(jobs) => {
+                    let _ = to_sched.send(Msg::Jobs(jobs));
+                }
+                WalEvent::Failed(e) => {
+                    let _ = to_sched.send(Msg::WalFailed(e));
+                }
+                WalEvent::Sealed(s) => {
+                    let _ = to_ckpt.send(ckpt::Msg::Sealed(s));
+                }
             }),
         );
         if !rec.orphans.is_empty() {
@@ -675,10 +786,13 @@ impl RuntimeBuilder {
             closing: AtomicBool::new(false),
             wal_stopped: AtomicBool::new(false),
             data_dir: own_storage.then(|| self.data_dir.clone()),
+            ckpt_tx: checkpointer.sender(),
+            ckpt_stats: checkpointer.stats.clone(),
         });
         Ok(Runtime {
             handle: Handle { inner },
             threads: Some((dispatcher, wal_thread)),
+            checkpointer: Some(checkpointer),
             _lock: lock,
             data_dir: self.data_dir,
         })
@@ -689,6 +803,7 @@ impl RuntimeBuilder {
 pub struct Runtime {
     handle: Handle,
     threads: Option<(JoinHandle<()>, JoinHandle<()>)>,
+    checkpointer: Option<ckpt::Checkpointer>,
     _lock: Option<File>,
     data_dir: PathBuf,
 }
@@ -740,6 +855,10 @@ impl Runtime {
         };
         let inner = &self.handle.inner;
         inner.closing.store(true, Ordering::SeqCst);
+        // First: it may be waiting for the WAL to seal a segment.
+        if let Some(mut c) = self.checkpointer.take() {
+            c.stop();
+        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         if inner
             .sched_tx

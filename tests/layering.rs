@@ -161,6 +161,7 @@ fn every_module_imports_only_modules_below_it_in_architecture_md_s_layers() {
         "client",
         "runtime",
         "recovery",
+        "checkpoint",
         "scheduler",
         "handlers",
         "wire",

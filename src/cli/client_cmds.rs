@@ -212,6 +212,40 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
         "WAL: sync {}, {} segments, {} records, {} bytes, {} fsyncs (p50 ≤{}µs, p99 ≤{}µs), {:.1} records/group",
         w.sync, w.segments, w.records, w.bytes, w.fsyncs, w.fsync_p50_us, w.fsync_p99_us, w.mean_group
     )?;
+    let c = &w.checkpoint;
+    let last = match c.last_at {
+        Some(at) => format!(
+            "last at {} (LSN {}, {} bytes, took {} ms)",
+            crate::cli::fmt::time(at),
+            c.last_lsn,
+            c.last_bytes,
+            c.last_ms
+        ),
+        None => "none yet".into(),
+    };
+    writeln!(
+        out,
+        "checkpoint: {last}; {} bytes of log since; archive {} segments, {} bytes{}",
+        c.bytes_since,
+        c.archive_segments,
+        c.archive_bytes,
+        if c.auto {
+            ""
+        } else {
+            "; automatic checkpoints off"
+        }
+    )?;
+    if c.failures > 0 {
+        writeln!(
+            out,
+            "  checkpoint failures: {}{}",
+            c.failures,
+            c.last_error
+                .as_deref()
+                .map(|e| format!(", failing now: {e}"))
+                .unwrap_or_default()
+        )?;
+    }
     for (kind, h) in &s.kinds {
         let state = match h.consecutive_failures {
             0 => "ok".to_string(),
@@ -239,6 +273,28 @@ pub fn cancel(id: u64, opts: &ClientOpts) -> CliResult {
         std::io::stdout().lock(),
         "{id} cancelled (was {})",
         reply.was
+    )?;
+    Ok(())
+}
+
+/// `wal checkpoint`.
+pub fn checkpoint(opts: &ClientOpts) -> CliResult {
+    let mut c = Client::connect(&opts.socket)?;
+    let r = c.checkpoint()?;
+    if opts.json {
+        return print_reply(&r);
+    }
+    writeln!(
+        std::io::stdout().lock(),
+        "checkpoint through LSN {} (segment {}): {} live jobs, {} keys, {} bytes in {} ms; \
+         released {} segments",
+        r.lsn,
+        r.segment,
+        r.jobs,
+        r.keys,
+        r.bytes,
+        r.ms,
+        r.released
     )?;
     Ok(())
 }

@@ -68,7 +68,8 @@ enum Command {
     /// Queues.
     #[command(subcommand)]
     Queue(QueueCommand),
-    /// Offline WAL tools (read-only, but for salvage's new copy; safe while the daemon runs).
+    /// WAL tools: offline (read-only, but for salvage's new copy; safe while the daemon runs),
+    /// and `checkpoint`, which asks the daemon.
     #[command(subcommand)]
     Wal(WalCommand),
     /// Demo: a bulk flood with notifications overtaking it, against plain FIFO.
@@ -104,6 +105,12 @@ enum WalCommand {
     /// Copy every record that checks out into a new data directory (the way out of a damaged
     /// log; the damaged one is only read).
     Salvage(wal::SalvageArgs),
+    /// Ask the running daemon for a checkpoint now: it seals its current segment, folds the log
+    /// into wal/checkpoint and releases the segments it covers to DATA/archive/.
+    Checkpoint {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
 }
 
 /// Parses `args` and runs the subcommand. Returns the process exit code.
@@ -135,6 +142,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Wal(WalCommand::Inspect { data, json }) => wal::inspect(&data, json),
         Command::Wal(WalCommand::Dump(a)) => wal::dump(&a),
         Command::Wal(WalCommand::Salvage(a)) => wal::salvage(&a),
+        Command::Wal(WalCommand::Checkpoint { opts }) => client_cmds::checkpoint(&opts),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

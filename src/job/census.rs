@@ -60,14 +60,8 @@ impl Census {
                 self.stale += 1;
                 return;
             }
-            let q = match self.queues.iter().position(|n| *n == *s.queue) {
-                Some(i) => i,
-                None => {
-                    self.queues.push(s.queue.to_string());
-                    self.queues.len() - 1
-                }
-            };
-            self.jobs.insert(id, (q as u16, JobCore::new(s)));
+            let q = self.queue_index(&s.queue);
+            self.jobs.insert(id, (q, JobCore::new(s)));
             return;
         }
         let Some((q, core)) = self.jobs.get_mut(&id) else {
@@ -85,6 +79,42 @@ impl Census {
         };
         self.jobs.remove(&id);
         *self.ended.entry((q, gone)).or_default() += 1;
+    }
+
+    fn queue_index(&mut self, queue: &str) -> u16 {
+        match self.queues.iter().position(|n| n == queue) {
+            Some(i) => i as u16,
+            None => {
+                self.queues.push(queue.to_string());
+                (self.queues.len() - 1) as u16
+            }
+        }
+    }
+
+    /// Adds a job as a checkpoint holds it.
+    pub(crate) fn restore(&mut self, id: u64, queue: &str, core: JobCore) {
+        let q = self.queue_index(queue);
+        let counted = match core.state {
+            _ if core.purged => Counted::Purged,
+            s @ (State::Succeeded | State::Cancelled) => Counted::State(s),
+            _ => {
+                self.jobs.insert(id, (q, core));
+                return;
+            }
+        };
+        *self.ended.entry((q, counted)).or_default() += 1;
+    }
+
+    /// Adds `n` jobs that ended for good, as a checkpoint counts them.
+    pub(crate) fn add_ended(&mut self, queue: &str, counted: Counted, n: u64) {
+        let q = self.queue_index(queue);
+        *self.ended.entry((q, counted)).or_default() += n;
+    }
+
+    /// Whether job `id` is live as far as the records so far say: not finished (a dead job is
+    /// live until purged: it can be revived).
+    pub fn is_live(&self, id: u64) -> bool {
+        self.jobs.contains_key(&id)
     }
 
     /// Records that did not apply to a job kept by id (stale, or a second submit of an open job).

@@ -54,6 +54,11 @@ fn handle(req: Request<'_>, cx: &mut Cx<'_, '_>) -> Slot {
         ),
         Request::DeadRetry(sel) => dead_change(&sel, true, cx),
         Request::DeadPurge(sel) => dead_change(&sel, false, cx),
+        Request::Checkpoint => {
+            // It covers what this connection submitted before.
+            cx.flush();
+            ok_or_error(cx.handle.checkpoint())
+        }
     }
 }
 

@@ -39,6 +39,17 @@ pub struct Position {
     pub lsn: u64,
 }
 
+/// A segment the appender finished with: synced, and never written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Offset just past its last record.
+    pub end: u64,
+    /// LSN of its last record.
+    pub last_lsn: u64,
+}
+
 /// Appends to the log.
 pub struct Appender {
     storage: Arc<dyn Storage>,
@@ -67,6 +78,10 @@ pub struct Appender {
     marked_lsn: u64,
     failed: Option<String>,
     stats: Arc<WalStats>,
+    /// Segments sealed since [`Appender::take_sealed`] was last called.
+    sealed: Vec<Sealed>,
+    /// When the first record that is not a sync mark went into the current segment.
+    data_since: Option<std::time::Instant>,
 }
 
 impl Appender {
@@ -99,12 +114,13 @@ impl Appender {
             }
         }
         let Some(last) = segments.last() else {
-            let file = create_segment(storage.as_ref(), 1, scan.next_lsn, segment_size)?;
+            let seq = scan.next_seq.max(1);
+            let file = create_segment(storage.as_ref(), seq, scan.next_lsn, segment_size)?;
             stats.segments.store(1, Relaxed);
             return Ok(Appender::with_file(
                 storage,
                 file,
-                1,
+                seq,
                 SEGMENT_HEADER_LEN as u64,
                 scan,
                 segment_size,
@@ -160,6 +176,7 @@ impl Appender {
         stats: Arc<WalStats>,
     ) -> Appender {
         let next_lsn = scan.next_lsn;
+        stats.active_bytes.store(offset, Relaxed);
         // Everything the scan read is durable now (open synced it).
         let durable = next_lsn - 1;
         Appender {
@@ -181,6 +198,9 @@ impl Appender {
             marked_lsn: scan.marked_lsn.min(durable),
             failed: None,
             stats,
+            sealed: Vec::new(),
+            // A segment opened with records in it holds data from before the restart.
+            data_since: (offset > SEGMENT_HEADER_LEN as u64).then(std::time::Instant::now),
         }
     }
 
@@ -219,7 +239,35 @@ impl Appender {
     pub fn push(&mut self, rtype: u8, schema: u8, body: &[u8]) -> Result<u64, WalError> {
         let lsn = self.push_record(rtype, schema, body)?;
         self.pushed_data_lsn = lsn;
+        self.data_since.get_or_insert_with(std::time::Instant::now);
         Ok(lsn)
+    }
+
+    /// When the first record other than a sync mark went into the current segment (`None`
+    /// while it holds none).
+    pub fn data_since(&self) -> Option<std::time::Instant> {
+        self.data_since
+    }
+
+    /// Seals the current segment if it holds any record: writes and syncs what is buffered, and
+    /// goes on in a new segment. Returns whether it sealed one.
+    pub fn seal(&mut self) -> Result<bool, WalError> {
+        self.check()?;
+        if self.offset + self.buf.len() as u64 <= SEGMENT_HEADER_LEN as u64 {
+            return Ok(false);
+        }
+        self.write()?;
+        self.sync()?;
+        let next = self.seq + 1;
+        if let Err(e) = self.rotate(next) {
+            return Err(self.poison(e));
+        }
+        Ok(true)
+    }
+
+    /// The segments sealed since the last call, oldest first.
+    pub fn take_sealed(&mut self) -> Vec<Sealed> {
+        std::mem::take(&mut self.sealed)
     }
 
     /// Whether a completed sync made records durable that no sync mark speaks for yet.
@@ -285,6 +333,7 @@ impl Appender {
         self.stats
             .record_group(self.buffered, self.buf.len() as u64);
         self.offset += self.buf.len() as u64;
+        self.stats.active_bytes.store(self.offset, Relaxed);
         self.buf.clear();
         self.buffered = 0;
         self.unsynced = true;
@@ -351,11 +400,19 @@ impl Appender {
     }
 
     fn rotate(&mut self, seq: u64) -> Result<(), WalError> {
+        let old = Sealed {
+            seq: self.seq,
+            end: self.offset,
+            last_lsn: self.next_lsn - 1,
+        };
         self.file = create_segment(self.storage.as_ref(), seq, self.next_lsn, self.segment_size)?;
+        self.sealed.push(old);
+        self.data_since = None;
         self.name = segment_file_name(seq);
         self.seq = seq;
         self.salt = segment_salt(seq);
         self.offset = SEGMENT_HEADER_LEN as u64;
+        self.stats.active_bytes.store(self.offset, Relaxed);
         self.synced_offset = self.offset;
         self.unsynced = false;
         self.stats.segments.fetch_add(1, Relaxed);

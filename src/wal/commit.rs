@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::appender::Appender;
+use super::appender::{Appender, Sealed};
 use super::durable::{self, Keeper};
 use super::keys::KeyIndex;
 use super::record::{Record, SCHEMA};
@@ -246,6 +246,9 @@ pub struct Append<J> {
 pub enum WalMsg<J> {
     /// Append records.
     Append(Append<J>),
+    /// Write and sync what is queued, then seal the current segment if it holds any record
+    /// (a checkpoint can then cover everything written so far); reply whether it did.
+    Seal(Sender<Result<bool, Arc<WalError>>>),
     /// Write and sync what is queued, reply, and stop.
     Stop(Sender<()>),
 }
@@ -257,13 +260,25 @@ pub enum WalEvent<J> {
     Durable(Vec<J>),
     /// The WAL failed and accepts nothing more until restart.
     Failed(Arc<WalError>),
+    /// Segments were sealed (synced, never written again), oldest first.
+    Sealed(Vec<Sealed>),
+}
+
+/// How the commit thread runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// When appends are durable.
+    pub mode: SyncMode,
+    /// Seal the current segment once its first record (a sync mark aside) is this old, so that
+    /// an idle log's records can be released too; `None`: only when full (or asked).
+    pub seal_after: Option<Duration>,
 }
 
 /// Starts the commit thread. `events` hears of the jobs of each group once they are durable (in
 /// the group's order), and of a failure.
 pub fn spawn<J: Keyed>(
     appender: Appender,
-    mode: SyncMode,
+    opts: Options,
     keys: KeyIndex,
     rx: Receiver<WalMsg<J>>,
     events: Box<dyn FnMut(WalEvent<J>) + Send>,
@@ -275,7 +290,8 @@ pub fn spawn<J: Keyed>(
             CommitLoop {
                 durable,
                 appender,
-                mode,
+                mode: opts.mode,
+                seal_after: opts.seal_after,
                 keys,
                 rx,
                 events,
@@ -302,6 +318,7 @@ struct CommitLoop<J> {
     durable: Keeper,
     appender: Appender,
     mode: SyncMode,
+    seal_after: Option<Duration>,
     keys: KeyIndex,
     rx: Receiver<WalMsg<J>>,
     events: Box<dyn FnMut(WalEvent<J>) + Send>,
@@ -327,6 +344,7 @@ impl<J: Keyed> CommitLoop<J> {
                 None => break,
             };
             let mut stop = None;
+            let mut seal = None;
             let mut bytes = 0usize;
             let mut msg = Some(first);
             while let Some(m) = msg.take() {
@@ -334,6 +352,10 @@ impl<J: Keyed> CommitLoop<J> {
                     WalMsg::Append(a) => {
                         bytes += a.records.byte_len();
                         group.push(a);
+                    }
+                    WalMsg::Seal(s) => {
+                        seal = Some(s);
+                        break;
                     }
                     WalMsg::Stop(s) => {
                         stop = Some(s);
@@ -347,6 +369,13 @@ impl<J: Keyed> CommitLoop<J> {
             let failure = self.commit(&group, stop.is_some());
             self.durable.note(self.appender.durable_lsn());
             self.finish_group(&mut group, failure);
+            if let Some(s) = seal {
+                let r = self.seal();
+                // What it sealed is reported before the answer: whoever asked hears of it first.
+                self.report_sealed();
+                let _ = s.send(r);
+            }
+            self.report_sealed();
             if let Some(s) = stop {
                 self.close();
                 let _ = s.send(());
@@ -378,6 +407,33 @@ impl<J: Keyed> CommitLoop<J> {
         self.durable.finish(closed.is_ok());
     }
 
+    /// Seals the current segment (see [`WalMsg::Seal`]).
+    fn seal(&mut self) -> Result<bool, Arc<WalError>> {
+        match self.appender.seal() {
+            Ok(sealed) => {
+                if sealed {
+                    self.last_sync = Instant::now();
+                    self.unsynced_since = None;
+                    self.durable.note(self.appender.durable_lsn());
+                }
+                Ok(sealed)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                self.report_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the runtime of segments sealed since the last time.
+    fn report_sealed(&mut self) {
+        let sealed = self.appender.take_sealed();
+        if !sealed.is_empty() {
+            (self.events)(WalEvent::Sealed(sealed));
+        }
+    }
+
     /// Tells the runtime, once, that the WAL failed.
     fn report_failure(&mut self, e: &Arc<WalError>) {
         if !self.failed {
@@ -391,18 +447,21 @@ impl<J: Keyed> CommitLoop<J> {
     fn next_message(&mut self) -> Option<WalMsg<J>> {
         loop {
             let (sync_at, mark_at) = self.timers();
-            let deadline = match (sync_at, mark_at) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => match a.or(b) {
-                    Some(d) => d,
-                    None => return self.rx.recv().ok(),
-                },
+            let seal_at = self.seal_at();
+            let Some(deadline) = [sync_at, mark_at, seal_at].into_iter().flatten().min() else {
+                return self.rx.recv().ok();
             };
             match self.rx.recv_deadline(deadline) {
                 Ok(m) => return Some(m),
                 Err(RecvTimeoutError::Timeout) => {
                     let now = Instant::now();
-                    if sync_at.is_some_and(|t| t <= now) {
+                    if seal_at.is_some_and(|t| t <= now) {
+                        // Sealing writes and syncs what is pending first.
+                        if self.seal().is_ok() {
+                            log::debug!("WAL: sealed the current segment: its first record is older than {:?}", self.seal_after.unwrap_or_default());
+                        }
+                        self.report_sealed();
+                    } else if sync_at.is_some_and(|t| t <= now) {
                         match self.appender.sync() {
                             Ok(()) => {
                                 self.last_sync = Instant::now();
@@ -426,6 +485,14 @@ impl<J: Keyed> CommitLoop<J> {
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    /// When the current segment is due to be sealed for its age (never after a failure).
+    fn seal_at(&self) -> Option<Instant> {
+        if self.appender.failed().is_some() {
+            return None;
+        }
+        Some(self.appender.data_since()? + self.seal_after?)
     }
 
     /// When to wake up without a message: to sync (batch mode with unsynced data, or deferred
@@ -666,7 +733,10 @@ mod tests {
         let (jtx, jrx) = crossbeam_channel::unbounded();
         let h = spawn(
             app,
-            mode,
+            Options {
+                mode,
+                seal_after: None,
+            },
             KeyIndex::new(1 << 40, 1000),
             rx,
             Box::new(move |j| {
@@ -935,6 +1005,7 @@ mod tests {
             durable: Keeper::spawn(durable::Writer::new(Arc::new(storage.clone()))),
             appender: app,
             mode: SyncMode::Batch(Duration::from_millis(200)),
+            seal_after: None,
             keys: KeyIndex::new(1 << 40, 1000),
             rx,
             events: Box::new(|_: WalEvent| {}),

@@ -7,7 +7,7 @@
 //! after the cut (synced bytes, plus optionally part of what was written but not synced). Tests use
 //! it to check crash consistency without global fail-points, so they run in parallel.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -44,18 +44,42 @@ pub trait Storage: Send + Sync {
     fn sync_dir(&self) -> io::Result<()>;
     /// A human-readable location of `name`, for messages.
     fn location(&self, name: &str) -> String;
+    /// Renames `from` to `to` in the directory, replacing `to` if it exists (atomically: a crash
+    /// leaves one or the other). The new name is durable after [`Storage::sync_dir`].
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// The archive beside this directory (`DATA/archive` beside `DATA/wal`), as a storage of its
+    /// own, or `None` when this storage has none.
+    fn archive(&self) -> Option<Box<dyn Storage>>;
+    /// Moves `name` into the archive under the same name, creating the archive directory first if
+    /// need be. The move is durable once the archive's directory and then this one are synced;
+    /// a crash before that leaves the file under one name or the other.
+    fn move_to_archive(&self, name: &str) -> io::Result<()>;
+    /// When the file was last written (ms since the epoch).
+    fn modified_ms(&self, name: &str) -> io::Result<u64>;
 }
 
 /// Segment files in a real directory.
 #[derive(Debug, Clone)]
 pub struct FileStorage {
     dir: PathBuf,
+    archive: Option<PathBuf>,
 }
 
 impl FileStorage {
-    /// Storage over `dir` (which must exist).
+    /// Storage over `dir` (which must exist), without an archive.
     pub fn new(dir: impl Into<PathBuf>) -> FileStorage {
-        FileStorage { dir: dir.into() }
+        FileStorage {
+            dir: dir.into(),
+            archive: None,
+        }
+    }
+    /// The log of a data directory: `DATA/wal`, with its archive `DATA/archive` (created when a
+    /// segment is first archived).
+    pub fn data_dir(data: &Path) -> FileStorage {
+        FileStorage {
+            dir: data.join("wal"),
+            archive: Some(data.join("archive")),
+        }
     }
     /// The directory.
     pub fn dir(&self) -> &Path {
@@ -137,6 +161,38 @@ impl Storage for FileStorage {
     fn location(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+    fn archive(&self) -> Option<Box<dyn Storage>> {
+        let dir = self.archive.clone()?;
+        Some(Box::new(FileStorage { dir, archive: None }))
+    }
+    fn move_to_archive(&self, name: &str) -> io::Result<()> {
+        let Some(archive) = &self.archive else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this log has no archive directory",
+            ));
+        };
+        if !archive.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(archive) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            // The new directory's own entry, in its parent.
+            if let Some(parent) = archive.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        std::fs::rename(self.dir.join(name), archive.join(name))
+    }
+    fn modified_ms(&self, name: &str) -> io::Result<u64> {
+        let t = std::fs::metadata(self.dir.join(name))?.modified()?;
+        Ok(t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64))
+    }
 }
 
 /// What an injected fault does.
@@ -167,13 +223,21 @@ struct MemFile {
     current: Vec<u8>,
     /// Writes since the last sync, in order, for torn images.
     unsynced: Vec<(u64, Vec<u8>)>,
+    /// When it was last written (ms since the epoch).
+    mtime: u64,
 }
+
+/// The archive's names in the one shared name space of a [`MemStorage`].
+const ARCHIVE_PREFIX: &str = "archive/";
 
 #[derive(Default)]
 struct MemState {
-    files: BTreeMap<String, MemFile>,
-    /// Names whose directory entry is durable.
-    durable_names: BTreeSet<String>,
+    /// The files' contents, by inode number (never reused: a handle outlives a removed name).
+    inodes: Vec<MemFile>,
+    /// Directory entries now: name -> inode. Archive names start with [`ARCHIVE_PREFIX`].
+    names: BTreeMap<String, usize>,
+    /// Directory entries as of each directory's last sync: what a power cut leaves.
+    durable_names: BTreeMap<String, usize>,
     ops: u64,
     /// fdatasyncs so far.
     syncs: u64,
@@ -183,10 +247,14 @@ struct MemState {
 
 /// In-memory segments with per-instance fault injection (tests and benchmarks).
 ///
-/// A mutex guards the state: this backend is for tests, where the WAL writer is its only user.
+/// Files are inodes behind names, as on a real file system: a rename or a removal changes only
+/// the directory entry, and entries become durable per directory (the log's, the archive's) when
+/// that directory is synced. A mutex guards the state: this backend is for tests.
 #[derive(Clone, Default)]
 pub struct MemStorage {
     state: Arc<Mutex<MemState>>,
+    /// `""` for the log's directory, [`ARCHIVE_PREFIX`] for the archive's view.
+    area: &'static str,
 }
 
 fn eio(what: &str) -> io::Error {
@@ -199,6 +267,15 @@ trait WithContext {
 impl WithContext for io::Error {
     fn with_context(self, what: &str) -> io::Error {
         io::Error::new(self.kind(), format!("{what}: {self}"))
+    }
+}
+
+/// Whether the full name `full` lies in `area` (the log's names hold no `/`).
+fn in_area(full: &str, area: &str) -> bool {
+    if area.is_empty() {
+        !full.contains('/')
+    } else {
+        full.starts_with(area)
     }
 }
 
@@ -216,9 +293,13 @@ impl MemStorage {
     }
 
     /// Number of counted operations (creates, fallocates, writes, truncates, syncs, directory
-    /// syncs, removes) so far.
+    /// syncs, renames, removes) so far.
     pub fn ops(&self) -> u64 {
         self.state.lock().expect("mem storage").ops
+    }
+
+    fn full(&self, name: &str) -> String {
+        format!("{}{name}", self.area)
     }
 
     /// The disk after the power cut: synced bytes of every file whose directory entry was synced,
@@ -272,53 +353,55 @@ impl MemStorage {
         })
     }
 
-    /// A new storage holding, for every file whose directory entry was synced, what `disk` says
-    /// survived of it.
+    /// A new storage (the log's view) holding, for every durable directory entry, what `disk`
+    /// says survived of its file.
     fn image(&self, mut disk: impl FnMut(&MemFile) -> Vec<u8>) -> MemStorage {
         let st = self.state.lock().expect("mem storage");
         let mut out = MemState::default();
-        for name in &st.durable_names {
-            let Some(f) = st.files.get(name) else {
-                continue;
-            };
-            let data = disk(f);
-            out.files.insert(
-                name.clone(),
-                MemFile {
-                    durable: data.clone(),
-                    current: data,
-                    unsynced: Vec::new(),
-                },
-            );
-            out.durable_names.insert(name.clone());
+        for (name, &ino) in &st.durable_names {
+            let data = disk(&st.inodes[ino]);
+            out.inodes.push(MemFile {
+                durable: data.clone(),
+                current: data,
+                unsynced: Vec::new(),
+                mtime: st.inodes[ino].mtime,
+            });
+            out.names.insert(name.clone(), out.inodes.len() - 1);
+            out.durable_names.insert(name.clone(), out.inodes.len() - 1);
         }
         MemStorage {
             state: Arc::new(Mutex::new(out)),
+            area: "",
         }
     }
 
     /// A copy of a file's current bytes (tests poke at it).
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.state
-            .lock()
-            .expect("mem storage")
-            .files
-            .get(name)
-            .map(|f| f.current.clone())
+        let st = self.state.lock().expect("mem storage");
+        let ino = *st.names.get(&self.full(name))?;
+        Some(st.inodes[ino].current.clone())
     }
 
     /// Replaces a file's bytes, durably (tests corrupt segments with it).
     pub fn set_file_bytes(&self, name: &str, bytes: Vec<u8>) {
         let mut st = self.state.lock().expect("mem storage");
-        st.durable_names.insert(name.to_string());
-        st.files.insert(
-            name.to_string(),
-            MemFile {
-                durable: bytes.clone(),
-                current: bytes,
-                unsynced: Vec::new(),
-            },
-        );
+        st.inodes.push(MemFile {
+            durable: bytes.clone(),
+            current: bytes,
+            unsynced: Vec::new(),
+            mtime: crate::clock::now_ms(),
+        });
+        let ino = st.inodes.len() - 1;
+        st.names.insert(self.full(name), ino);
+        st.durable_names.insert(self.full(name), ino);
+    }
+
+    /// Sets when a file was last written (tests of the archive's retention).
+    pub fn set_modified_ms(&self, name: &str, ms: u64) {
+        let mut st = self.state.lock().expect("mem storage");
+        if let Some(&ino) = st.names.get(&self.full(name)) {
+            st.inodes[ino].mtime = ms;
+        }
     }
 
     /// Counts one operation and applies the fault plan to it.
@@ -367,14 +450,17 @@ fn write_into(data: &mut Vec<u8>, off: u64, buf: &[u8]) {
 
 struct MemHandle {
     storage: MemStorage,
+    /// The file (it stays reachable through the handle after a rename or removal).
+    ino: usize,
+    /// The name it was opened under (for [`Fault::SyncFailsAt`], which counts segment syncs).
     name: String,
     write: bool,
 }
 
 impl MemHandle {
-    fn with<R>(&self, f: impl FnOnce(&mut MemState, &str) -> io::Result<R>) -> io::Result<R> {
+    fn with<R>(&self, f: impl FnOnce(&mut MemState, usize) -> io::Result<R>) -> io::Result<R> {
         let mut st = self.storage.state.lock().expect("mem storage");
-        f(&mut st, &self.name)
+        f(&mut st, self.ino)
     }
     fn check_write(&self) -> io::Result<()> {
         if self.write {
@@ -388,16 +474,10 @@ impl MemHandle {
     }
 }
 
-fn file<'a>(st: &'a mut MemState, name: &str) -> io::Result<&'a mut MemFile> {
-    st.files
-        .get_mut(name)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name}: removed")))
-}
-
 impl SegmentFile for MemHandle {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
-        self.with(|st, name| {
-            let f = file(st, name)?;
+        self.with(|st, ino| {
+            let f = &st.inodes[ino];
             let start = (off as usize).min(f.current.len());
             let n = buf.len().min(f.current.len() - start);
             buf[..n].copy_from_slice(&f.current[start..start + n]);
@@ -407,44 +487,45 @@ impl SegmentFile for MemHandle {
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         self.check_write()?;
         let s = self.storage.clone();
-        self.with(|st, name| {
+        self.with(|st, ino| {
             s.op(st, "write")?;
-            let f = file(st, name)?;
+            let f = &mut st.inodes[ino];
             write_into(&mut f.current, off, buf);
             f.unsynced.push((off, buf.to_vec()));
+            f.mtime = crate::clock::now_ms();
             Ok(())
         })
     }
     fn sync_data(&self) -> io::Result<()> {
         let s = self.storage.clone();
-        self.with(|st, name| {
-            s.op_on(st, SYNC_OP, name)?;
-            let f = file(st, name)?;
+        self.with(|st, ino| {
+            s.op_on(st, SYNC_OP, &self.name)?;
+            let f = &mut st.inodes[ino];
             f.durable = f.current.clone();
             f.unsynced.clear();
             Ok(())
         })
     }
     fn size(&self) -> io::Result<u64> {
-        self.with(|st, name| Ok(file(st, name)?.current.len() as u64))
+        self.with(|st, ino| Ok(st.inodes[ino].current.len() as u64))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.check_write()?;
         let s = self.storage.clone();
-        self.with(|st, name| {
+        self.with(|st, ino| {
             s.op(st, "truncate")?;
-            let f = file(st, name)?;
             // The new size becomes durable with the next sync, like written bytes.
-            f.current.resize(len as usize, 0);
+            st.inodes[ino].current.resize(len as usize, 0);
+            st.inodes[ino].mtime = crate::clock::now_ms();
             Ok(())
         })
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.check_write()?;
         let s = self.storage.clone();
-        self.with(|st, name| {
+        self.with(|st, ino| {
             s.op(st, "fallocate")?;
-            let f = file(st, name)?;
+            let f = &mut st.inodes[ino];
             if (f.current.len() as u64) < len {
                 f.current.resize(len as usize, 0);
             }
@@ -455,45 +536,51 @@ impl SegmentFile for MemHandle {
 
 impl Storage for MemStorage {
     fn list(&self) -> io::Result<Vec<String>> {
-        Ok(self
-            .state
-            .lock()
-            .expect("mem storage")
-            .files
+        let st = self.state.lock().expect("mem storage");
+        Ok(st
+            .names
             .keys()
-            .cloned()
+            .filter(|n| in_area(n, self.area))
+            .map(|n| n[self.area.len()..].to_string())
             .collect())
     }
     fn create(&self, name: &str) -> io::Result<Box<dyn SegmentFile>> {
-        {
+        let ino = {
             let mut st = self.state.lock().expect("mem storage");
             self.op(&mut st, "create")?;
-            if st.files.contains_key(name) {
+            let full = self.full(name);
+            if st.names.contains_key(&full) {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     name.to_string(),
                 ));
             }
-            st.files.insert(name.to_string(), MemFile::default());
-        }
+            st.inodes.push(MemFile {
+                mtime: crate::clock::now_ms(),
+                ..MemFile::default()
+            });
+            let ino = st.inodes.len() - 1;
+            st.names.insert(full, ino);
+            ino
+        };
         Ok(Box::new(MemHandle {
             storage: self.clone(),
+            ino,
             name: name.to_string(),
             write: true,
         }))
     }
     fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn SegmentFile>> {
-        if !self
+        let ino = *self
             .state
             .lock()
             .expect("mem storage")
-            .files
-            .contains_key(name)
-        {
-            return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
-        }
+            .names
+            .get(&self.full(name))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
         Ok(Box::new(MemHandle {
             storage: self.clone(),
+            ino,
             name: name.to_string(),
             write,
         }))
@@ -501,18 +588,70 @@ impl Storage for MemStorage {
     fn remove(&self, name: &str) -> io::Result<()> {
         let mut st = self.state.lock().expect("mem storage");
         self.op(&mut st, "remove")?;
-        st.files.remove(name);
-        st.durable_names.remove(name);
-        Ok(())
+        st.names
+            .remove(&self.full(name))
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
     }
     fn sync_dir(&self) -> io::Result<()> {
         let mut st = self.state.lock().expect("mem storage");
         self.op(&mut st, "fsync dir")?;
-        st.durable_names = st.files.keys().cloned().collect();
+        let area = self.area;
+        st.durable_names.retain(|n, _| !in_area(n, area));
+        let now: Vec<(String, usize)> = st
+            .names
+            .iter()
+            .filter(|(n, _)| in_area(n, area))
+            .map(|(n, &i)| (n.clone(), i))
+            .collect();
+        st.durable_names.extend(now);
         Ok(())
     }
     fn location(&self, name: &str) -> String {
-        format!("mem:{name}")
+        format!("mem:{}", self.full(name))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut st = self.state.lock().expect("mem storage");
+        self.op(&mut st, "rename")?;
+        let ino = st
+            .names
+            .remove(&self.full(from))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
+        st.names.insert(self.full(to), ino);
+        Ok(())
+    }
+    fn archive(&self) -> Option<Box<dyn Storage>> {
+        if !self.area.is_empty() {
+            return None;
+        }
+        Some(Box::new(MemStorage {
+            state: self.state.clone(),
+            area: ARCHIVE_PREFIX,
+        }))
+    }
+    fn move_to_archive(&self, name: &str) -> io::Result<()> {
+        if !self.area.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the archive has no archive",
+            ));
+        }
+        let mut st = self.state.lock().expect("mem storage");
+        self.op(&mut st, "rename")?;
+        let ino = st
+            .names
+            .remove(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
+        st.names.insert(format!("{ARCHIVE_PREFIX}{name}"), ino);
+        Ok(())
+    }
+    fn modified_ms(&self, name: &str) -> io::Result<u64> {
+        let st = self.state.lock().expect("mem storage");
+        let ino = *st
+            .names
+            .get(&self.full(name))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
+        Ok(st.inodes[ino].mtime)
     }
 }
 

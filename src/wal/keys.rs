@@ -75,6 +75,19 @@ impl KeyIndex {
         }
     }
 
+    /// Restores a key as a checkpoint holds it (unless it expired by `now` or is known).
+    pub fn restore(&mut self, key: &str, e: KeyEntry, now: u64) {
+        let retention = self.retention_ms;
+        self.insert(key, e.id, e.lsn, e.expires.saturating_sub(retention), now);
+    }
+
+    /// Every key known, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &KeyEntry)> {
+        self.order
+            .iter()
+            .filter_map(|k| self.map.get(k).map(|e| (&**k, e)))
+    }
+
     /// Forgets keys whose retention has passed (oldest first; cheap when nothing expired).
     pub fn expire(&mut self, now: u64) {
         while let Some(front) = self.order.front() {

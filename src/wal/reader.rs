@@ -90,8 +90,37 @@ pub struct LogScan {
     pub segments: Vec<SegmentScan>,
     /// The LSN the next record gets.
     pub next_lsn: u64,
+    /// The sequence number the next new segment gets when no segment is left to append to.
+    pub next_seq: u64,
     /// The highest LSN a sync mark says was durable (0 if none).
     pub marked_lsn: u64,
+    /// Segments a checkpoint covers that are still in the directory (their release was cut
+    /// short): not read.
+    pub covered: Vec<(u64, String)>,
+}
+
+/// Where reading starts: after the records a checkpoint covers (segments up to `seq`, LSNs up to
+/// `lsn`), or at the log's beginning ([`After::START`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct After {
+    /// The last segment covered (0: none).
+    pub seq: u64,
+    /// The last LSN covered (0: none).
+    pub lsn: u64,
+}
+
+impl After {
+    /// The beginning of a log without a checkpoint.
+    pub const START: After = After { seq: 0, lsn: 0 };
+
+    /// From segment `seq` on, at whatever LSN its header says (reading an archive, whose oldest
+    /// segments retention deleted).
+    pub fn from_segment(seq: u64) -> After {
+        After {
+            seq: seq.saturating_sub(1),
+            lsn: 0,
+        }
+    }
 }
 
 impl LogScan {
@@ -170,10 +199,37 @@ pub fn walk_log(
     on_damage: OnDamage,
     visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
 ) -> (LogScan, Vec<WalError>) {
+    walk_log_after(storage, After::START, on_damage, visit)
+}
+
+/// [`read_log`] from `after`: the segments a checkpoint covers are skipped (listed in
+/// [`LogScan::covered`]), and the first one read must continue where it ends.
+pub fn read_log_after(
+    storage: &dyn Storage,
+    after: After,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+) -> Result<LogScan, WalError> {
+    let (scan, mut problems) = walk_log_after(storage, after, OnDamage::Stop, visit);
+    if problems.is_empty() {
+        Ok(scan)
+    } else {
+        Err(problems.swap_remove(0))
+    }
+}
+
+/// [`walk_log`] from `after` (see [`read_log_after`]).
+pub fn walk_log_after(
+    storage: &dyn Storage,
+    after: After,
+    on_damage: OnDamage,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+) -> (LogScan, Vec<WalError>) {
     let mut scan = LogScan {
         segments: Vec::new(),
-        next_lsn: 1,
+        next_lsn: after.lsn + 1,
+        next_seq: after.seq + 1,
         marked_lsn: 0,
+        covered: Vec::new(),
     };
     let mut problems = Vec::new();
     // Read before the segments: it never claims more than what a reader then finds written.
@@ -187,23 +243,31 @@ pub fn walk_log(
             0
         }
     };
-    let segs = match list_segments(storage) {
+    let mut segs = match list_segments(storage) {
         Ok(s) => s,
         Err(e) => {
             problems.push(e);
             return (scan, problems);
         }
     };
-    // The LSN the next record must have; unknown after damage (then a header says it).
-    let mut expected = Some(1);
+    let first = segs.partition_point(|(seq, _)| *seq <= after.seq);
+    scan.covered = segs.drain(..first).collect();
+    // The LSN the next record must have; unknown after damage (then a header says it), and at
+    // the start of an archive (`After::from_segment`).
+    let mut expected = (after.seq == 0 || after.lsn > 0).then_some(after.lsn + 1);
     for (i, (seq, name)) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
-        if i > 0 && *seq != segs[i - 1].0 + 1 {
-            problems.push(WalError::corrupt(
-                storage.location(name),
-                0,
-                format!("segment sequence gap: {} follows {}", seq, segs[i - 1].0),
-            ));
+        let prev = if i > 0 { segs[i - 1].0 } else { after.seq };
+        if *seq != prev + 1 && (i > 0 || after.seq > 0) {
+            let what = if i > 0 {
+                format!("segment sequence gap: {seq} follows {prev}")
+            } else {
+                format!(
+                    "segment sequence gap: the checkpoint covers the log through segment {prev}, \
+                     but the next segment is {seq}"
+                )
+            };
+            problems.push(WalError::corrupt(storage.location(name), 0, what));
             if on_damage == OnDamage::Stop {
                 break;
             }
@@ -247,6 +311,7 @@ pub fn walk_log(
         };
         let flow = seg.run(expected, visit);
         let s = seg.scan;
+        scan.next_seq = s.seq + 1;
         if let Some(l) = s.last_lsn {
             scan.next_lsn = l + 1;
         } else if s.first_lsn > 0 && !matches!(s.tail, Tail::Damaged { .. }) {
@@ -263,7 +328,7 @@ pub fn walk_log(
     }
     // Records the durable point vouches for must all be there: a log that ends sooner lost its
     // tail (wiped, or its last segment removed), whatever the marks inside it say.
-    let last = scan.last_lsn().unwrap_or(0);
+    let last = scan.last_lsn().unwrap_or(after.lsn);
     if problems.is_empty() && last < vouched {
         let (name, end) = scan
             .segments
@@ -283,6 +348,53 @@ pub fn walk_log(
         }
     }
     (scan, problems)
+}
+
+/// Reads one sealed segment (`seq`, whose first record must have LSN `first_lsn`), calling
+/// `visit` for each record. A sealed segment was synced whole, so any bad record is damage.
+pub fn read_sealed(
+    storage: &dyn Storage,
+    seq: u64,
+    first_lsn: u64,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+) -> Result<SegmentScan, WalError> {
+    let name = super::format::segment_file_name(seq);
+    let file = storage
+        .open(&name, false)
+        .map_err(|e| WalError::io(storage.location(&name), e))?;
+    let mut problems = Vec::new();
+    let mut marked = 0;
+    let mut seg = SegmentWalk {
+        loc: storage.location(&name),
+        seq,
+        is_last: false,
+        on_damage: OnDamage::Stop,
+        w: Window {
+            file: file.as_ref(),
+            buf: Vec::new(),
+            start: 0,
+            file_len: 0,
+        },
+        scan: SegmentScan {
+            name: name.clone(),
+            seq,
+            first_lsn: 0,
+            records: 0,
+            last_lsn: None,
+            end: 0,
+            file_len: 0,
+            tail: Tail::Clean,
+        },
+        marked: &mut marked,
+        vouched: 0,
+        problems: &mut problems,
+    };
+    seg.run(Some(first_lsn), visit);
+    let scan = seg.scan;
+    match problems.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(scan),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

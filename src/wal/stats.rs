@@ -22,6 +22,8 @@ pub struct WalStats {
     pub max_group: AtomicU64,
     /// Segments in `wal/`.
     pub segments: AtomicU64,
+    /// Bytes used in the current segment (header included).
+    pub active_bytes: AtomicU64,
     /// Idempotency keys known.
     pub keys: AtomicU64,
     /// Keys forgotten early because of `max_keys`.
@@ -39,6 +41,7 @@ impl Default for WalStats {
             fsyncs: AtomicU64::new(0),
             max_group: AtomicU64::new(0),
             segments: AtomicU64::new(0),
+            active_bytes: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             keys_evicted: AtomicU64::new(0),
             fsync_us: std::array::from_fn(|_| AtomicU64::new(0)),

@@ -39,6 +39,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Too many connections.
     Busy,
+    /// A checkpoint could not be taken (the message says why); the daemon goes on, and retries
+    /// automatic checkpoints with a backoff.
+    CheckpointFailed,
     /// A code this build does not know (from a newer daemon).
     #[serde(other)]
     Unknown,

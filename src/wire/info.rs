@@ -163,6 +163,39 @@ pub struct WalReport {
     /// while this is 0, every key inside the window deduplicates.
     #[serde(default)]
     pub keys_evicted: u64,
+    /// Checkpoints and the archive.
+    #[serde(default)]
+    pub checkpoint: CheckpointReport,
+}
+
+/// Checkpoints and the archive, in `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    /// Whether checkpoints are taken automatically (`checkpoints` in the config).
+    pub auto: bool,
+    /// Bytes of log a restart reads after the checkpoint (sealed segments and the current one).
+    pub bytes_since: u64,
+    /// Checkpoints taken since start.
+    pub checkpoints: u64,
+    /// When the checkpoint in place was taken (ms), if there is one.
+    pub last_at: Option<u64>,
+    /// The last LSN it covers.
+    pub last_lsn: u64,
+    /// How long the last one (since start) took (ms).
+    pub last_ms: u64,
+    /// Size of the checkpoint in place.
+    pub last_bytes: u64,
+    /// Failed attempts since start.
+    pub failures: u64,
+    /// The last failure, until a checkpoint succeeds again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Segments released since start.
+    pub released: u64,
+    /// Segments in `DATA/archive/`.
+    pub archive_segments: u64,
+    /// Bytes in `DATA/archive/`.
+    pub archive_bytes: u64,
 }
 
 /// How a kind that talks to an outside service is faring.

@@ -11,8 +11,10 @@ mod request;
 
 pub use error::{ErrorCode, Rejection};
 pub use info::{
-    AttemptInfo, AttemptOutcome, JobInfo, KindHealth, Percentiles, QueueStats, SchedStats, State,
-    Stats, WalReport,
+    AttemptInfo, AttemptOutcome, CheckpointReport, JobInfo, KindHealth, Percentiles, QueueStats,
+    SchedStats, State, Stats, WalReport,
 };
-pub use reply::{BatchSubmitted, Cancelled, DeadJobs, Hello, Ids, JobStatus, Submitted};
+pub use reply::{
+    BatchSubmitted, Cancelled, CheckpointTaken, DeadJobs, Hello, Ids, JobStatus, Submitted,
+};
 pub use request::{DeadSelect, JobSpec, Request, Submit, MAX_BATCH, PROTOCOL_VERSION};

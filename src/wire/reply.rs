@@ -75,6 +75,25 @@ pub struct Ids {
     pub ids: Vec<u64>,
 }
 
+/// `checkpoint`'s reply: what the checkpoint covers and what it released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointTaken {
+    /// The last LSN it covers.
+    pub lsn: u64,
+    /// The last segment it covers.
+    pub segment: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Live jobs it holds.
+    pub jobs: u64,
+    /// Idempotency keys it holds.
+    pub keys: u64,
+    /// Segments released to the archive (or deleted, with `archive_retention = "0s"`).
+    pub released: u64,
+    /// How long it took (ms).
+    pub ms: u64,
+}
+
 /// An `ok: false` reply, as a client reads it.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ErrorReply {

@@ -206,6 +206,8 @@ pub enum Request<'a> {
     DeadRetry(DeadSelect<'a>),
     /// `dead_purge`: one job, or all (of a queue, dead before a time).
     DeadPurge(DeadSelect<'a>),
+    /// `checkpoint`: take a checkpoint now (sealing the current segment first).
+    Checkpoint,
 }
 
 /// Which dead jobs a `dead_retry` or `dead_purge` is about: one by `id`, or `all` (with filters).
@@ -346,8 +348,8 @@ fn missing(field: &str) -> Rejection {
 }
 
 /// Every op, for the error about an unknown one.
-const OPS: &str =
-    "hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, dead_purge";
+const OPS: &str = "hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, \
+                   dead_purge, checkpoint";
 
 const SUBMIT_FIELDS: &[&str] = &[
     "queue",
@@ -387,6 +389,10 @@ impl<'a> Request<'a> {
             "stats" => {
                 w.only(&["client"])?;
                 Ok(Request::Stats)
+            }
+            "checkpoint" => {
+                w.only(&[])?;
+                Ok(Request::Checkpoint)
             }
             "status" | "cancel" => {
                 w.only(&["id"])?;

@@ -1,4 +1,7 @@
-//! `duejob wal dump DATA`: every record, one per line (text or JSON), filtered by job or time.
+//! `duejob wal dump DATA`: every record, one per line (text or JSON), filtered by job or time:
+//! the archive's segments first, then the log after the checkpoint. With `--job`, a job the
+//! checkpoint holds is shown as it holds it too (its records may be past the archive's
+//! retention).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,11 +9,9 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use super::wal_dir;
+use super::{open_log, read_history};
 use crate::cli::fmt::{parse_time, time};
 use crate::cli::CliResult;
-use duejob::wal::io::FileStorage;
-use duejob::wal::reader::read_log;
 use duejob::wal::record::Record;
 
 /// `wal dump` arguments.
@@ -58,11 +59,27 @@ fn record_json(r: &Record<'_>) -> serde_json::Value {
 
 /// `wal dump`.
 pub fn dump(a: &DumpArgs) -> CliResult {
-    let dir = wal_dir(&a.data)?;
-    let storage = FileStorage::new(&dir);
+    let (_, storage) = open_log(&a.data)?;
+    let summary = duejob::checkpoint::summary(&storage)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let (Some(id), Some(s)) = (a.job, &summary) {
+        if let Some(job) = duejob::checkpoint::job(&storage, id)? {
+            if a.json {
+                let line = serde_json::json!({"checkpoint": s.covered_lsn, "job": job});
+                serde_json::to_writer(&mut out, &line)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "checkpoint through LSN {}: job {id} {}",
+                    s.covered_lsn,
+                    serde_json::to_string(&job)?
+                )?;
+            }
+        }
+    }
     let mut io_err: Option<std::io::Error> = None;
-    let scan = read_log(&storage, &mut |r| {
+    let scan = read_history(&storage, summary.as_ref(), &mut |r| {
         let t = r.record.time();
         if a.job.is_some_and(|j| Some(j) != r.record.job_id())
             || a.since.is_some_and(|s| t < s)
@@ -107,7 +124,7 @@ pub fn dump(a: &DumpArgs) -> CliResult {
     if let Some(e) = io_err {
         return Err(e.into());
     }
-    let scan = scan?;
+    let (_, scan) = scan?;
     out.flush()?;
     if let Some((name, off, reason)) = scan.torn_tail() {
         eprintln!("note: segment {name} ends with an incomplete record at offset {off} ({reason})");

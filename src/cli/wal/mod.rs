@@ -13,8 +13,12 @@ pub mod salvage;
 
 use std::path::{Path, PathBuf};
 
-use duejob::wal::io::FileStorage;
-use duejob::wal::reader::{verify_log, Tail};
+use duejob::checkpoint::Summary;
+use duejob::wal::io::{FileStorage, Storage};
+use duejob::wal::reader::{
+    list_segments, read_log_after, walk_log_after, After, LogScan, OnDamage, RecordView, Tail,
+};
+use duejob::wal::WalError;
 
 pub use dump::{dump, DumpArgs};
 pub use inspect::inspect;
@@ -44,6 +48,51 @@ pub fn wal_dir(data: &Path) -> Result<PathBuf, String> {
     ))
 }
 
+/// The log of a data directory, with its archive (or a bare directory of segments, without).
+pub fn open_log(data: &Path) -> Result<(PathBuf, FileStorage), String> {
+    let dir = wal_dir(data)?;
+    let storage = if dir == data.join("wal") {
+        FileStorage::data_dir(data)
+    } else {
+        FileStorage::new(&dir)
+    };
+    Ok((dir, storage))
+}
+
+/// Reads what the data directory holds of its history, in log order: every archived segment,
+/// then the log after the checkpoint. Returns the archive's scan (if it has segments) and the
+/// log's.
+pub fn read_history(
+    storage: &FileStorage,
+    summary: Option<&Summary>,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+) -> Result<(Option<LogScan>, LogScan), WalError> {
+    let archived = match storage.archive() {
+        Some(a) if a.list().is_ok() => {
+            let segs = list_segments(a.as_ref())?;
+            match segs.first() {
+                Some((first, _)) => {
+                    let (scan, mut problems) = walk_log_after(
+                        a.as_ref(),
+                        After::from_segment(*first),
+                        OnDamage::Stop,
+                        visit,
+                    );
+                    if !problems.is_empty() {
+                        return Err(problems.swap_remove(0));
+                    }
+                    Some(scan)
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let after = summary.map_or(After::START, Summary::after);
+    let scan = read_log_after(storage, after, visit)?;
+    Ok((archived, scan))
+}
+
 /// `wal verify`: prints a summary on stdout, every problem (segment and offset) and what was
 /// read before it on stderr; returns the exit code: 0 when sound (an incomplete tail is noted, not
 /// an error), 1 otherwise.
@@ -55,8 +104,48 @@ pub fn verify(data: &Path) -> i32 {
             return 1;
         }
     };
-    let storage = FileStorage::new(&dir);
-    let (scan, problems) = verify_log(&storage);
+    let storage = match open_log(data) {
+        Ok((_, s)) => s,
+        Err(e) => {
+            eprintln!("duejob: error: {e}");
+            return 1;
+        }
+    };
+    let mut problems = Vec::new();
+    let summary = match duejob::checkpoint::summary(&storage) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    let after = summary.as_ref().map_or(After::START, Summary::after);
+    let (scan, more) = walk_log_after(&storage, after, OnDamage::NextSegment, &mut |_| Ok(()));
+    problems.extend(more);
+    let mut archived = (0, 0);
+    if let Some(a) = storage.archive() {
+        if let Ok(segs) = list_segments(a.as_ref()) {
+            if let Some((first, _)) = segs.first() {
+                let (ascan, aproblems) = walk_log_after(
+                    a.as_ref(),
+                    After::from_segment(*first),
+                    OnDamage::NextSegment,
+                    &mut |_| Ok(()),
+                );
+                archived = (ascan.segments.len(), ascan.records());
+                problems.extend(aproblems);
+            }
+        }
+    }
+    if let Some(s) = &summary {
+        println!(
+            "checkpoint: through LSN {} (segment {}): {} live jobs, {} finished, {} keys, {} bytes",
+            s.covered_lsn, s.covered_seq, s.jobs, s.done, s.keys, s.bytes
+        );
+    }
+    if archived.0 > 0 {
+        println!("archive: {} segments, {} records", archived.0, archived.1);
+    }
     for p in &problems {
         eprintln!("duejob: {p}");
     }

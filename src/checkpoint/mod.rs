@@ -1,0 +1,160 @@
+//! Checkpoints: the log stays bounded, and a restart reads the checkpoint and the log after it.
+//!
+//! Public, for the offline tools: [`summary`], [`census`] and [`job`] read a data directory's
+//! checkpoint (`wal/checkpoint`), checking every entry. The rest is internal:
+//!
+//! - `fold`: what the records leave of every job (shared with recovery).
+//! - `file`: the checkpoint file, `wal/checkpoint` (layout in `docs/wal-format.md`).
+//! - `worker`: the checkpointer thread: when to take one, taking it, releasing the segments it
+//!   covers to `DATA/archive/`, and the archive's retention.
+
+internal_mods! {
+    mod file;
+    mod fold;
+    mod worker;
+}
+
+use std::sync::Arc;
+
+use crate::job::census::{Census, Counted};
+use crate::job::State;
+use crate::wal::io::Storage;
+use crate::wal::reader::After;
+use crate::wal::WalError;
+use crate::wire::JobInfo;
+use file::{Entry, Read};
+use fold::{Fold, FoldJob, PURGED};
+
+/// What a checkpoint holds, in figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The last segment it covers (released once it is in place).
+    pub covered_seq: u64,
+    /// The last LSN it covers.
+    pub covered_lsn: u64,
+    /// The first job id never used.
+    pub next_id: u64,
+    /// When it was taken (ms).
+    pub created_at: u64,
+    /// Its size.
+    pub bytes: u64,
+    /// Jobs that have not finished.
+    pub jobs: u64,
+    /// Finished jobs of the history.
+    pub done: u64,
+    /// Idempotency keys.
+    pub keys: u64,
+}
+
+impl Summary {
+    /// Where the log after it starts.
+    pub fn after(&self) -> After {
+        After {
+            seq: self.covered_seq,
+            lsn: self.covered_lsn,
+        }
+    }
+
+    fn of(r: &Read) -> Summary {
+        Summary {
+            covered_seq: r.header.covered_seq,
+            covered_lsn: r.header.covered_lsn,
+            next_id: r.header.next_id,
+            created_at: r.header.created_at,
+            bytes: r.bytes,
+            jobs: r.end.jobs,
+            done: r.end.done,
+            keys: r.end.keys,
+        }
+    }
+}
+
+/// Reads the checkpoint of the log in `storage`, if there is one, checking every entry.
+pub fn summary(storage: &dyn Storage) -> Result<Option<Summary>, WalError> {
+    let read = file::read(storage, &mut |n: &str| Arc::from(n), &mut |_| {})?;
+    Ok(read.as_ref().map(Summary::of))
+}
+
+/// What the checkpoint says of every job, as a [`Census`] to feed the log after it.
+pub fn census(storage: &dyn Storage) -> Result<(Census, Option<Summary>), WalError> {
+    let mut census = Census::new();
+    let read = file::read(storage, &mut |n: &str| Arc::from(n), &mut |e| match e {
+        Entry::Job(j) | Entry::Done(j) => census.restore(j.id, &j.queue, j.core),
+        Entry::Key(..) => {}
+    })?;
+    if let Some(r) = &read {
+        for (q, how, n) in &r.end.released {
+            let counted = match State::ALL.get(*how as usize) {
+                Some(s) => Counted::State(*s),
+                None if *how == PURGED => Counted::Purged,
+                None => continue,
+            };
+            census.add_ended(q, counted, *n);
+        }
+    }
+    Ok((census, read.as_ref().map(Summary::of)))
+}
+
+/// Job `id` as the checkpoint holds it (a finished job without its payload), if it does.
+pub fn job(storage: &dyn Storage, id: u64) -> Result<Option<JobInfo>, WalError> {
+    let mut found: Option<FoldJob> = None;
+    file::read(storage, &mut |n: &str| Arc::from(n), &mut |e| match e {
+        Entry::Job(j) | Entry::Done(j) if j.id == id => found = Some(j),
+        _ => {}
+    })?;
+    Ok(found.map(|j| JobInfo {
+        id: j.id,
+        queue: j.queue.to_string(),
+        kind: j.kind.to_string(),
+        state: j.core.state,
+        submitted_at: j.submitted_at,
+        deadline: j.deadline,
+        run_at: j.run_at,
+        max_attempts: j.max_attempts,
+        timeout_ms: j.timeout_ms,
+        key: j.key.as_deref().map(Into::into),
+        next_attempt_at: j.core.retry_at(),
+        finished_at: j.core.finished_at(),
+        payload: j
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok()),
+        attempts: j.core.attempts,
+    }))
+}
+
+/// Reads the checkpoint, if any, into `fold`, and says where the log after it starts.
+pub(crate) fn load(
+    storage: &dyn Storage,
+    fold: &mut Fold,
+) -> Result<(After, Option<Read>), WalError> {
+    let now = fold.now();
+    let mut names = std::mem::take(&mut fold.names);
+    let mut keys = std::mem::take(&mut fold.keys);
+    let read = file::read(
+        storage,
+        &mut |n: &str| -> Arc<str> { names.get(n) },
+        &mut |e| match e {
+            Entry::Job(j) | Entry::Done(j) => fold.restore(j),
+            Entry::Key(k, e) => keys.restore(&k, e, now),
+        },
+    );
+    fold.names = names;
+    fold.keys = keys;
+    let read = read?;
+    let after = match &read {
+        Some(r) => {
+            fold.max_id = fold.max_id.max(r.header.next_id.saturating_sub(1));
+            for (q, how, n) in &r.end.released {
+                let q = fold.names.get(q);
+                *fold.released.entry((q, *how)).or_default() += n;
+            }
+            After {
+                seq: r.header.covered_seq,
+                lsn: r.header.covered_lsn,
+            }
+        }
+        None => After::START,
+    };
+    Ok((after, read))
+}

@@ -1,0 +1,623 @@
+//! The checkpointer thread: decides when to take a checkpoint, takes it, releases the segments it
+//! covers to `DATA/archive/`, and keeps the archive within its retention.
+//!
+//! It never touches the primary path: it reads sealed segments (synced, never written again) and
+//! the previous checkpoint, and writes `wal/checkpoint.tmp`; the group-commit thread and the
+//! dispatcher never wait for it. It talks to the commit thread only to ask it to seal the current
+//! segment (`duejob wal checkpoint`), and hears from it when a segment is sealed.
+//!
+//! Triggers, checked when a segment is sealed and once a second:
+//! - **tail**: the sealed segments after the checkpoint hold `after_bytes` (what a restart reads);
+//! - **dead**: at least half of what the checkpoint and those segments hold is dead (records of
+//!   jobs that finished, and the superseded records of live ones), estimated from a ledger of the
+//!   live jobs' sizes that is kept as each segment is sealed;
+//! - **age**: a sealed segment holding dead records has waited `seal_after` (the commit thread
+//!   seals the current segment on the same timer, so an idle daemon releases its log too);
+//! - **forced**: `duejob wal checkpoint`.
+//!
+//! A failure is logged, counted in `stats`, and retried with a backoff (1 s doubling to 5 min);
+//! the daemon goes on (G6).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::file::{self, Entry, Header};
+use super::fold::Fold;
+use crate::config::CheckpointConfig;
+use crate::idmap::{id_map, IdMap};
+use crate::wal::appender::Sealed;
+use crate::wal::io::Storage;
+use crate::wal::keys::KeyIndex;
+use crate::wal::reader::{list_segments, read_sealed, After};
+use crate::wal::record::{state_code, Record};
+use crate::wal::stats::WalStats;
+use crate::wal::WalError;
+
+/// Share of dead bytes that triggers a checkpoint.
+pub const DEAD_SHARE: f64 = 0.5;
+/// Longest wait between attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often the archive's retention is checked when nothing else happens.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// What the checkpointer needs to know beyond [`CheckpointConfig`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Triggers and the archive.
+    pub cfg: CheckpointConfig,
+    /// `key_retention` in ms.
+    pub key_retention_ms: u64,
+    /// `max_keys`.
+    pub max_keys: usize,
+    /// `history_limit`.
+    pub history_limit: usize,
+}
+
+/// Messages to the checkpointer.
+pub enum Msg {
+    /// Segments were sealed.
+    Sealed(Vec<Sealed>),
+    /// Take a checkpoint now (sealing the current segment first) and answer.
+    Force(Sender<Result<Done, String>>),
+    /// Stop.
+    Stop,
+}
+
+/// What one checkpoint did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    /// Why it was taken: `tail`, `dead`, `age` or `forced`.
+    pub reason: &'static str,
+    /// The last LSN it covers (0: there was nothing to cover).
+    pub lsn: u64,
+    /// The last segment it covers.
+    pub segment: u64,
+    /// Its size.
+    pub bytes: u64,
+    /// Live jobs in it.
+    pub jobs: u64,
+    /// Keys in it.
+    pub keys: u64,
+    /// Segments released (archived or deleted).
+    pub released: u64,
+    /// How long it took.
+    pub ms: u64,
+}
+
+/// Counters `stats` reads (written by the checkpointer only).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Checkpoints taken since start.
+    pub checkpoints: AtomicU64,
+    /// Failed attempts since start.
+    pub failures: AtomicU64,
+    /// When the last checkpoint was taken (ms), 0 if none.
+    pub last_at: AtomicU64,
+    /// Its last LSN.
+    pub last_lsn: AtomicU64,
+    /// How long it took (ms).
+    pub last_ms: AtomicU64,
+    /// Its size in bytes.
+    pub last_bytes: AtomicU64,
+    /// Bytes of sealed segments after it (the current segment's are in the WAL's stats).
+    pub sealed_bytes: AtomicU64,
+    /// Segments in the archive.
+    pub archive_segments: AtomicU64,
+    /// Bytes in the archive.
+    pub archive_bytes: AtomicU64,
+    /// Segments released since start.
+    pub released: AtomicU64,
+    /// Estimated dead bytes in the checkpoint and the sealed segments after it.
+    pub dead_bytes: AtomicU64,
+    /// The last failure, until a checkpoint succeeds.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// The running checkpointer.
+pub struct Checkpointer {
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Checkpointer {
+    /// Where to send [`Msg`]s.
+    pub fn sender(&self) -> Sender<Msg> {
+        self.tx.clone()
+    }
+
+    /// Stops the thread (a checkpoint under way is finished or abandoned between segments;
+    /// either way the log is consistent) and waits for it.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Relaxed);
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the checkpointer. `sealed`: the segments before the current one, as recovery found
+/// them; `seal`: asks the commit thread to seal the current segment.
+pub fn spawn(
+    storage: Arc<dyn Storage>,
+    settings: Settings,
+    sealed: Vec<Sealed>,
+    wal_stats: Arc<WalStats>,
+    seal: Box<dyn Fn() -> Result<bool, String> + Send>,
+) -> Checkpointer {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Stats::default());
+    let mut w = Worker {
+        storage,
+        settings,
+        stats: stats.clone(),
+        wal_stats,
+        seal,
+        stop: stop.clone(),
+        covered: After::START,
+        ckpt_bytes: 0,
+        sealed: Vec::new(),
+        ledger: id_map(0),
+        dead: 0,
+        failures_in_row: 0,
+        retry_at: None,
+        last_sweep: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("duejob-checkpoint".into())
+        .spawn(move || {
+            w.start(sealed);
+            w.run(rx);
+        })
+        .expect("spawn checkpointer");
+    Checkpointer {
+        tx,
+        stop,
+        thread: Some(thread),
+        stats,
+    }
+}
+
+/// A sealed segment after the checkpoint, and when the checkpointer heard of it.
+struct SealedSeg {
+    seg: Sealed,
+    since: Instant,
+}
+
+struct Worker {
+    storage: Arc<dyn Storage>,
+    settings: Settings,
+    stats: Arc<Stats>,
+    wal_stats: Arc<WalStats>,
+    seal: Box<dyn Fn() -> Result<bool, String> + Send>,
+    stop: Arc<AtomicBool>,
+    /// What the checkpoint in place covers.
+    covered: After,
+    ckpt_bytes: u64,
+    /// Sealed segments after it, oldest first.
+    sealed: Vec<SealedSeg>,
+    /// Live jobs and the bytes that become dead when they finish.
+    ledger: IdMap<u32>,
+    /// Dead bytes in the checkpoint and `sealed`.
+    dead: u64,
+    failures_in_row: u32,
+    retry_at: Option<Instant>,
+    last_sweep: Option<Instant>,
+}
+
+impl Worker {
+    /// Reads the checkpoint in place (for the ledger), finishes a release a crash cut short,
+    /// and notes the sealed segments recovery found.
+    fn start(&mut self, sealed: Vec<Sealed>) {
+        let mut ledger = id_map(0);
+        let read = file::read(
+            self.storage.as_ref(),
+            &mut |n: &str| -> Arc<str> { Arc::from(n) },
+            &mut |e| {
+                if let Entry::Job(j) = e {
+                    // Roughly its entry's size: the payload and a fixed part.
+                    let size = 120 + j.payload.as_ref().map_or(0, |p| p.len()) as u32;
+                    ledger.insert(j.id, size);
+                }
+            },
+        );
+        match read {
+            Ok(Some(r)) => {
+                self.covered = After {
+                    seq: r.header.covered_seq,
+                    lsn: r.header.covered_lsn,
+                };
+                self.ckpt_bytes = r.bytes;
+                self.ledger = ledger;
+                self.stats.last_lsn.store(r.header.covered_lsn, Relaxed);
+                self.stats.last_at.store(r.header.created_at, Relaxed);
+                self.stats.last_bytes.store(r.bytes, Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => self.failed(&format!("reading the checkpoint: {e}")),
+        }
+        if let Err(e) = self.release(self.covered.seq, &[]) {
+            self.failed(&format!("releasing segments a checkpoint covers: {e}"));
+        }
+        self.note_sealed(sealed);
+        self.sweep();
+    }
+
+    fn run(&mut self, rx: Receiver<Msg>) {
+        loop {
+            if self.stop.load(Relaxed) {
+                return;
+            }
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Msg::Sealed(s)) => self.note_sealed(s),
+                Ok(Msg::Force(reply)) => {
+                    let r = self.force(&rx);
+                    let _ = reply.send(r);
+                }
+                Ok(Msg::Stop) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some(reason) = self.due() {
+                if let Err(e) = self.checkpoint(reason) {
+                    self.failed(&e);
+                }
+            }
+            if self.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                self.sweep();
+            }
+        }
+    }
+
+    /// Records a failure: log, stats, backoff.
+    fn failed(&mut self, e: &str) {
+        self.failures_in_row += 1;
+        let wait = Duration::from_secs(1u64 << self.failures_in_row.min(9)).min(MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + wait);
+        self.stats.failures.fetch_add(1, Relaxed);
+        *self.stats.last_error.lock().expect("stats") = Some(e.to_string());
+        log::error!(
+            "checkpoint failed ({} in a row): {e}; next attempt in {}s",
+            self.failures_in_row,
+            wait.as_secs()
+        );
+    }
+
+    /// Adds sealed segments: scans each into the ledger (the dead share's estimate).
+    fn note_sealed(&mut self, segs: Vec<Sealed>) {
+        for seg in segs {
+            if seg.seq <= self.covered.seq {
+                continue;
+            }
+            let first = self
+                .sealed
+                .last()
+                .map_or(self.covered.lsn + 1, |s| s.seg.last_lsn + 1);
+            let (ledger, dead) = (&mut self.ledger, &mut self.dead);
+            let scanned = read_sealed(self.storage.as_ref(), seg.seq, first, &mut |r| {
+                let size = r.size;
+                match &r.record {
+                    Record::Submit(s) => {
+                        ledger.insert(s.id, size);
+                    }
+                    Record::Finish(f) if f.state == state_code::SUCCEEDED => {
+                        *dead += u64::from(ledger.remove(&f.id).unwrap_or(0) + size)
+                    }
+                    Record::Cancel(c) => {
+                        *dead += u64::from(ledger.remove(&c.id).unwrap_or(0) + size)
+                    }
+                    Record::Purge(p) => {
+                        *dead += u64::from(ledger.remove(&p.id).unwrap_or(0) + size)
+                    }
+                    _ => *dead += u64::from(size),
+                }
+                Ok(())
+            });
+            if let Err(e) = scanned {
+                self.failed(&format!("reading sealed segment {}: {e}", seg.seq));
+            }
+            self.sealed.push(SealedSeg {
+                seg,
+                since: Instant::now(),
+            });
+        }
+        self.publish();
+    }
+
+    fn sealed_bytes(&self) -> u64 {
+        self.sealed.iter().map(|s| s.seg.end).sum()
+    }
+
+    fn publish(&self) {
+        self.stats.sealed_bytes.store(self.sealed_bytes(), Relaxed);
+        self.stats.dead_bytes.store(self.dead, Relaxed);
+    }
+
+    /// Which trigger fires, if any.
+    fn due(&self) -> Option<&'static str> {
+        let cfg = &self.settings.cfg;
+        if !cfg.auto || self.sealed.is_empty() {
+            return None;
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        let bytes = self.sealed_bytes();
+        if bytes >= cfg.after_bytes {
+            return Some("tail");
+        }
+        if self.dead as f64 >= DEAD_SHARE * (bytes + self.ckpt_bytes) as f64 {
+            return Some("dead");
+        }
+        if self.dead > 0 && self.sealed[0].since.elapsed() >= cfg.seal_after {
+            return Some("age");
+        }
+        None
+    }
+
+    /// `duejob wal checkpoint`: seal, take in the sealed segment, checkpoint.
+    fn force(&mut self, rx: &Receiver<Msg>) -> Result<Done, String> {
+        (self.seal)().map_err(|e| format!("sealing the current segment: {e}"))?;
+        // The commit thread reported what it sealed before it answered: take it in, keep any
+        // other request for later.
+        let mut later = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Sealed(s) => self.note_sealed(s),
+                other => later.push(other),
+            }
+        }
+        let r = self.checkpoint("forced");
+        for m in later {
+            match m {
+                Msg::Force(reply) => {
+                    let _ = reply.send(r.clone());
+                }
+                Msg::Stop => self.stop.store(true, Relaxed),
+                Msg::Sealed(_) => {}
+            }
+        }
+        if let Err(e) = &r {
+            self.failed(e);
+        }
+        r
+    }
+
+    /// Takes a checkpoint covering every sealed segment, then releases them.
+    fn checkpoint(&mut self, reason: &'static str) -> Result<Done, String> {
+        let t = Instant::now();
+        let Some(last) = self.sealed.last().map(|s| s.seg) else {
+            return Ok(Done {
+                reason,
+                lsn: self.covered.lsn,
+                segment: self.covered.seq,
+                bytes: self.ckpt_bytes,
+                jobs: 0,
+                keys: 0,
+                released: 0,
+                ms: 0,
+            });
+        };
+        let st = &self.settings;
+        let now = crate::clock::now_ms();
+        let keys = KeyIndex::new(st.key_retention_ms, st.max_keys);
+        let mut fold = Fold::new(keys, st.history_limit, now);
+        let (after, _) = super::load(self.storage.as_ref(), &mut fold)
+            .map_err(|e| format!("reading the checkpoint: {e}"))?;
+        if after != self.covered {
+            return Err(format!(
+                "the checkpoint in place covers up to segment {} but segment {} was expected",
+                after.seq, self.covered.seq
+            ));
+        }
+        let mut first = after.lsn + 1;
+        for s in &self.sealed {
+            if self.stop.load(Relaxed) {
+                return Err("stopped".into());
+            }
+            read_sealed(self.storage.as_ref(), s.seg.seq, first, &mut |r| {
+                fold.apply(r);
+                Ok(())
+            })
+            .map_err(|e| format!("reading sealed segment {}: {e}", s.seg.seq))?;
+            first = s.seg.last_lsn + 1;
+        }
+        let folded = fold.split();
+        let header = Header {
+            covered_seq: last.seq,
+            covered_lsn: last.last_lsn,
+            next_id: folded.max_id + 1,
+            created_at: now,
+        };
+        let written = file::write(self.storage.as_ref(), &header, &folded)
+            .map_err(|e| format!("writing the checkpoint: {e}"))?;
+        // In place: from here on, the segments it covers are not needed.
+        let mut ledger = id_map(folded.live.len());
+        for j in &folded.live {
+            ledger.insert(j.id, 120 + j.payload.as_ref().map_or(0, |p| p.len()) as u32);
+        }
+        drop(folded);
+        let ends: Vec<(u64, u64)> = self.sealed.iter().map(|s| (s.seg.seq, s.seg.end)).collect();
+        self.ledger = ledger;
+        self.dead = 0;
+        self.covered = After {
+            seq: last.seq,
+            lsn: last.last_lsn,
+        };
+        self.ckpt_bytes = written.bytes;
+        self.sealed.clear();
+        self.failures_in_row = 0;
+        self.retry_at = None;
+        *self.stats.last_error.lock().expect("stats") = None;
+        let ms = t.elapsed().as_millis() as u64;
+        let s = &self.stats;
+        s.checkpoints.fetch_add(1, Relaxed);
+        s.last_at.store(now, Relaxed);
+        s.last_lsn.store(last.last_lsn, Relaxed);
+        s.last_ms.store(ms, Relaxed);
+        s.last_bytes.store(written.bytes, Relaxed);
+        self.publish();
+        let released = self
+            .release(last.seq, &ends)
+            .map_err(|e| format!("releasing segments up to {}: {e}", last.seq))?;
+        self.sweep();
+        log::info!(
+            "checkpoint ({reason}) through LSN {} (segment {}): {} live jobs, {} keys, {} bytes in \
+             {ms} ms; released {released} segments",
+            last.last_lsn,
+            last.seq,
+            written.end.jobs,
+            written.end.keys,
+            written.bytes
+        );
+        Ok(Done {
+            reason,
+            lsn: last.last_lsn,
+            segment: last.seq,
+            bytes: written.bytes,
+            jobs: written.end.jobs,
+            keys: written.end.keys,
+            released,
+            ms,
+        })
+    }
+
+    /// Moves the segments up to `upto` out of `wal/`: into the archive, or deleted when the
+    /// archive keeps nothing. Each step is durable before the next (the archive's directory,
+    /// then the log's). Returns how many it released.
+    fn release(&mut self, upto: u64, ends: &[(u64, u64)]) -> Result<u64, WalError> {
+        let storage = self.storage.as_ref();
+        let segs: Vec<(u64, String)> = list_segments(storage)?
+            .into_iter()
+            .filter(|(seq, _)| *seq <= upto)
+            .collect();
+        if segs.is_empty() {
+            return Ok(0);
+        }
+        let dir_err = |e| WalError::io(storage.location(""), e);
+        let archive = if self.settings.cfg.archive_retention.is_zero() {
+            None
+        } else {
+            storage.archive()
+        };
+        for (_, name) in &segs {
+            let r = match archive {
+                Some(_) => storage.move_to_archive(name),
+                None => storage.remove(name),
+            };
+            r.map_err(|e| WalError::io(storage.location(name), e))?;
+        }
+        if let Some(a) = &archive {
+            a.sync_dir().map_err(|e| WalError::io(a.location(""), e))?;
+        }
+        storage.sync_dir().map_err(dir_err)?;
+        let n = segs.len() as u64;
+        let _ = self
+            .wal_stats
+            .segments
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+        self.stats.released.fetch_add(n, Relaxed);
+        // A segment preallocated to its full size and sealed early holds mostly zeros: the
+        // archive keeps only its records.
+        if let Some(a) = &archive {
+            for (seq, name) in &segs {
+                let Some(&(_, end)) = ends.iter().find(|(s, _)| s == seq) else {
+                    continue;
+                };
+                if let Err(e) = trim(a.as_ref(), name, end) {
+                    log::warn!("archive: could not trim {}: {e}", a.location(name));
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes archived segments past `archive_retention`, then the oldest ones beyond
+    /// `archive_max_mib`; updates the archive's figures.
+    fn sweep(&mut self) {
+        self.last_sweep = Some(Instant::now());
+        let Some(archive) = self.storage.archive() else {
+            return;
+        };
+        let segs = match list_segments(archive.as_ref()) {
+            Ok(s) => s,
+            // No archive directory yet.
+            Err(_) => return,
+        };
+        let cfg = &self.settings.cfg;
+        let now = crate::clock::now_ms();
+        let keep_ms = cfg.archive_retention.as_millis() as u64;
+        let mut kept: Vec<(String, u64)> = Vec::new();
+        let mut removed = 0;
+        for (_, name) in segs {
+            let old = archive
+                .modified_ms(&name)
+                .is_ok_and(|m| m.saturating_add(keep_ms) <= now);
+            if old || keep_ms == 0 {
+                match archive.remove(&name) {
+                    Ok(()) => removed += 1,
+                    Err(e) => log::warn!("archive: could not delete {}: {e}", archive.location(&name)),
+                }
+            } else {
+                let size = archive
+                    .open(&name, false)
+                    .and_then(|f| f.size())
+                    .unwrap_or(0);
+                kept.push((name, size));
+            }
+        }
+        let mut total: u64 = kept.iter().map(|(_, s)| s).sum();
+        if let Some(max) = cfg.archive_max_bytes {
+            let mut i = 0;
+            while total > max && i < kept.len() {
+                match archive.remove(&kept[i].0) {
+                    Ok(()) => {
+                        total -= kept[i].1;
+                        removed += 1;
+                    }
+                    Err(e) => log::warn!(
+                        "archive: could not delete {}: {e}",
+                        archive.location(&kept[i].0)
+                    ),
+                }
+                i += 1;
+            }
+            kept.drain(..i);
+        }
+        if removed > 0 {
+            if let Err(e) = archive.sync_dir() {
+                log::warn!("archive: could not sync {}: {e}", archive.location(""));
+            }
+            log::info!("archive: deleted {removed} segments past their retention");
+        }
+        self.stats
+            .archive_segments
+            .store(kept.len() as u64, Relaxed);
+        self.stats.archive_bytes.store(total, Relaxed);
+    }
+}
+
+/// Cuts an archived segment's file down to its records, `end` bytes (what follows them is the
+/// preallocated zeros; the reader takes the end of the file for a clean end).
+fn trim(archive: &dyn Storage, name: &str, end: u64) -> std::io::Result<()> {
+    let f = archive.open(name, true)?;
+    if f.size()? > end {
+        f.set_len(end)?;
+        f.sync_data()?;
+    }
+    Ok(())
+}

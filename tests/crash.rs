@@ -79,7 +79,18 @@ fn client(
 fn sigkill_mid_load_loses_no_acknowledged_job() {
     let dir = tempdir();
     let out = dir.path().join("exec-out.txt");
-    let mut d = Daemon::start_in(dir.path(), &["--workers", "4"]);
+    // Small segments, sealed every 200 ms, and a checkpoint as soon as one is sealed with dead
+    // records: SIGKILL lands during checkpoints and releases too.
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(
+        &cfg,
+        "segment_size_mib = 1\ncheckpoint_after_mib = 1\nseal_after = \"200ms\"\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start_in(
+        dir.path(),
+        &["--workers", "4", "--config", cfg.to_str().unwrap()],
+    );
     let mut acked: HashMap<u64, String> = HashMap::new();
     let mut seed = 0x9e3779b97f4a7c15u64 ^ std::process::id() as u64;
     let mut rnd = |max: u64| {
@@ -161,6 +172,10 @@ fn sigkill_mid_load_loses_no_acknowledged_job() {
             );
         }
     }
+    assert!(
+        d.data().join("wal/checkpoint").exists(),
+        "no checkpoint was taken during the load"
+    );
     let t = Instant::now();
     let (st, _, err) = cli(&["wal", "verify", d.data().to_str().unwrap()]);
     assert!(

@@ -3,16 +3,16 @@
 //! purges, driven through a `Runtime` on in-memory storage. At every restart in the sequence and
 //! at its end, the daemon settles, stops, and starts again on the same log: every job's status
 //! (state, every attempt and its outcome, times) must be exactly what it was, and `wal inspect`'s
-//! count of jobs by state must agree with it.
+//! count of jobs by state must agree with it. Checkpoints come at random points too: a restart
+//! from a checkpoint and the log after it must give exactly what the whole log gave.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duejob::job::census::Census;
 use duejob::job::State;
 use duejob::wal::io::MemStorage;
-use duejob::wal::reader::read_log;
+use duejob::wal::reader::{read_log_after, After};
 use duejob::wire::DeadSelect;
 use duejob::wire::JobInfo;
 use duejob::{Config, JobContext, JobError, JobSpec, Runtime};
@@ -67,6 +67,8 @@ enum Op {
     Settle,
     /// Settle, stop, start again on the same log, compare.
     Restart,
+    /// Take a checkpoint (and release the segments it covers).
+    Checkpoint,
 }
 
 fn arb_act() -> impl Strategy<Value = Act> {
@@ -100,6 +102,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Purge),
         2 => Just(Op::Settle),
         1 => Just(Op::Restart),
+        1 => Just(Op::Checkpoint),
     ]
 }
 
@@ -213,6 +216,9 @@ impl Run {
                 self.settle();
             }
             Op::Restart => self.restart(),
+            Op::Checkpoint => {
+                self.rt().checkpoint().expect("checkpoint");
+            }
         }
     }
 
@@ -271,8 +277,9 @@ impl Run {
             };
             *expected.entry(as_counted).or_default() += 1;
         }
-        let mut census = Census::new();
-        read_log(&self.mem, &mut |r| {
+        let (mut census, summary) = duejob::checkpoint::census(&self.mem).expect("checkpoint");
+        let after = summary.map_or(After::START, |s| s.after());
+        read_log_after(&self.mem, after, &mut |r| {
             census.record(&r.record);
             Ok(())
         })

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::handlers::Kinds;
-use crate::checkpoint::{self, fold::Fold, fold::FoldJob, fold::Folded};
+use crate::checkpoint::{self, fold::FoldJob, fold::Folded};
 use crate::job::machine;
 use crate::job::{Job, State};
-use crate::scheduler::dispatcher::{DoneJob, LiveJob, Recovered, MAX_INTERRUPTIONS};
+use crate::scheduler::dispatcher::{DoneJob, History, LiveJob, Recovered, MAX_INTERRUPTIONS};
 use crate::wal::commit::RecordBatch;
 use crate::wal::io::Storage;
 use crate::wal::keys::KeyIndex;
@@ -52,7 +52,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
     let t = Instant::now();
     let now = crate::job::now_ms();
     let keys = KeyIndex::new(cfg.key_retention.as_millis() as u64, cfg.max_keys);
-    let mut fold = Fold::new(keys, cfg.history_limit, now);
+    let mut fold = checkpoint::new_fold(keys, cfg.history_limit, now);
     let (after, checkpoint) = checkpoint::load(storage, &mut fold)?;
     let scan = read_log_after(storage, after, &mut |r| {
         fold.apply(r);
@@ -62,7 +62,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
     let Folded {
         live: jobs,
         history: finished,
-        names,
+        mut names,
         keys,
         max_id,
         ..
@@ -73,8 +73,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
     let queue_ids = names.resolve(|n| cfg.queue_id(n));
     let kind_ids = names.resolve(|n| kinds.id(n));
     let mut gone = Vec::new();
-    recovered.live.reserve(jobs.len());
-    recovered.done = finished.into_iter().map(done_job).collect();
+    recovered.live.reserve(jobs.count());
     // One pass, moving each job once.
     for mut j in jobs {
         let id = j.id;
@@ -136,7 +135,22 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
             core: j.core,
         });
     }
-    recovered.done.extend(gone);
+    // The history is decoded by the dispatcher, once it has restored the live jobs: a restart
+    // accepts work before it (the time it takes depends on the live jobs, not the history).
+    recovered.done = History::later(move || {
+        let mut done: Vec<DoneJob> = finished
+            .into_jobs(|body| checkpoint::file::decode_done_interned(body, &mut names))
+            .filter_map(|r| match r {
+                Ok(j) => Some(done_job(j)),
+                Err((id, e)) => {
+                    log::error!("recovery: finished job {id} of the checkpoint does not decode ({e}); `status {id}` will not find it");
+                    None
+                }
+            })
+            .collect();
+        done.extend(gone);
+        done
+    });
     Ok(Recovery {
         scan,
         recovered,
@@ -209,7 +223,7 @@ mod tests {
             submit(7, "notifications"),
         ]);
         let cfg = Config::with_workers(4);
-        let rec = recover(&mem, &cfg, &Kinds::builtin()).unwrap();
+        let mut rec = recover(&mem, &cfg, &Kinds::builtin()).unwrap();
         assert_eq!(rec.next_id, 8);
         assert_eq!(rec.records, 12);
         let live: Vec<(u64, u32)> = rec
@@ -227,6 +241,7 @@ mod tests {
         let done: Vec<(u64, State)> = rec
             .recovered
             .done
+            .get()
             .iter()
             .map(|d| (d.id, d.state()))
             .collect();
@@ -244,7 +259,7 @@ mod tests {
 
     /// Replays `mem` plus the ends recovery wrote, as the next start-up would.
     fn recover_twice(mem: &MemStorage, cfg: &Config) -> (Recovery, Recovery) {
-        let first = recover(mem, cfg, &Kinds::builtin()).unwrap();
+        let mut first = recover(mem, cfg, &Kinds::builtin()).unwrap();
         let mut a =
             Appender::open(Arc::new(mem.clone()), &first.scan, 1 << 16, Arc::default()).unwrap();
         for (rtype, body) in first.orphans.iter() {
@@ -253,17 +268,19 @@ mod tests {
         a.write().unwrap();
         a.sync().unwrap();
         drop(a);
-        let second = recover(mem, cfg, &Kinds::builtin()).unwrap();
+        let mut second = recover(mem, cfg, &Kinds::builtin()).unwrap();
+        first.recovered.done.get();
+        second.recovered.done.get();
         (first, second)
     }
 
-    fn live_and_done(r: &Recovery) -> Vec<(u64, JobCore)> {
+    fn live_and_done(r: &mut Recovery) -> Vec<(u64, JobCore)> {
         let mut v: Vec<(u64, JobCore)> = r
             .recovered
             .live
             .iter()
             .map(|l| (l.job.id, l.core.clone()))
-            .chain(r.recovered.done.iter().map(|d| (d.id, d.core.clone())))
+            .chain(r.recovered.done.get().iter().map(|d| (d.id, d.core.clone())))
             .collect();
         v.sort_by_key(|(id, _)| *id);
         v
@@ -281,7 +298,7 @@ mod tests {
         }
         let mem = log_of(&recs);
         let cfg = Config::with_workers(2);
-        let (first, second) = recover_twice(&mem, &cfg);
+        let (mut first, mut second) = recover_twice(&mem, &cfg);
         assert_eq!(first.orphans.len(), 1);
         let job = &first.recovered.live[0].core;
         assert_eq!(
@@ -296,18 +313,18 @@ mod tests {
         );
         // The next start-up reads the end it wrote and sees exactly the same job.
         assert_eq!(second.orphans.len(), 0);
-        assert_eq!(live_and_done(&first), live_and_done(&second));
+        assert_eq!(live_and_done(&mut first), live_and_done(&mut second));
     }
 
     #[test]
     fn a_waiting_job_whose_queue_went_is_ended_once_not_at_every_restart() {
         let mem = log_of(&[submit(1, "vanished"), submit(2, "default")]);
         let cfg = Config::with_workers(2);
-        let (first, second) = recover_twice(&mem, &cfg);
+        let (mut first, mut second) = recover_twice(&mem, &cfg);
         assert_eq!(first.orphans.len(), 1);
         assert_eq!(second.orphans.len(), 0, "the end was recorded already");
-        assert_eq!(live_and_done(&first), live_and_done(&second));
-        let gone = &second.recovered.done[0];
+        assert_eq!(live_and_done(&mut first), live_and_done(&mut second));
+        let gone = &second.recovered.done.get()[0];
         assert_eq!((gone.id, gone.state()), (1, State::Dead));
         // If the queue comes back, the job stays dead (a dead job can be put back; it does not
         // run behind the operator's back).

@@ -29,7 +29,7 @@ use crate::config::{Config, MAX_DURATION_MS};
 use crate::datadir::{lock_data_dir, private_dir};
 use crate::handlers::{Handler, Kinds};
 use crate::job::WalMsg;
-use crate::job::{now_ms, Job, JobRef};
+use crate::job::{now_ms, Job, JobRef, LiveSize};
 use crate::scheduler::dispatcher::{self};
 use crate::scheduler::{DeadFilter, Msg, Refused};
 use crate::wal::appender::{Appender, Sealed};
@@ -693,6 +693,11 @@ impl RuntimeBuilder {
         let (sched_tx, sched_rx) = crossbeam_channel::unbounded();
         let (wal_tx, wal_rx) = crossbeam_channel::bounded(4096);
         let seal_tx: Sender<WalMsg> = wal_tx.clone();
+        // The live set's size, counted here for the recovered jobs, then by the dispatcher.
+        let live = Arc::new(LiveSize::default());
+        for l in &rec.recovered.live {
+            live.add(&l.job, 1);
+        }
         let checkpointer = ckpt::spawn(
             storage,
             ckpt::Settings {
@@ -701,7 +706,9 @@ impl RuntimeBuilder {
                 max_keys: cfg.max_keys,
                 history_limit: cfg.history_limit,
             },
+            rec.checkpoint.as_ref(),
             sealed,
+            live.clone(),
             wal_stats.clone(),
             Box::new(move || {
                 let (tx, rx) = crossbeam_channel::bounded(1);
@@ -764,6 +771,7 @@ impl RuntimeBuilder {
             wal_tx.clone(),
             sched_tx.clone(),
             sched_rx,
+            live,
         );
         log::info!(
             "duejob runtime started: {} workers, sync {}, order {}, queues {}",

@@ -87,7 +87,7 @@ fn workload(storage: &MemStorage, retention_zero: bool) -> Acked {
 /// cancelled ones, and every key.
 fn check_image(image: &MemStorage, acked: &Acked, retention_zero: bool, what: &str) {
     let c = cfg(retention_zero);
-    let rec = recover(image, &c, &duejob::handlers::Kinds::builtin())
+    let mut rec = recover(image, &c, &duejob::handlers::Kinds::builtin())
         .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
     let mut live: Vec<u64> = rec.recovered.live.iter().map(|l| l.job.id).collect();
     live.sort_unstable();
@@ -99,7 +99,7 @@ fn check_image(image: &MemStorage, acked: &Acked, retention_zero: bool, what: &s
         .collect();
     want.sort_unstable();
     assert_eq!(live, want, "{what}: live jobs");
-    let mut done: Vec<u64> = rec.recovered.done.iter().map(|d| d.id).collect();
+    let mut done: Vec<u64> = rec.recovered.done.get().iter().map(|d| d.id).collect();
     done.sort_unstable();
     assert_eq!(done, acked.cancelled, "{what}: cancelled jobs");
     let now = duejob::clock::now_ms();

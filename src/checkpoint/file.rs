@@ -11,7 +11,7 @@
 //! 24  8 covered_lsn   u64: the LSN of the last record it covers
 //! 32  8 next_id       u64: the first job id never used
 //! 40  8 created_at    u64, ms since the epoch
-//! 48  8 reserved      0
+//! 48  8 job_bytes     u64: bytes of the `job` entries (the rest carries history and keys)
 //! 56  4 header_crc    CRC-32C of bytes 0..56
 //! 60  4 reserved      0
 //!
@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::fold::{FoldJob, Folded};
+use super::fold::{FoldJob, Folded, HistRef, Interner};
 use crate::job::machine::JobCore;
 use crate::job::{AttemptInfo, AttemptOutcome, State};
 use crate::wal::format::{encode_record, record_crc, RecordHeader, MAX_BODY, RECORD_HEADER_LEN};
@@ -76,6 +76,8 @@ pub struct Header {
     pub next_id: u64,
     /// When it was written (ms).
     pub created_at: u64,
+    /// Bytes of its `job` entries, framing included (filled in by [`write`]).
+    pub job_bytes: u64,
 }
 
 impl Header {
@@ -88,6 +90,7 @@ impl Header {
         b[24..32].copy_from_slice(&self.covered_lsn.to_le_bytes());
         b[32..40].copy_from_slice(&self.next_id.to_le_bytes());
         b[40..48].copy_from_slice(&self.created_at.to_le_bytes());
+        b[48..56].copy_from_slice(&self.job_bytes.to_le_bytes());
         let crc = crc32c::crc32c(&b[..56]);
         b[56..60].copy_from_slice(&crc.to_le_bytes());
         b
@@ -121,6 +124,7 @@ impl Header {
             covered_lsn: u64_at(24),
             next_id: u64_at(32),
             created_at: u64_at(40),
+            job_bytes: u64_at(48),
         })
     }
 }
@@ -310,6 +314,8 @@ impl<'a> JobRepr<'a> {
 pub struct Written {
     /// Its size in bytes.
     pub bytes: u64,
+    /// Bytes of its `job` entries.
+    pub job_bytes: u64,
     /// The counts in its `end` entry.
     pub end: End,
 }
@@ -344,6 +350,21 @@ impl Out<'_> {
         Ok(())
     }
 
+    /// An entry whose body is already encoded.
+    fn raw_entry(&mut self, etype: u8, body: &[u8]) -> Result<(), WalError> {
+        self.n += 1;
+        encode_record(&mut self.buf, etype, SCHEMA, self.n, body, self.salt);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of entries so far, buffered ones included.
+    fn len(&self) -> u64 {
+        self.offset + self.buf.len() as u64
+    }
+
     fn flush(&mut self) -> Result<(), WalError> {
         self.file
             .write_at(&self.buf, self.offset)
@@ -354,9 +375,9 @@ impl Out<'_> {
     }
 }
 
-/// Writes `folded` as the checkpoint for `header`: to [`TMP`], synced, renamed over [`FILE`],
-/// the directory synced. On failure the old checkpoint stays in place (a leftover `TMP` is
-/// removed by the next attempt).
+/// Writes `folded` as the checkpoint for `header` (its `job_bytes` is filled in): to [`TMP`],
+/// synced, renamed over [`FILE`], the directory synced. On failure the old checkpoint stays in
+/// place (a leftover `TMP` is removed by the next attempt).
 pub fn write(storage: &dyn Storage, header: &Header, folded: &Folded) -> Result<Written, WalError> {
     let loc = storage.location(TMP);
     let io = |e| WalError::io(loc.clone(), e);
@@ -369,12 +390,11 @@ pub fn write(storage: &dyn Storage, header: &Header, folded: &Folded) -> Result<
         file: file.as_ref(),
         buf: Vec::with_capacity(2 << 20),
         body: Vec::new(),
-        offset: 0,
+        offset: HEADER_LEN as u64,
         n: 0,
         salt: salt(header.covered_lsn),
         loc: loc.clone(),
     };
-    out.buf.extend_from_slice(&header.encode());
     let mut end = End {
         released: folded
             .released
@@ -383,12 +403,20 @@ pub fn write(storage: &dyn Storage, header: &Header, folded: &Folded) -> Result<
             .collect(),
         ..End::default()
     };
-    for j in &folded.live {
+    for j in folded.live.iter() {
         out.entry(etype::JOB, &JobRepr::of(j))?;
         end.jobs += 1;
     }
-    for j in &folded.history {
-        out.entry(etype::DONE, &JobRepr::of(j))?;
+    let header = Header {
+        job_bytes: out.len() - HEADER_LEN as u64,
+        ..*header
+    };
+    for h in folded.history.iter() {
+        match h {
+            HistRef::Job(j) => out.entry(etype::DONE, &JobRepr::of(j))?,
+            // Copied as the last checkpoint held it (checked when it was read).
+            HistRef::Raw(body) => out.raw_entry(etype::DONE, body)?,
+        }
         end.done += 1;
     }
     for (key, e) in folded.keys.entries() {
@@ -404,23 +432,45 @@ pub fn write(storage: &dyn Storage, header: &Header, folded: &Folded) -> Result<
     out.entry(etype::END, &end)?;
     out.flush()?;
     let bytes = out.offset;
+    // The header last: it holds the size of the job entries.
+    file.write_at(&header.encode(), 0).map_err(io)?;
     file.sync_data().map_err(io)?;
     drop(file);
     storage.rename(TMP, FILE).map_err(io)?;
     storage
         .sync_dir()
         .map_err(|e| WalError::io(storage.location(""), e))?;
-    Ok(Written { bytes, end })
+    Ok(Written {
+        bytes,
+        job_bytes: header.job_bytes,
+        end,
+    })
 }
 
 /// One entry of a checkpoint, as [`read`] hands it out.
-pub enum Entry {
+pub enum Entry<'a> {
     /// A job that has not finished.
     Job(FoldJob),
-    /// A finished job of the history.
-    Done(FoldJob),
+    /// A finished job of the history, not decoded ([`decode_done`] does).
+    Done {
+        /// Its id.
+        id: u64,
+        /// The entry's body.
+        body: &'a [u8],
+    },
     /// An idempotency key.
     Key(Box<str>, KeyEntry),
+}
+
+/// Decodes the body of a `done` entry.
+pub fn decode_done(body: &[u8], names: &mut dyn FnMut(&str) -> Arc<str>) -> Result<FoldJob, String> {
+    let j: JobRepr<'_> = decode(body)?;
+    j.into_job(names)
+}
+
+/// [`decode_done`] with an [`Interner`] for the names (the fold's [`super::fold::RawDecoder`]).
+pub fn decode_done_interned(body: &[u8], names: &mut Interner) -> Result<FoldJob, String> {
+    decode_done(body, &mut |n: &str| names.get(n))
 }
 
 /// What [`read`] found.
@@ -434,12 +484,15 @@ pub struct Read {
     pub bytes: u64,
 }
 
-/// Reads the checkpoint, if there is one, checking every entry, and hands each to `visit`.
-/// `names` shares queue and kind names. Errors: damage (with the offset), a newer version, I/O.
+/// Reads the checkpoint, if there is one, checking every entry's checksum and decoding every
+/// entry but the history's (`done`: handed out encoded, for `visit` to decode if it needs to),
+/// and hands each to `visit`, which may refuse it with a reason (reported as damage at its
+/// offset). `names` shares queue and kind names. Errors: damage (with the offset), a newer
+/// version, I/O.
 pub fn read(
     storage: &dyn Storage,
     names: &mut dyn FnMut(&str) -> Arc<str>,
-    visit: &mut dyn FnMut(Entry),
+    visit: &mut dyn FnMut(Entry<'_>) -> Result<(), String>,
 ) -> Result<Option<Read>, WalError> {
     let loc = storage.location(FILE);
     let io = |e| WalError::io(loc.clone(), e);
@@ -498,16 +551,20 @@ pub fn read(
         }
         let bad = |e: String| corrupt(off, format!("entry does not decode: {e}"));
         match h.rtype {
-            etype::JOB | etype::DONE => {
+            etype::JOB => {
                 let j: JobRepr<'_> = decode(body).map_err(bad)?;
                 let job = j.into_job(names).map_err(bad)?;
-                if h.rtype == etype::JOB {
-                    counted.jobs += 1;
-                    visit(Entry::Job(job));
-                } else {
-                    counted.done += 1;
-                    visit(Entry::Done(job));
-                }
+                counted.jobs += 1;
+                visit(Entry::Job(job)).map_err(bad)?;
+            }
+            etype::DONE => {
+                // The body starts with the job's id (bincode: a u64, little-endian).
+                let id = body
+                    .get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .ok_or_else(|| bad("shorter than a job id".into()))?;
+                counted.done += 1;
+                visit(Entry::Done { id, body }).map_err(bad)?;
             }
             etype::KEY => {
                 let k: KeyRepr<'_> = decode(body).map_err(bad)?;
@@ -517,7 +574,7 @@ pub fn read(
                     lsn: k.lsn,
                     expires: k.expires,
                 };
-                visit(Entry::Key(k.key.as_ref().into(), e));
+                visit(Entry::Key(k.key.as_ref().into(), e)).map_err(bad)?;
             }
             _ => {
                 let end: End = decode(body).map_err(bad)?;

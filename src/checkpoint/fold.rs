@@ -8,11 +8,13 @@
 //! running attempt was interrupted, a job whose queue went is ended) is recovery's, done after the
 //! fold and written to the log as records, so a checkpoint taken later folds them like any other.
 //!
-//! Finished jobs (succeeded, cancelled, purged) are kept only as the history `status` serves:
-//! beyond `history_limit` the oldest are dropped (counted in [`Fold::released`]), so folding a log
-//! of any length takes memory for the live jobs and the history only.
+//! Finished jobs (succeeded, cancelled, purged) leave the live set for the history `status`
+//! serves: beyond `history_limit` the oldest are dropped (counted in [`Fold::released`]), so
+//! folding a log of any length takes memory for the live jobs and the history only. The history
+//! a checkpoint holds stays in its encoded form ([`Hist::Raw`]): a restart does not decode it
+//! before it accepts work (the dispatcher does, afterwards), and the next checkpoint copies it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::idmap::{id_map, IdMap};
@@ -52,12 +54,6 @@ pub struct FoldJob {
     pub core: JobCore,
 }
 
-impl FoldJob {
-    /// Whether the job left the live set for good: succeeded, cancelled, or dead and purged.
-    pub fn finished(&self) -> bool {
-        self.core.purged || matches!(self.core.state, State::Succeeded | State::Cancelled)
-    }
-}
 
 /// Shares one `Arc<str>` per queue or kind name. A handful of names: a linear scan beats hashing
 /// the name of every record.
@@ -89,14 +85,101 @@ impl Interner {
     }
 }
 
-/// Jobs folded so far, the order in which they finished, the keys, the highest id.
+/// A finished job of the history.
+#[derive(Debug, Clone)]
+pub enum Hist {
+    /// Folded from the log.
+    Job(FoldJob),
+    /// As a checkpoint's `done` entry holds it: its body, in [`History::raw`] at `at..at + len`.
+    Raw {
+        /// Job id.
+        id: u64,
+        /// Where its body starts.
+        at: usize,
+        /// Its length.
+        len: usize,
+    },
+}
+
+/// One entry of a [`History`], as [`History::iter`] hands it out.
+pub enum HistRef<'a> {
+    /// Folded from the log.
+    Job(&'a FoldJob),
+    /// A checkpoint's `done` entry body.
+    Raw(&'a [u8]),
+}
+
+/// The last `history_limit` finished jobs, oldest first.
+#[derive(Debug, Default)]
+pub struct History {
+    entries: VecDeque<Hist>,
+    /// The bodies of the [`Hist::Raw`] entries.
+    raw: Vec<u8>,
+}
+
+impl History {
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = HistRef<'_>> {
+        self.entries.iter().map(|h| match h {
+            Hist::Job(j) => HistRef::Job(j),
+            Hist::Raw { at, len, .. } => HistRef::Raw(&self.raw[*at..*at + *len]),
+        })
+    }
+
+    /// Oldest first, each decoded (`decode` turns a raw body into a job, or says why not).
+    pub fn into_jobs<E>(
+        self,
+        mut decode: impl FnMut(&[u8]) -> Result<FoldJob, E>,
+    ) -> impl Iterator<Item = Result<FoldJob, (u64, E)>> {
+        let raw = self.raw;
+        self.entries.into_iter().map(move |h| match h {
+            Hist::Job(j) => Ok(j),
+            Hist::Raw { id, at, len } => decode(&raw[at..at + len]).map_err(|e| (id, e)),
+        })
+    }
+}
+
+/// Jobs not finished, in the order they were submitted.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// `None` where a job finished (compacted from time to time).
+    jobs: Vec<Option<FoldJob>>,
+    len: usize,
+}
+
+impl Live {
+    /// How many.
+    pub fn count(&self) -> usize {
+        self.len
+    }
+
+    /// In submission order.
+    pub fn iter(&self) -> impl Iterator<Item = &FoldJob> {
+        self.jobs.iter().flatten()
+    }
+}
+
+impl IntoIterator for Live {
+    type Item = FoldJob;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Option<FoldJob>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.jobs.into_iter().flatten()
+    }
+}
+
+/// Decodes a raw history entry, to count it when it is dropped.
+pub type RawDecoder = fn(&[u8], &mut Interner) -> Result<FoldJob, String>;
+
+/// Jobs folded so far, the history, the keys, the highest id.
 pub struct Fold {
-    /// Jobs in a Vec, found through a small id -> index map: growing the map moves 16-byte
-    /// entries, not whole jobs.
-    jobs: Vec<FoldJob>,
+    /// Jobs not finished, in submission order, found through a small id -> index map: growing
+    /// the map moves 16-byte entries, not whole jobs.
+    live: Live,
     index: IdMap<u32>,
-    /// Ids of finished jobs in the order they finished.
-    ended: Vec<u64>,
+    /// Finished jobs, oldest first, and their ids (a job id is submitted once).
+    history: History,
+    history_ids: IdMap<()>,
+    decode_raw: RawDecoder,
     /// Queue and kind names.
     pub names: Interner,
     /// Idempotency keys within their retention.
@@ -114,12 +197,15 @@ pub struct Fold {
 }
 
 impl Fold {
-    /// An empty fold. `now` judges the keys' retention.
-    pub fn new(keys: KeyIndex, history_limit: usize, now: u64) -> Fold {
+    /// An empty fold. `now` judges the keys' retention; `decode_raw` reads a checkpoint's
+    /// history entry when it is dropped beyond `history_limit`.
+    pub fn new(keys: KeyIndex, history_limit: usize, now: u64, decode_raw: RawDecoder) -> Fold {
         Fold {
-            jobs: Vec::new(),
+            live: Live::default(),
             index: id_map(0),
-            ended: Vec::new(),
+            history: History::default(),
+            history_ids: id_map(0),
+            decode_raw,
             names: Interner::default(),
             keys,
             max_id: 0,
@@ -135,14 +221,66 @@ impl Fold {
         self.now
     }
 
-    /// Adds a job as a checkpoint holds it; `finished` ones join the history in the order given.
+    /// Adds a live job as a checkpoint holds it.
     pub fn restore(&mut self, job: FoldJob) {
         self.max_id = self.max_id.max(job.id);
-        if job.finished() {
-            self.ended.push(job.id);
+        self.push_live(job);
+    }
+
+    /// Adds a finished job of a checkpoint's history, as its encoded `done` entry body; they
+    /// come oldest first.
+    pub fn restore_raw(&mut self, id: u64, body: &[u8]) {
+        self.max_id = self.max_id.max(id);
+        let at = self.history.raw.len();
+        self.history.raw.extend_from_slice(body);
+        self.push_history(
+            id,
+            Hist::Raw {
+                id,
+                at,
+                len: body.len(),
+            },
+        );
+    }
+
+    fn push_live(&mut self, job: FoldJob) {
+        self.index.insert(job.id, self.live.jobs.len() as u32);
+        self.live.jobs.push(Some(job));
+        self.live.len += 1;
+    }
+
+    /// Adds a finished job to the history, dropping the oldest beyond the limit.
+    fn push_history(&mut self, id: u64, h: Hist) {
+        self.history_ids.insert(id, ());
+        self.history.entries.push_back(h);
+        while self.history.entries.len() > self.history_limit {
+            let Some(old) = self.history.entries.pop_front() else {
+                break;
+            };
+            let job = match old {
+                Hist::Job(j) => j,
+                Hist::Raw { id, at, len } => {
+                    match (self.decode_raw)(&self.history.raw[at..at + len], &mut self.names) {
+                        Ok(j) => j,
+                        Err(e) => {
+                            log::error!("checkpoint: finished job {id} does not decode: {e}");
+                            self.history_ids.remove(&id);
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.history_ids.remove(&job.id);
+            let how = if job.core.purged {
+                PURGED
+            } else {
+                job.core.state.index() as u8
+            };
+            *self.released.entry((job.queue, how)).or_default() += 1;
         }
-        self.index.insert(job.id, self.jobs.len() as u32);
-        self.jobs.push(job);
+        if self.history.entries.is_empty() {
+            self.history.raw.clear();
+        }
     }
 
     /// Applies one record read from the log.
@@ -154,7 +292,7 @@ impl Fold {
         };
         if let Record::Submit(s) = &r.record {
             self.max_id = self.max_id.max(s.id);
-            if self.index.contains_key(&s.id) {
+            if self.index.contains_key(&s.id) || self.history_ids.contains_key(&s.id) {
                 log::error!(
                     "job {} submitted twice (LSN {}); keeping the first",
                     s.id,
@@ -166,8 +304,7 @@ impl Fold {
                 self.keys.insert(k, s.id, r.lsn, s.submitted_at, self.now);
             }
             let (queue, kind) = (self.names.get(&s.queue), self.names.get(&s.kind));
-            self.index.insert(s.id, self.jobs.len() as u32);
-            self.jobs.push(FoldJob {
+            self.push_live(FoldJob {
                 id: s.id,
                 queue,
                 kind,
@@ -182,14 +319,21 @@ impl Fold {
             });
             return;
         }
-        let Some(j) = self.index.get(&id).map(|&i| &mut self.jobs[i as usize]) else {
+        // A job not live is finished (or unknown): every record about it is stale.
+        let Some(&i) = self.index.get(&id) else {
             return;
         };
+        let slot = &mut self.live.jobs[i as usize];
+        let j = slot.as_mut().expect("indexed job");
         match machine::apply(&mut j.core, &r.record) {
             Ok(Transition::Ended(State::Succeeded | State::Cancelled) | Transition::Purged) => {
+                let mut j = slot.take().expect("indexed job");
                 j.payload = None;
-                self.ended.push(id);
-                if self.ended.len() > 2 * self.history_limit + 4096 {
+                self.index.remove(&id);
+                self.live.len -= 1;
+                self.push_history(id, Hist::Job(j));
+                let holes = self.live.jobs.len() - self.live.len;
+                if holes > self.live.len + 4096 {
                     self.compact();
                 }
             }
@@ -204,52 +348,20 @@ impl Fold {
         }
     }
 
-    /// Drops the finished jobs beyond the history (oldest first), counting them.
+    /// Closes the gaps finished jobs left in the live list.
     fn compact(&mut self) {
-        let drop_n = self.ended.len().saturating_sub(self.history_limit);
-        if drop_n == 0 {
-            return;
-        }
-        let gone: IdMap<()> = self.ended.drain(..drop_n).map(|id| (id, ())).collect();
-        let released = &mut self.released;
-        self.jobs.retain(|j| {
-            let drop = gone.contains_key(&j.id);
-            if drop {
-                let how = if j.core.purged {
-                    PURGED
-                } else {
-                    j.core.state.index() as u8
-                };
-                *released.entry((j.queue.clone(), how)).or_default() += 1;
-            }
-            !drop
-        });
+        self.live.jobs.retain(Option::is_some);
         self.index.clear();
-        for (i, j) in self.jobs.iter().enumerate() {
+        for (i, j) in self.live.iter().enumerate() {
             self.index.insert(j.id, i as u32);
         }
     }
 
-    /// The jobs that have not finished (any order), and the history: the last `history_limit`
-    /// finished jobs, oldest first.
-    pub fn split(mut self) -> Folded {
-        self.compact();
-        let mut pos: IdMap<usize> = id_map(self.ended.len());
-        for (p, id) in self.ended.iter().enumerate() {
-            pos.insert(*id, p);
-        }
-        let mut live = Vec::with_capacity(self.jobs.len() - pos.len().min(self.jobs.len()));
-        let mut history: Vec<(usize, FoldJob)> = Vec::with_capacity(pos.len());
-        for j in self.jobs {
-            match pos.get(&j.id) {
-                Some(&p) if j.finished() => history.push((p, j)),
-                _ => live.push(j),
-            }
-        }
-        history.sort_unstable_by_key(|(p, _)| *p);
+    /// The jobs that have not finished, and the history.
+    pub fn split(self) -> Folded {
         Folded {
-            live,
-            history: history.into_iter().map(|(_, j)| j).collect(),
+            live: self.live,
+            history: self.history,
             names: self.names,
             keys: self.keys,
             max_id: self.max_id,
@@ -261,9 +373,9 @@ impl Fold {
 /// A fold taken apart: see [`Fold::split`].
 pub struct Folded {
     /// Jobs not finished, in the order they were submitted (a checkpoint's order after that).
-    pub live: Vec<FoldJob>,
+    pub live: Live,
     /// The last `history_limit` finished jobs, oldest first.
-    pub history: Vec<FoldJob>,
+    pub history: History,
     /// The names the jobs share.
     pub names: Interner,
     /// Idempotency keys within their retention.
@@ -272,4 +384,128 @@ pub struct Folded {
     pub max_id: u64,
     /// Finished jobs dropped beyond the history, by queue and how they are counted.
     pub released: BTreeMap<(Arc<str>, u8), u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::file::{self, Header};
+    use super::*;
+    use crate::wal::io::MemStorage;
+    use crate::wal::record::sample::{finish, submit};
+    use crate::wal::record::{state_code, Start};
+
+    fn view(lsn: u64, record: Record<'static>) -> RecordView<'static> {
+        RecordView {
+            segment: 1,
+            offset: 0,
+            lsn,
+            size: 0,
+            record,
+        }
+    }
+
+    /// Jobs `ids` submitted, started and succeeded, in order.
+    fn run(fold: &mut Fold, ids: std::ops::Range<u64>, lsn: &mut u64) {
+        for id in ids {
+            for r in [
+                submit(id, "default"),
+                Record::Start(Start { id, attempt: 1, at: 3 }),
+                finish(id, 1, state_code::SUCCEEDED),
+            ] {
+                *lsn += 1;
+                fold.apply(&view(*lsn, r));
+            }
+        }
+    }
+
+    fn history_ids(folded: &Folded) -> Vec<u64> {
+        folded
+            .history
+            .iter()
+            .map(|h| match h {
+                HistRef::Job(j) => j.id,
+                HistRef::Raw(b) => u64::from_le_bytes(b[..8].try_into().unwrap()),
+            })
+            .collect()
+    }
+
+    fn fold() -> Fold {
+        super::super::new_fold(KeyIndex::new(1000, 100), 3, 0)
+    }
+
+    fn write(mem: &MemStorage, folded: &Folded, lsn: u64) {
+        let h = Header {
+            covered_seq: 1,
+            covered_lsn: lsn,
+            next_id: folded.max_id + 1,
+            created_at: 5,
+            job_bytes: 0,
+        };
+        file::write(mem, &h, folded).unwrap();
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_finished_jobs_across_checkpoints_and_counts_the_rest() {
+        let mem = MemStorage::new();
+        let mut lsn = 0;
+        let mut a = fold();
+        run(&mut a, 1..6, &mut lsn);
+        // Job 6 stays live.
+        lsn += 1;
+        a.apply(&view(lsn, submit(6, "bulk")));
+        let folded = a.split();
+        assert_eq!(folded.live.count(), 1);
+        assert_eq!(history_ids(&folded), [3, 4, 5]);
+        assert_eq!(folded.released[&("default".into(), 4)], 2);
+        write(&mem, &folded, lsn);
+
+        // The next fold starts from that checkpoint: its history stays encoded, and two more
+        // finished jobs push the oldest two out, counted as they go.
+        let mut b = fold();
+        super::super::load(&mem, &mut b).unwrap();
+        run(&mut b, 7..9, &mut lsn);
+        // A submit reusing a finished job's id is refused, even for an encoded one.
+        lsn += 1;
+        b.apply(&view(lsn, submit(5, "default")));
+        let folded = b.split();
+        assert_eq!(history_ids(&folded), [5, 7, 8]);
+        assert!(matches!(folded.history.iter().next(), Some(HistRef::Raw(_))));
+        assert_eq!(folded.released[&("default".into(), 4)], 4);
+        assert_eq!(folded.live.iter().map(|j| j.id).collect::<Vec<_>>(), [6]);
+        let first = file::read(&mem, &mut |n: &str| Arc::from(n), &mut |_| Ok(()))
+            .unwrap()
+            .unwrap();
+        write(&mem, &folded, lsn);
+
+        // Copied, the encoded entry decodes to the same job.
+        let mut c = fold();
+        super::super::load(&mem, &mut c).unwrap();
+        let jobs: Vec<FoldJob> = c
+            .split()
+            .history
+            .into_jobs(|b| file::decode_done(b, &mut |n: &str| Arc::from(n)))
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [5, 7, 8]);
+        assert_eq!(jobs[0].core.state, State::Succeeded);
+        assert_eq!(jobs[0].core.attempts.len(), 1);
+        assert!(jobs[0].payload.is_none());
+        assert_eq!(first.end.done, 3);
+    }
+
+    #[test]
+    fn a_long_fold_of_finished_jobs_keeps_memory_for_the_live_ones_only() {
+        let mut f = fold();
+        let mut lsn = 0;
+        lsn += 1;
+        f.apply(&view(lsn, submit(1, "bulk")));
+        run(&mut f, 2..20_000, &mut lsn);
+        // The gaps were closed as they grew: the live list holds about the live jobs.
+        assert!(f.live.jobs.len() <= 4096 + 2, "{}", f.live.jobs.len());
+        lsn += 1;
+        f.apply(&view(lsn, finish(1, 0, state_code::SUCCEEDED)));
+        let folded = f.split();
+        assert_eq!(folded.live.count(), 1, "job 1 never started: its finish is stale");
+        assert_eq!(history_ids(&folded), [19_997, 19_998, 19_999]);
+    }
 }

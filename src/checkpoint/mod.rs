@@ -22,7 +22,7 @@ use crate::wal::io::Storage;
 use crate::wal::reader::After;
 use crate::wal::WalError;
 use crate::wire::JobInfo;
-use file::{Entry, Read};
+use file::{decode_done, Entry, Read};
 use fold::{Fold, FoldJob, PURGED};
 
 /// What a checkpoint holds, in figures.
@@ -71,16 +71,24 @@ impl Summary {
 
 /// Reads the checkpoint of the log in `storage`, if there is one, checking every entry.
 pub fn summary(storage: &dyn Storage) -> Result<Option<Summary>, WalError> {
-    let read = file::read(storage, &mut |n: &str| Arc::from(n), &mut |_| {})?;
+    let read = file::read(storage, &mut |n: &str| Arc::from(n), &mut |_| Ok(()))?;
     Ok(read.as_ref().map(Summary::of))
 }
 
 /// What the checkpoint says of every job, as a [`Census`] to feed the log after it.
 pub fn census(storage: &dyn Storage) -> Result<(Census, Option<Summary>), WalError> {
     let mut census = Census::new();
-    let read = file::read(storage, &mut |n: &str| Arc::from(n), &mut |e| match e {
-        Entry::Job(j) | Entry::Done(j) => census.restore(j.id, &j.queue, j.core),
-        Entry::Key(..) => {}
+    let mut names = |n: &str| Arc::from(n);
+    let read = file::read(storage, &mut |n: &str| Arc::from(n), &mut |e| {
+        match e {
+            Entry::Job(j) => census.restore(j.id, &j.queue, j.core),
+            Entry::Done { body, .. } => {
+                let j = decode_done(body, &mut names)?;
+                census.restore(j.id, &j.queue, j.core);
+            }
+            Entry::Key(..) => {}
+        }
+        Ok(())
     })?;
     if let Some(r) = &read {
         for (q, how, n) in &r.end.released {
@@ -98,9 +106,14 @@ pub fn census(storage: &dyn Storage) -> Result<(Census, Option<Summary>), WalErr
 /// Job `id` as the checkpoint holds it (a finished job without its payload), if it does.
 pub fn job(storage: &dyn Storage, id: u64) -> Result<Option<JobInfo>, WalError> {
     let mut found: Option<FoldJob> = None;
-    file::read(storage, &mut |n: &str| Arc::from(n), &mut |e| match e {
-        Entry::Job(j) | Entry::Done(j) if j.id == id => found = Some(j),
-        _ => {}
+    let mut names = |n: &str| Arc::from(n);
+    file::read(storage, &mut |n: &str| Arc::from(n), &mut |e| {
+        match e {
+            Entry::Job(j) if j.id == id => found = Some(j),
+            Entry::Done { id: i, body } if i == id => found = Some(decode_done(body, &mut names)?),
+            _ => {}
+        }
+        Ok(())
     })?;
     Ok(found.map(|j| JobInfo {
         id: j.id,
@@ -123,6 +136,11 @@ pub fn job(storage: &dyn Storage, id: u64) -> Result<Option<JobInfo>, WalError> 
     }))
 }
 
+/// A fold with the checkpoint's decoder for its history.
+pub(crate) fn new_fold(keys: crate::wal::keys::KeyIndex, history_limit: usize, now: u64) -> Fold {
+    Fold::new(keys, history_limit, now, file::decode_done_interned)
+}
+
 /// Reads the checkpoint, if any, into `fold`, and says where the log after it starts.
 pub(crate) fn load(
     storage: &dyn Storage,
@@ -134,9 +152,13 @@ pub(crate) fn load(
     let read = file::read(
         storage,
         &mut |n: &str| -> Arc<str> { names.get(n) },
-        &mut |e| match e {
-            Entry::Job(j) | Entry::Done(j) => fold.restore(j),
-            Entry::Key(k, e) => keys.restore(&k, e, now),
+        &mut |e| {
+            match e {
+                Entry::Job(j) => fold.restore(j),
+                Entry::Done { id, body } => fold.restore_raw(id, body),
+                Entry::Key(k, e) => keys.restore(&k, e, now),
+            }
+            Ok(())
         },
     );
     fold.names = names;

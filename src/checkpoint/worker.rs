@@ -7,12 +7,15 @@
 //! segment (`duejob wal checkpoint`), and hears from it when a segment is sealed.
 //!
 //! Triggers, checked when a segment is sealed and once a second:
-//! - **tail**: the sealed segments after the checkpoint hold `after_bytes` (what a restart reads);
-//! - **dead**: at least half of what the checkpoint and those segments hold is dead (records of
-//!   jobs that finished, and the superseded records of live ones), estimated from a ledger of the
-//!   live jobs' sizes that is kept as each segment is sealed;
-//! - **age**: a sealed segment holding dead records has waited `seal_after` (the commit thread
-//!   seals the current segment on the same timer, so an idle daemon releases its log too);
+//! - **tail**: the sealed segments after the checkpoint hold `after_bytes`, or as much as the
+//!   checkpoint itself if that is more (what a restart reads: so a large live set is not
+//!   rewritten for every `after_bytes` of new log);
+//! - **dead**: what a checkpoint would release (the checkpoint in place and the sealed segments)
+//!   is at least twice what it would write (the live jobs, as the dispatcher counts them, and the
+//!   history and keys the last checkpoint carried): at least half of it is dead;
+//! - **age**: a sealed segment has waited `seal_after` and a checkpoint would release more than
+//!   it writes (the commit thread seals the current segment on the same timer, so an idle daemon
+//!   releases its log too);
 //! - **forced**: `duejob wal checkpoint`.
 //!
 //! A failure is logged, counted in `stats`, and retried with a backoff (1 s doubling to 5 min);
@@ -25,20 +28,21 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::file::{self, Entry, Header};
-use super::fold::Fold;
+use super::file::{self, Header, Read};
 use crate::config::CheckpointConfig;
-use crate::idmap::{id_map, IdMap};
+use crate::job::LiveSize;
 use crate::wal::appender::Sealed;
 use crate::wal::io::Storage;
 use crate::wal::keys::KeyIndex;
 use crate::wal::reader::{list_segments, read_sealed, After};
-use crate::wal::record::{state_code, Record};
 use crate::wal::stats::WalStats;
 use crate::wal::WalError;
 
 /// Share of dead bytes that triggers a checkpoint.
 pub const DEAD_SHARE: f64 = 0.5;
+/// What a live job's checkpoint entry takes beyond its payload and key (its fields, a short
+/// timeline, the framing): the estimate of what a checkpoint writes.
+pub const JOB_ENTRY_OVERHEAD: u64 = 130;
 /// Longest wait between attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often the archive's retention is checked when nothing else happens.
@@ -111,7 +115,8 @@ pub struct Stats {
     pub archive_bytes: AtomicU64,
     /// Segments released since start.
     pub released: AtomicU64,
-    /// Estimated dead bytes in the checkpoint and the sealed segments after it.
+    /// Estimated dead bytes in the checkpoint and the sealed segments after it: what a checkpoint
+    /// would release beyond what it would write.
     pub dead_bytes: AtomicU64,
     /// The last failure, until a checkpoint succeeds.
     pub last_error: Mutex<Option<String>>,
@@ -149,12 +154,15 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Starts the checkpointer. `sealed`: the segments before the current one, as recovery found
-/// them; `seal`: asks the commit thread to seal the current segment.
+/// Starts the checkpointer. `checkpoint`: the checkpoint recovery read, if any; `sealed`: the
+/// segments after it but the current one, as recovery found them; `live`: the dispatcher's count
+/// of the live set; `seal`: asks the commit thread to seal the current segment.
 pub fn spawn(
     storage: Arc<dyn Storage>,
     settings: Settings,
+    checkpoint: Option<&Read>,
     sealed: Vec<Sealed>,
+    live: Arc<LiveSize>,
     wal_stats: Arc<WalStats>,
     seal: Box<dyn Fn() -> Result<bool, String> + Send>,
 ) -> Checkpointer {
@@ -166,17 +174,20 @@ pub fn spawn(
         settings,
         stats: stats.clone(),
         wal_stats,
+        live,
         seal,
         stop: stop.clone(),
         covered: After::START,
         ckpt_bytes: 0,
+        carried: 0,
         sealed: Vec::new(),
-        ledger: id_map(0),
-        dead: 0,
         failures_in_row: 0,
         retry_at: None,
         last_sweep: None,
     };
+    if let Some(r) = checkpoint {
+        w.placed(r.header, r.bytes);
+    }
     let thread = std::thread::Builder::new()
         .name("duejob-checkpoint".into())
         .spawn(move || {
@@ -192,6 +203,35 @@ pub fn spawn(
     }
 }
 
+/// What the triggers look at.
+#[derive(Debug, Clone, Copy)]
+struct Log {
+    /// Bytes of the sealed segments after the checkpoint.
+    sealed_bytes: u64,
+    /// How long the oldest of them has been sealed (`None`: there are none).
+    oldest_sealed: Option<Duration>,
+    /// The checkpoint's size.
+    ckpt_bytes: u64,
+    /// What a checkpoint now would release, and about what it would write.
+    frees: u64,
+    writes: u64,
+}
+
+/// Which trigger fires for `log`, if any (see the module's doc).
+fn trigger(cfg: &CheckpointConfig, log: &Log) -> Option<&'static str> {
+    let oldest = log.oldest_sealed?;
+    if log.sealed_bytes >= cfg.after_bytes.max(log.ckpt_bytes) {
+        return Some("tail");
+    }
+    if log.writes as f64 <= (1.0 - DEAD_SHARE) * log.frees as f64 {
+        return Some("dead");
+    }
+    if log.frees > log.writes && oldest >= cfg.seal_after {
+        return Some("age");
+    }
+    None
+}
+
 /// A sealed segment after the checkpoint, and when the checkpointer heard of it.
 struct SealedSeg {
     seg: Sealed,
@@ -203,53 +243,39 @@ struct Worker {
     settings: Settings,
     stats: Arc<Stats>,
     wal_stats: Arc<WalStats>,
+    live: Arc<LiveSize>,
     seal: Box<dyn Fn() -> Result<bool, String> + Send>,
     stop: Arc<AtomicBool>,
     /// What the checkpoint in place covers.
     covered: After,
+    /// Its size.
     ckpt_bytes: u64,
+    /// What of it is not live jobs: the history and the keys (the next one carries about as
+    /// much).
+    carried: u64,
     /// Sealed segments after it, oldest first.
     sealed: Vec<SealedSeg>,
-    /// Live jobs and the bytes that become dead when they finish.
-    ledger: IdMap<u32>,
-    /// Dead bytes in the checkpoint and `sealed`.
-    dead: u64,
     failures_in_row: u32,
     retry_at: Option<Instant>,
     last_sweep: Option<Instant>,
 }
 
 impl Worker {
-    /// Reads the checkpoint in place (for the ledger), finishes a release a crash cut short,
-    /// and notes the sealed segments recovery found.
+    /// Notes the checkpoint now in place.
+    fn placed(&mut self, h: Header, bytes: u64) {
+        self.covered = After {
+            seq: h.covered_seq,
+            lsn: h.covered_lsn,
+        };
+        self.ckpt_bytes = bytes;
+        self.carried = bytes.saturating_sub(h.job_bytes);
+        self.stats.last_lsn.store(h.covered_lsn, Relaxed);
+        self.stats.last_at.store(h.created_at, Relaxed);
+        self.stats.last_bytes.store(bytes, Relaxed);
+    }
+
+    /// Finishes a release a crash cut short, and notes the sealed segments recovery found.
     fn start(&mut self, sealed: Vec<Sealed>) {
-        let mut ledger = id_map(0);
-        let read = file::read(
-            self.storage.as_ref(),
-            &mut |n: &str| -> Arc<str> { Arc::from(n) },
-            &mut |e| {
-                if let Entry::Job(j) = e {
-                    // Roughly its entry's size: the payload and a fixed part.
-                    let size = 120 + j.payload.as_ref().map_or(0, |p| p.len()) as u32;
-                    ledger.insert(j.id, size);
-                }
-            },
-        );
-        match read {
-            Ok(Some(r)) => {
-                self.covered = After {
-                    seq: r.header.covered_seq,
-                    lsn: r.header.covered_lsn,
-                };
-                self.ckpt_bytes = r.bytes;
-                self.ledger = ledger;
-                self.stats.last_lsn.store(r.header.covered_lsn, Relaxed);
-                self.stats.last_at.store(r.header.created_at, Relaxed);
-                self.stats.last_bytes.store(r.bytes, Relaxed);
-            }
-            Ok(None) => {}
-            Err(e) => self.failed(&format!("reading the checkpoint: {e}")),
-        }
         if let Err(e) = self.release(self.covered.seq, &[]) {
             self.failed(&format!("releasing segments a checkpoint covers: {e}"));
         }
@@ -297,44 +323,15 @@ impl Worker {
         );
     }
 
-    /// Adds sealed segments: scans each into the ledger (the dead share's estimate).
+    /// Adds sealed segments.
     fn note_sealed(&mut self, segs: Vec<Sealed>) {
-        for seg in segs {
-            if seg.seq <= self.covered.seq {
-                continue;
-            }
-            let first = self
-                .sealed
-                .last()
-                .map_or(self.covered.lsn + 1, |s| s.seg.last_lsn + 1);
-            let (ledger, dead) = (&mut self.ledger, &mut self.dead);
-            let scanned = read_sealed(self.storage.as_ref(), seg.seq, first, &mut |r| {
-                let size = r.size;
-                match &r.record {
-                    Record::Submit(s) => {
-                        ledger.insert(s.id, size);
-                    }
-                    Record::Finish(f) if f.state == state_code::SUCCEEDED => {
-                        *dead += u64::from(ledger.remove(&f.id).unwrap_or(0) + size)
-                    }
-                    Record::Cancel(c) => {
-                        *dead += u64::from(ledger.remove(&c.id).unwrap_or(0) + size)
-                    }
-                    Record::Purge(p) => {
-                        *dead += u64::from(ledger.remove(&p.id).unwrap_or(0) + size)
-                    }
-                    _ => *dead += u64::from(size),
-                }
-                Ok(())
-            });
-            if let Err(e) = scanned {
-                self.failed(&format!("reading sealed segment {}: {e}", seg.seq));
-            }
-            self.sealed.push(SealedSeg {
-                seg,
-                since: Instant::now(),
-            });
-        }
+        let now = Instant::now();
+        let covered = self.covered.seq;
+        self.sealed.extend(
+            segs.into_iter()
+                .filter(|seg| seg.seq > covered)
+                .map(|seg| SealedSeg { seg, since: now }),
+        );
         self.publish();
     }
 
@@ -342,31 +339,40 @@ impl Worker {
         self.sealed.iter().map(|s| s.seg.end).sum()
     }
 
+    /// What a checkpoint now would release (the checkpoint in place and the sealed segments), and
+    /// about what it would write (the live jobs and what the last one carried).
+    fn balance(&self) -> (u64, u64) {
+        let jobs = self.live.jobs.load(Relaxed);
+        let bytes = self.live.bytes.load(Relaxed);
+        let writes = jobs * JOB_ENTRY_OVERHEAD + bytes + self.carried;
+        (self.ckpt_bytes + self.sealed_bytes(), writes)
+    }
+
     fn publish(&self) {
+        let (frees, writes) = self.balance();
         self.stats.sealed_bytes.store(self.sealed_bytes(), Relaxed);
-        self.stats.dead_bytes.store(self.dead, Relaxed);
+        self.stats
+            .dead_bytes
+            .store(frees.saturating_sub(writes), Relaxed);
     }
 
     /// Which trigger fires, if any.
     fn due(&self) -> Option<&'static str> {
         let cfg = &self.settings.cfg;
-        if !cfg.auto || self.sealed.is_empty() {
+        if !cfg.auto || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return None;
         }
-        if self.retry_at.is_some_and(|t| Instant::now() < t) {
-            return None;
-        }
-        let bytes = self.sealed_bytes();
-        if bytes >= cfg.after_bytes {
-            return Some("tail");
-        }
-        if self.dead as f64 >= DEAD_SHARE * (bytes + self.ckpt_bytes) as f64 {
-            return Some("dead");
-        }
-        if self.dead > 0 && self.sealed[0].since.elapsed() >= cfg.seal_after {
-            return Some("age");
-        }
-        None
+        let (frees, writes) = self.balance();
+        trigger(
+            cfg,
+            &Log {
+                sealed_bytes: self.sealed_bytes(),
+                oldest_sealed: self.sealed.first().map(|s| s.since.elapsed()),
+                ckpt_bytes: self.ckpt_bytes,
+                frees,
+                writes,
+            },
+        )
     }
 
     /// `duejob wal checkpoint`: seal, take in the sealed segment, checkpoint.
@@ -415,7 +421,7 @@ impl Worker {
         let st = &self.settings;
         let now = crate::clock::now_ms();
         let keys = KeyIndex::new(st.key_retention_ms, st.max_keys);
-        let mut fold = Fold::new(keys, st.history_limit, now);
+        let mut fold = super::new_fold(keys, st.history_limit, now);
         let (after, _) = super::load(self.storage.as_ref(), &mut fold)
             .map_err(|e| format!("reading the checkpoint: {e}"))?;
         if after != self.covered {
@@ -442,23 +448,20 @@ impl Worker {
             covered_lsn: last.last_lsn,
             next_id: folded.max_id + 1,
             created_at: now,
+            job_bytes: 0,
         };
         let written = file::write(self.storage.as_ref(), &header, &folded)
             .map_err(|e| format!("writing the checkpoint: {e}"))?;
         // In place: from here on, the segments it covers are not needed.
-        let mut ledger = id_map(folded.live.len());
-        for j in &folded.live {
-            ledger.insert(j.id, 120 + j.payload.as_ref().map_or(0, |p| p.len()) as u32);
-        }
         drop(folded);
         let ends: Vec<(u64, u64)> = self.sealed.iter().map(|s| (s.seg.seq, s.seg.end)).collect();
-        self.ledger = ledger;
-        self.dead = 0;
-        self.covered = After {
-            seq: last.seq,
-            lsn: last.last_lsn,
-        };
-        self.ckpt_bytes = written.bytes;
+        self.placed(
+            Header {
+                job_bytes: written.job_bytes,
+                ..header
+            },
+            written.bytes,
+        );
         self.sealed.clear();
         self.failures_in_row = 0;
         self.retry_at = None;
@@ -466,10 +469,7 @@ impl Worker {
         let ms = t.elapsed().as_millis() as u64;
         let s = &self.stats;
         s.checkpoints.fetch_add(1, Relaxed);
-        s.last_at.store(now, Relaxed);
-        s.last_lsn.store(last.last_lsn, Relaxed);
         s.last_ms.store(ms, Relaxed);
-        s.last_bytes.store(written.bytes, Relaxed);
         self.publish();
         let released = self
             .release(last.seq, &ends)
@@ -620,4 +620,71 @@ fn trim(archive: &dyn Storage, name: &str, end: u64) -> std::io::Result<()> {
         f.sync_data()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn log(sealed_bytes: u64, ckpt_bytes: u64, frees: u64, writes: u64, age_s: u64) -> Log {
+        Log {
+            sealed_bytes,
+            oldest_sealed: Some(Duration::from_secs(age_s)),
+            ckpt_bytes,
+            frees,
+            writes,
+        }
+    }
+
+    #[test]
+    fn triggers_fire_on_the_tail_the_dead_share_and_age_and_never_without_a_sealed_segment() {
+        let cfg = CheckpointConfig::default();
+        // Nothing sealed: nothing to cover.
+        let none = Log {
+            oldest_sealed: None,
+            ..log(0, 0, 10 * MIB, 0, 0)
+        };
+        assert_eq!(trigger(&cfg, &none), None);
+        // The tail reached `after_bytes`, all of it live.
+        assert_eq!(
+            trigger(&cfg, &log(256 * MIB, 0, 256 * MIB, 300 * MIB, 0)),
+            Some("tail")
+        );
+        // A checkpoint larger than `after_bytes` is rewritten only once the tail is as large.
+        assert_eq!(
+            trigger(&cfg, &log(256 * MIB, 900 * MIB, 1156 * MIB, 1200 * MIB, 0)),
+            None
+        );
+        assert_eq!(
+            trigger(&cfg, &log(900 * MIB, 900 * MIB, 1800 * MIB, 2000 * MIB, 0)),
+            Some("tail")
+        );
+        // Half dead: the checkpoint releases at least what it writes.
+        assert_eq!(
+            trigger(&cfg, &log(64 * MIB, 20 * MIB, 84 * MIB, 42 * MIB, 0)),
+            Some("dead")
+        );
+        assert_eq!(
+            trigger(&cfg, &log(64 * MIB, 20 * MIB, 84 * MIB, 43 * MIB, 0)),
+            None
+        );
+        // Age: only once it would release more than it writes.
+        let age = cfg.seal_after.as_secs();
+        assert_eq!(
+            trigger(&cfg, &log(MIB, 20 * MIB, 21 * MIB, 20 * MIB, age)),
+            Some("age")
+        );
+        assert_eq!(
+            trigger(&cfg, &log(MIB, 20 * MIB, 21 * MIB, 20 * MIB, age - 1)),
+            None
+        );
+        // A log of delayed jobs only (their entries outweigh their records): never rewritten
+        // for age.
+        assert_eq!(
+            trigger(&cfg, &log(MIB, 0, MIB, MIB + MIB / 8, 10 * age)),
+            None
+        );
+    }
 }

@@ -44,6 +44,32 @@ pub struct Job {
 /// Shared handle to a job.
 pub type JobRef = Arc<Job>;
 
+/// The size of the live set, as the dispatcher keeps it: every job in its table (not finished,
+/// or dead and not purged), and the bytes of their payloads and keys. Written by the dispatcher
+/// alone; the checkpointer reads it to judge what a checkpoint would write.
+#[derive(Debug, Default)]
+pub struct LiveSize {
+    /// Jobs.
+    pub jobs: std::sync::atomic::AtomicU64,
+    /// Bytes of their payloads and keys.
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl LiveSize {
+    /// Counts `job` in (`sign` 1) or out (`sign` -1).
+    pub fn add(&self, job: &Job, sign: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = (job.payload.len() + job.key.as_ref().map_or(0, |k| k.len())) as u64;
+        if sign > 0 {
+            self.jobs.fetch_add(1, Relaxed);
+            self.bytes.fetch_add(b, Relaxed);
+        } else {
+            self.jobs.fetch_sub(1, Relaxed);
+            self.bytes.fetch_sub(b, Relaxed);
+        }
+    }
+}
+
 /// The WAL's message type for jobs: what connections and the dispatcher send the commit thread.
 pub type WalMsg = crate::wal::commit::WalMsg<JobRef>;
 

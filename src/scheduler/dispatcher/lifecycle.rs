@@ -126,6 +126,7 @@ impl Dispatcher {
     pub(super) fn retire(&mut self, id: u64) {
         let e = self.jobs.remove(&id).expect("live job");
         let j = &e.job;
+        self.live.add(j, -1);
         self.remember(DoneJob {
             id,
             queue: self.queue_names[j.queue as usize].clone(),

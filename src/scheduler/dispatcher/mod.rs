@@ -32,7 +32,7 @@ use crate::config::{Config, Order};
 use crate::handlers::{JobError, Kinds, StopReason, StopSignal};
 use crate::job::machine::{self, JobCore, Stale, Transition};
 use crate::job::WalMsg;
-use crate::job::{now_ms, JobRef, State};
+use crate::job::{now_ms, JobRef, LiveSize, State};
 use crate::wal::commit::{Ack, Append, RecordBatch};
 use crate::wal::record::{Record, Start};
 use crate::wal::WalError;
@@ -105,7 +105,42 @@ pub struct Recovered {
     /// Non-terminal jobs.
     pub live: Vec<LiveJob>,
     /// Terminal jobs, oldest first.
-    pub done: Vec<DoneJob>,
+    pub done: History,
+}
+
+/// Finished jobs, oldest first, decoded when first needed: the dispatcher restores them after
+/// the live jobs, so that a restart's time does not depend on the history.
+#[derive(Default)]
+pub struct History {
+    decode: Option<Box<dyn FnOnce() -> Vec<DoneJob> + Send>>,
+    jobs: Vec<DoneJob>,
+}
+
+impl History {
+    /// The jobs `decode` gives, when first asked for.
+    pub fn later(decode: impl FnOnce() -> Vec<DoneJob> + Send + 'static) -> History {
+        History {
+            decode: Some(Box::new(decode)),
+            jobs: Vec::new(),
+        }
+    }
+
+    /// The jobs (decoded now, if they were not yet).
+    pub fn get(&mut self) -> &mut Vec<DoneJob> {
+        if let Some(d) = self.decode.take() {
+            self.jobs = d();
+        }
+        &mut self.jobs
+    }
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.decode {
+            Some(_) => f.write_str("History(not yet decoded)"),
+            None => f.debug_tuple("History").field(&self.jobs).finish(),
+        }
+    }
 }
 
 /// How long a handler told to stop (timeout) may take before its attempt is given up.
@@ -197,6 +232,8 @@ pub struct Dispatcher {
     draining: Option<(Instant, Sender<()>)>,
     /// Set once the WAL has failed: nothing can be recorded, so nothing more is started.
     wal_failed: Option<Arc<WalError>>,
+    /// The size of `jobs`, for the checkpointer (counted when a job arrives and when it retires).
+    live: Arc<LiveSize>,
 }
 
 /// Starts the workers and the dispatcher thread.
@@ -207,6 +244,7 @@ pub fn spawn(
     wal: Sender<WalMsg>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
+    live: Arc<LiveSize>,
 ) -> JoinHandle<()> {
     let mut workers = Vec::new();
     let mut signals = Vec::new();
@@ -247,7 +285,7 @@ pub fn spawn(
             .map(|k| Arc::from(k.as_str()))
             .collect(),
         jobs: JobTable::with_capacity(recovered.live.len()),
-        history: id_map(recovered.done.len().min(cfg.history_limit)),
+        history: id_map(0),
         history_order: VecDeque::new(),
         ready: ReadySet::new(cfg.order, limits),
         timers: BinaryHeap::new(),
@@ -268,6 +306,7 @@ pub fn spawn(
         rng: seed | 1,
         draining: None,
         wal_failed: None,
+        live,
         cfg,
         kinds,
     };
@@ -291,20 +330,23 @@ pub fn spawn(
 }
 
 impl Dispatcher {
-    fn restore(&mut self, rec: Recovered) {
-        for done in rec.done {
+    fn restore(&mut self, mut rec: Recovered) {
+        let now = now_ms();
+        for live in rec.live {
+            self.insert(live.job, live.core, now);
+        }
+        let done = std::mem::take(rec.done.get());
+        self.history.reserve(done.len().min(self.cfg.history_limit));
+        for done in done {
             if let Some(q) = self.queue_names.iter().position(|n| *n == done.queue) {
                 self.counts[q][done.state().index()] += 1;
             }
             self.remember(done);
         }
-        let now = now_ms();
-        for live in rec.live {
-            self.insert(live.job, live.core, now);
-        }
     }
 
-    /// Adds a job to the table, counts it, and starts it on its way: to the ready set, or to the
+    /// Adds a job to the table, counts it by state (its size in [`LiveSize`] is the caller's:
+    /// the runtime counts the recovered ones before the threads start), and starts it on its way: to the ready set, or to the
     /// timers if it waits for its `run_at` or its retry.
     fn insert(&mut self, job: JobRef, core: JobCore, now: u64) {
         let (id, q) = (job.id, job.queue as usize);
@@ -420,6 +462,7 @@ impl Dispatcher {
                 let now = now_ms();
                 for job in jobs {
                     let core = JobCore::with_run_at(job.run_at);
+                    self.live.add(&job, 1);
                     self.insert(job, core, now);
                 }
             }

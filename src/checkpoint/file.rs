@@ -76,7 +76,7 @@ pub struct Header {
     pub next_id: u64,
     /// When it was written (ms).
     pub created_at: u64,
-    /// Bytes of its `job` entries, framing included (filled in by [`write`]).
+    /// Bytes of its `job` entries, framing included (filled in by [`write()`]).
     pub job_bytes: u64,
 }
 
@@ -320,6 +320,9 @@ pub struct Written {
     pub end: End,
 }
 
+/// How much of the checkpoint is written (and synced) at a time.
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// Buffers entries and writes them to the file in large pieces.
 struct Out<'f> {
     file: &'f dyn SegmentFile,
@@ -344,7 +347,7 @@ impl Out<'_> {
         }
         self.n += 1;
         encode_record(&mut self.buf, etype, SCHEMA, self.n, &self.body, self.salt);
-        if self.buf.len() >= 1 << 20 {
+        if self.buf.len() >= WRITE_CHUNK {
             self.flush()?;
         }
         Ok(())
@@ -354,7 +357,7 @@ impl Out<'_> {
     fn raw_entry(&mut self, etype: u8, body: &[u8]) -> Result<(), WalError> {
         self.n += 1;
         encode_record(&mut self.buf, etype, SCHEMA, self.n, body, self.salt);
-        if self.buf.len() >= 1 << 20 {
+        if self.buf.len() >= WRITE_CHUNK {
             self.flush()?;
         }
         Ok(())
@@ -365,10 +368,14 @@ impl Out<'_> {
         self.offset + self.buf.len() as u64
     }
 
+    /// Writes what is buffered and syncs it: the checkpoint never holds more than a MiB of
+    /// dirty pages, so the log's own fdatasync, which shares the disk and the file system's
+    /// journal with it, never waits behind a large write-back.
     fn flush(&mut self) -> Result<(), WalError> {
-        self.file
-            .write_at(&self.buf, self.offset)
-            .map_err(|e| WalError::io(self.loc.clone(), e))?;
+        let io = |e| WalError::io(self.loc.clone(), e);
+        self.file.write_at(&self.buf, self.offset).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        super::pace();
         self.offset += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -436,10 +443,18 @@ pub fn write(storage: &dyn Storage, header: &Header, folded: &Folded) -> Result<
     file.write_at(&header.encode(), 0).map_err(io)?;
     file.sync_data().map_err(io)?;
     drop(file);
+    // Held open across the rename, the old checkpoint is not freed by it: it is freed
+    // gradually afterwards (`shrink_gradually`), out of the way of the log's syncs.
+    let old = storage.open(FILE, true).ok();
     storage.rename(TMP, FILE).map_err(io)?;
     storage
         .sync_dir()
         .map_err(|e| WalError::io(storage.location(""), e))?;
+    if let Some(old) = old {
+        if let Err(e) = super::shrink_gradually(old.as_ref(), 0) {
+            log::warn!("checkpoint: freeing the previous one: {e}");
+        }
+    }
     Ok(Written {
         bytes,
         job_bytes: header.job_bytes,

@@ -90,7 +90,7 @@ impl Interner {
 pub enum Hist {
     /// Folded from the log.
     Job(FoldJob),
-    /// As a checkpoint's `done` entry holds it: its body, in [`History::raw`] at `at..at + len`.
+    /// As a checkpoint's `done` entry holds it: its body, in the history's raw arena at `at..at + len`.
     Raw {
         /// Job id.
         id: u64,
@@ -214,6 +214,14 @@ impl Fold {
             history_limit,
             now,
         }
+    }
+
+    /// Makes room for `jobs` live jobs up front: growing the list and the index as a large fold
+    /// goes means copying and freeing hundreds of MB at a time, which holds the process's memory
+    /// map lock and with it every other thread that touches a new page.
+    pub fn reserve(&mut self, jobs: usize) {
+        self.live.jobs.reserve(jobs);
+        self.index.reserve(jobs);
     }
 
     /// When the keys' retention is judged.
@@ -366,6 +374,21 @@ impl Fold {
             keys: self.keys,
             max_id: self.max_id,
             released: self.released,
+        }
+    }
+}
+
+impl Folded {
+    /// Frees it a piece at a time, pausing between pieces: freeing the live jobs of a large fold
+    /// at once (hundreds of MB) stalled the daemon's other threads for 10-30 ms (measured), as
+    /// the kernel takes back that much memory in one go.
+    pub fn free_gradually(self) {
+        const STEP: usize = 32_768;
+        let mut jobs = self.live.jobs;
+        while jobs.len() > STEP {
+            jobs.truncate(jobs.len() - STEP);
+            jobs.shrink_to_fit();
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }

@@ -517,12 +517,7 @@ pub fn read(
         Err(e) => return Err(io(e)),
     };
     let len = file.size().map_err(io)?;
-    let mut r = Chunks {
-        file: file.as_ref(),
-        buf: Vec::new(),
-        start: 0,
-        len,
-    };
+    let mut r = crate::wal::reader::Window::new(file.as_ref(), len);
     let header = Header::decode(r.get(0, HEADER_LEN).map_err(io)?, &loc)?;
     let salt = salt(header.covered_lsn);
     let mut off = HEADER_LEN as u64;
@@ -627,36 +622,4 @@ fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
         .with_limit(body.len() as u64)
         .deserialize(body)
         .map_err(|e| e.to_string())
-}
-
-/// A sliding window of at least 1 MiB over the file.
-struct Chunks<'f> {
-    file: &'f dyn SegmentFile,
-    buf: Vec<u8>,
-    start: u64,
-    len: u64,
-}
-
-impl Chunks<'_> {
-    /// `n` bytes at `off`, or fewer if the file ends first.
-    fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
-        let have = off >= self.start && off + n as u64 <= self.start + self.buf.len() as u64;
-        if !have {
-            let want = n.max(1 << 20).min(self.len.saturating_sub(off) as usize);
-            self.buf.resize(want, 0);
-            let mut got = 0;
-            while got < want {
-                let r = self.file.read_at(&mut self.buf[got..], off + got as u64)?;
-                if r == 0 {
-                    break;
-                }
-                got += r;
-            }
-            self.buf.truncate(got);
-            self.start = off;
-        }
-        let from = (off - self.start) as usize;
-        let to = (from + n).min(self.buf.len());
-        Ok(&self.buf[from..to])
-    }
 }

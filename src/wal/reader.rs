@@ -289,12 +289,7 @@ pub fn walk_log_after(
             seq: *seq,
             is_last,
             on_damage,
-            w: Window {
-                file: file.as_ref(),
-                buf: Vec::new(),
-                start: 0,
-                file_len: 0,
-            },
+            w: Window::new(file.as_ref(), 0),
             scan: SegmentScan {
                 name: name.to_string(),
                 seq: *seq,
@@ -369,12 +364,7 @@ pub fn read_sealed(
         seq,
         is_last: false,
         on_damage: OnDamage::Stop,
-        w: Window {
-            file: file.as_ref(),
-            buf: Vec::new(),
-            start: 0,
-            file_len: 0,
-        },
+        w: Window::new(file.as_ref(), 0),
         scan: SegmentScan {
             name: name.clone(),
             seq,
@@ -403,8 +393,8 @@ enum Flow {
     Stop,
 }
 
-/// A sliding read window over one file.
-struct Window<'f> {
+/// A sliding read window over one file (the segments' readers and the checkpoint's).
+pub(crate) struct Window<'f> {
     file: &'f dyn SegmentFile,
     buf: Vec<u8>,
     /// File offset of `buf[0]`.
@@ -413,8 +403,18 @@ struct Window<'f> {
 }
 
 impl<'f> Window<'f> {
+    /// A window over `file`, whose length is taken to be `file_len`.
+    pub(crate) fn new(file: &'f dyn SegmentFile, file_len: u64) -> Window<'f> {
+        Window {
+            file,
+            buf: Vec::new(),
+            start: 0,
+            file_len,
+        }
+    }
+
     /// Returns `n` bytes at `off`, or fewer if the file ends first.
-    fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
+    pub(crate) fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
         let have = off >= self.start && off + n as u64 <= self.start + self.buf.len() as u64;
         if !have {
             let want = n

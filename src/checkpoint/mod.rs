@@ -214,18 +214,24 @@ pub(crate) fn load(
 /// the disk. On any other thread (recovery, the offline tools) pacing is off and [`pace`] costs a
 /// counter.
 mod pacing {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     thread_local! {
         /// (share of the time it may work, when the current slice began, calls in the slice).
         static PACE: Cell<Option<(f64, Instant, u32)>> = const { Cell::new(None) };
+        /// Once set, no more rests: a daemon stopping waits for a checkpoint at full speed.
+        static HURRY: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
     }
 
-    /// Turns pacing on for this thread: it works `duty` of the time (0 < duty ≤ 1).
-    pub(crate) fn enable(duty: f64) {
+    /// Turns pacing on for this thread: it works `duty` of the time (0 < duty ≤ 1) until `hurry`
+    /// is set.
+    pub(crate) fn enable(duty: f64, hurry: Arc<AtomicBool>) {
         if duty > 0.0 && duty < 1.0 {
             PACE.with(|p| p.set(Some((duty, Instant::now(), 0))));
+            HURRY.with(|h| *h.borrow_mut() = Some(hurry));
         }
     }
 
@@ -241,7 +247,8 @@ mod pacing {
                 return;
             }
             let worked = since.elapsed();
-            if worked >= Duration::from_millis(1) {
+            let hurry = HURRY.with(|h| h.borrow().as_ref().is_some_and(|h| h.load(Relaxed)));
+            if worked >= Duration::from_millis(1) && !hurry {
                 std::thread::sleep(worked.mul_f64((1.0 - duty) / duty));
                 p.set(Some((duty, Instant::now(), 0)));
             } else {

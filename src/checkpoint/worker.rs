@@ -191,7 +191,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("duejob-checkpoint".into())
         .spawn(move || {
-            yield_to_the_primary_path();
+            yield_to_the_primary_path(w.stop.clone());
             w.start(sealed);
             w.run(rx);
         })
@@ -214,12 +214,13 @@ pub fn spawn(
 const DUTY: f64 = 0.1;
 
 /// Lowers this thread's priority to niceness 19 (on Linux, per thread), and paces its work
-/// ([`super::pace`]): the checkpointer takes what the primary path leaves.
-fn yield_to_the_primary_path() {
+/// ([`super::pace`]): the checkpointer takes what the primary path leaves, until the daemon
+/// stops (`stop`), when a checkpoint under way finishes at full speed.
+fn yield_to_the_primary_path(stop: Arc<AtomicBool>) {
     if let Err(e) = rustix::process::setpriority_process(None, 19) {
         log::warn!("checkpointer: could not lower its priority: {e}");
     }
-    super::enable_pacing(DUTY);
+    super::enable_pacing(DUTY, stop);
 }
 
 /// What the triggers look at.

@@ -1,7 +1,8 @@
 //! Golden WAL segments lock the on-disk format: `tests/golden/v1/` was written by format version 1
 //! and must keep reading to the same records, and today's writer must produce the same bytes.
 //! `tests/golden/v1-all/` holds every record type of version 1, those added later included
-//! (`retry`, `revive`, `purge`, the `sync` mark, the `TimedOut` outcome).
+//! (`retry`, `revive`, `purge`, the `sync` mark, the `TimedOut` outcome), and beside it a
+//! checkpoint (format version 1) of those records and two live jobs.
 //! Regenerate (only when deliberately changing the format, with a new version number):
 //! `cargo test --test golden_wal -- --ignored`.
 
@@ -179,4 +180,127 @@ fn regenerate() {
     std::fs::write(golden_dir().join(SEG), written_today()).unwrap();
     std::fs::create_dir_all(golden_all_dir()).unwrap();
     std::fs::write(golden_all_dir().join(SEG), written(all_records())).unwrap();
+    std::fs::write(golden_checkpoint(), checkpoint_today()).unwrap();
+}
+
+/// `tests/golden/v1-all/checkpoint`: a checkpoint of [`checkpoint_records`] (kept beside `wal/`,
+/// not in it, where it would cover the golden segment).
+fn golden_checkpoint() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-all/checkpoint")
+}
+
+/// Every record type, then two jobs that stay live: one delayed by 30 days with a key, one
+/// started.
+fn checkpoint_records() -> Vec<Record<'static>> {
+    let t = 1_764_000_000_000;
+    let mut v = all_records();
+    v.push(Record::Submit(Submit {
+        id: 6,
+        queue: "bulk".into(),
+        kind: "exec".into(),
+        payload: r#"{"argv":["./invoice.sh"]}"#.into(),
+        key: Some("monthly-invoice".into()),
+        submitted_at: t + 16,
+        deadline: t + 2_595_600_016,
+        run_at: Some(t + 2_592_000_016),
+        max_attempts: 5,
+        timeout_ms: Some(60_000),
+    }));
+    v.push(Record::Submit(Submit {
+        id: 7,
+        queue: "default".into(),
+        kind: "noop".into(),
+        payload: "{}".into(),
+        key: None,
+        submitted_at: t + 17,
+        deadline: t + 300_017,
+        run_at: None,
+        max_attempts: 3,
+        timeout_ms: None,
+    }));
+    v.push(Record::Start(Start {
+        id: 7,
+        attempt: 1,
+        at: t + 18,
+    }));
+    v
+}
+
+/// The checkpoint today's code writes of [`checkpoint_records`]: folded through the one state
+/// machine, at a fixed time, with a history of 2 and keys kept a year.
+fn checkpoint_today() -> Vec<u8> {
+    use duejob::checkpoint::file::{self, Header};
+    use duejob::checkpoint::fold::Fold;
+    use duejob::wal::keys::KeyIndex;
+    let t = 1_764_000_000_000;
+    let seg = tempfile::tempdir().unwrap();
+    std::fs::write(seg.path().join(SEG), written(checkpoint_records())).unwrap();
+    let keys = KeyIndex::new(365 * 86_400_000, 100);
+    let mut fold = Fold::new(keys, 2, t + 100, file::decode_done_interned);
+    let mut last = 0;
+    read_log(&FileStorage::new(seg.path()), &mut |r| {
+        fold.apply(r);
+        last = r.lsn;
+        Ok(())
+    })
+    .unwrap();
+    let folded = fold.split();
+    let header = Header {
+        covered_seq: 1,
+        covered_lsn: last,
+        next_id: folded.max_id + 1,
+        created_at: t + 100,
+        job_bytes: 0,
+    };
+    let mem = MemStorage::new();
+    file::write(&mem, &header, &folded).unwrap();
+    mem.file_bytes("checkpoint").unwrap()
+}
+
+#[test]
+fn the_golden_checkpoint_reads_and_todays_writer_produces_its_bytes() {
+    use duejob::checkpoint::file::{self, Entry};
+    let golden = std::fs::read(golden_checkpoint()).unwrap();
+    assert_eq!(
+        checkpoint_today(),
+        golden,
+        "the checkpoint format changed: bump its version and keep reading this one"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("checkpoint"), &golden).unwrap();
+    let (mut jobs, mut done, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    let read = file::read(
+        &FileStorage::new(dir.path()),
+        &mut |n: &str| -> Arc<str> { n.into() },
+        &mut |e| {
+            match e {
+                Entry::Job(j) => jobs.push(j.id),
+                Entry::Done { id, body } => {
+                    let j = file::decode_done(body, &mut |n: &str| n.into())?;
+                    assert_eq!(j.id, id);
+                    done.push(id);
+                }
+                Entry::Key(k, e) => keys.push((k.to_string(), e.id)),
+            }
+            Ok(())
+        },
+    )
+    .unwrap()
+    .expect("a checkpoint");
+    assert_eq!(read.header.covered_seq, 1);
+    assert_eq!(read.header.covered_lsn, 13);
+    assert_eq!(read.header.next_id, 8);
+    // 6 and 7 are live (scheduled, running); 1 succeeded and 2 was cancelled: the history of 2;
+    // the records of 3, 4 and 5 name jobs never submitted, and change nothing.
+    assert_eq!(jobs, vec![6, 7]);
+    assert_eq!(done, vec![1, 2]);
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            ("monthly-invoice".to_string(), 6),
+            ("sync-2026-11".to_string(), 2)
+        ]
+    );
+    assert_eq!((read.end.jobs, read.end.done, read.end.keys), (2, 2, 2));
 }

@@ -214,24 +214,39 @@ pub(crate) fn load(
 /// the disk. On any other thread (recovery, the offline tools) pacing is off and [`pace`] costs a
 /// counter.
 mod pacing {
-    use std::cell::{Cell, RefCell};
+    use std::cell::RefCell;
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    thread_local! {
-        /// (share of the time it may work, when the current slice began, calls in the slice).
-        static PACE: Cell<Option<(f64, Instant, u32)>> = const { Cell::new(None) };
+    /// This thread's pace.
+    struct Pace {
+        /// The share of the time it may work.
+        duty: f64,
+        /// When the current slice began.
+        since: Instant,
+        /// Calls in the current slice.
+        n: u32,
         /// Once set, no more rests: a daemon stopping waits for a checkpoint at full speed.
-        static HURRY: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+        hurry: Arc<AtomicBool>,
     }
 
-    /// Turns pacing on for this thread: it works `duty` of the time (0 < duty ≤ 1) until `hurry`
-    /// is set.
+    thread_local! {
+        static PACE: RefCell<Option<Pace>> = const { RefCell::new(None) };
+    }
+
+    /// Turns pacing on for this thread: it works `duty` of the time (0 < duty < 1; anything else
+    /// leaves it off) until `hurry` is set.
     pub(crate) fn enable(duty: f64, hurry: Arc<AtomicBool>) {
         if duty > 0.0 && duty < 1.0 {
-            PACE.with(|p| p.set(Some((duty, Instant::now(), 0))));
-            HURRY.with(|h| *h.borrow_mut() = Some(hurry));
+            PACE.with(|p| {
+                *p.borrow_mut() = Some(Pace {
+                    duty,
+                    since: Instant::now(),
+                    n: 0,
+                    hurry,
+                })
+            });
         }
     }
 
@@ -239,20 +254,19 @@ mod pacing {
     /// slice is over.
     pub(crate) fn pace() {
         PACE.with(|p| {
-            let Some((duty, since, n)) = p.get() else {
+            let mut p = p.borrow_mut();
+            let Some(p) = p.as_mut() else {
                 return;
             };
-            if n < 256 {
-                p.set(Some((duty, since, n + 1)));
+            p.n += 1;
+            if p.n < 256 {
                 return;
             }
-            let worked = since.elapsed();
-            let hurry = HURRY.with(|h| h.borrow().as_ref().is_some_and(|h| h.load(Relaxed)));
-            if worked >= Duration::from_millis(1) && !hurry {
-                std::thread::sleep(worked.mul_f64((1.0 - duty) / duty));
-                p.set(Some((duty, Instant::now(), 0)));
-            } else {
-                p.set(Some((duty, since, 0)));
+            p.n = 0;
+            let worked = p.since.elapsed();
+            if worked >= Duration::from_millis(1) && !p.hurry.load(Relaxed) {
+                std::thread::sleep(worked.mul_f64((1.0 - p.duty) / p.duty));
+                p.since = Instant::now();
             }
         });
     }

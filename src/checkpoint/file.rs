@@ -347,6 +347,7 @@ impl Out<'_> {
         }
         self.n += 1;
         encode_record(&mut self.buf, etype, SCHEMA, self.n, &self.body, self.salt);
+        super::pace();
         if self.buf.len() >= WRITE_CHUNK {
             self.flush()?;
         }
@@ -357,6 +358,7 @@ impl Out<'_> {
     fn raw_entry(&mut self, etype: u8, body: &[u8]) -> Result<(), WalError> {
         self.n += 1;
         encode_record(&mut self.buf, etype, SCHEMA, self.n, body, self.salt);
+        super::pace();
         if self.buf.len() >= WRITE_CHUNK {
             self.flush()?;
         }
@@ -375,7 +377,6 @@ impl Out<'_> {
         let io = |e| WalError::io(self.loc.clone(), e);
         self.file.write_at(&self.buf, self.offset).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        super::pace();
         self.offset += self.buf.len() as u64;
         self.buf.clear();
         Ok(())

@@ -209,23 +209,59 @@ pub(crate) fn load(
     Ok((after, read))
 }
 
-/// The checkpointer's duty cycle: on its thread, work is cut into slices of about a millisecond
-/// with a rest after each, so that it takes at most a share of one core and of the memory bus and
-/// the disk. On any other thread (recovery, the offline tools) pacing is off and [`pace`] costs a
-/// counter.
+/// The checkpointer's duty cycle: on its thread, work is cut into slices of about 100 µs with a
+/// rest after each, so that it takes only a share of one core, of the memory bus and of the disk,
+/// and a primary-path thread woken on its core never waits behind a long slice (the scheduler lets
+/// a running thread, even at niceness 19, finish a slice of a few ms). The share follows the log
+/// ([`duty_for`]). While the checkpointer keeps up, a slice is measured on the wall clock, the
+/// waits for a core included, so that on a busy machine it rests more: it takes what is idle.
+/// Once the log not yet covered outgrows its limit, a slice is measured in the thread's CPU time,
+/// so that it gets its share however busy the machine is, and the share grows with the backlog.
+/// On any other thread (recovery, the offline tools) pacing is off and [`pace`] costs a
+/// thread-local lookup.
 mod pacing {
     use std::cell::RefCell;
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    /// How long a slice of work lasts before a rest.
+    const SLICE: Duration = Duration::from_micros(100);
+    /// Calls to [`pace`] between looks at the clock (each call an entry or a record: well under
+    /// a µs to a few µs).
+    const EVERY: u32 = 32;
+
+    /// The share of the time to work: `base` while `backlog` (the log not yet covered by a
+    /// checkpoint) is at most `limit`, then growing with the square of how far past it the
+    /// backlog is, up to all of it: twice the limit, four times `base`; past about
+    /// `limit × √(1 / base)`, full speed. So a checkpointer that keeps up stays out of the way,
+    /// and one that falls behind catches up before the log grows far past its limit.
+    pub(crate) fn duty_for(base: f64, backlog: u64, limit: u64) -> f64 {
+        if backlog <= limit || limit == 0 {
+            return base;
+        }
+        let over = backlog as f64 / limit as f64;
+        (base * over * over).min(1.0)
+    }
+
+    /// What the current checkpoint follows: the log not yet covered, and its limit.
+    pub(crate) struct Follow {
+        pub backlog: Box<dyn Fn() -> u64>,
+        pub limit: u64,
+    }
+
     /// This thread's pace.
     struct Pace {
-        /// The share of the time it may work.
-        duty: f64,
-        /// When the current slice began.
-        since: Instant,
-        /// Calls in the current slice.
+        /// The share of the time it may work while it keeps up.
+        base: f64,
+        /// The log it follows, during a checkpoint.
+        follow: Option<Follow>,
+        /// The largest share it took since [`take_peak`].
+        peak: f64,
+        /// When the current slice began, on the wall clock and in this thread's CPU time.
+        wall: Instant,
+        cpu: Duration,
+        /// Calls since the last look at the clock.
         n: u32,
         /// Once set, no more rests: a daemon stopping waits for a checkpoint at full speed.
         hurry: Arc<AtomicBool>,
@@ -235,14 +271,17 @@ mod pacing {
         static PACE: RefCell<Option<Pace>> = const { RefCell::new(None) };
     }
 
-    /// Turns pacing on for this thread: it works `duty` of the time (0 < duty < 1; anything else
-    /// leaves it off) until `hurry` is set.
-    pub(crate) fn enable(duty: f64, hurry: Arc<AtomicBool>) {
-        if duty > 0.0 && duty < 1.0 {
+    /// Turns pacing on for this thread: it works `base` of the time (0 < base < 1; anything
+    /// else leaves it off) until `hurry` is set.
+    pub(crate) fn enable(base: f64, hurry: Arc<AtomicBool>) {
+        if base > 0.0 && base < 1.0 {
             PACE.with(|p| {
                 *p.borrow_mut() = Some(Pace {
-                    duty,
-                    since: Instant::now(),
+                    base,
+                    follow: None,
+                    peak: base,
+                    wall: Instant::now(),
+                    cpu: cpu_time(),
                     n: 0,
                     hurry,
                 })
@@ -250,8 +289,28 @@ mod pacing {
         }
     }
 
-    /// Called between small units of work (an entry folded, a chunk written): rests when the
-    /// slice is over.
+    /// From now on (`Some`) the share follows this log ([`duty_for`]); `None`: the base share.
+    pub(crate) fn follow(f: Option<Follow>) {
+        PACE.with(|p| {
+            if let Some(p) = p.borrow_mut().as_mut() {
+                p.follow = f;
+            }
+        });
+    }
+
+    /// The largest share this thread worked at since the last call (0 if pacing is off).
+    pub(crate) fn take_peak() -> f64 {
+        PACE.with(|p| {
+            p.borrow_mut().as_mut().map_or(0.0, |p| {
+                let peak = p.peak;
+                p.peak = p.base;
+                peak
+            })
+        })
+    }
+
+    /// Called between small units of work (an entry folded or written, a record applied):
+    /// rests when the slice is over.
     pub(crate) fn pace() {
         PACE.with(|p| {
             let mut p = p.borrow_mut();
@@ -259,16 +318,105 @@ mod pacing {
                 return;
             };
             p.n += 1;
-            if p.n < 256 {
+            if p.n < EVERY {
                 return;
             }
             p.n = 0;
-            let worked = p.since.elapsed();
-            if worked >= Duration::from_millis(1) && !p.hurry.load(Relaxed) {
-                std::thread::sleep(worked.mul_f64((1.0 - p.duty) / p.duty));
-                p.since = Instant::now();
+            // The wall clock first: it is cheap, and never behind the CPU time.
+            let wall = p.wall.elapsed();
+            if wall < SLICE {
+                return;
             }
+            let (behind, duty) = match &p.follow {
+                Some(f) => {
+                    let backlog = (f.backlog)();
+                    (backlog > f.limit, duty_for(p.base, backlog, f.limit))
+                }
+                None => (false, p.base),
+            };
+            let cpu = cpu_time();
+            let worked = if behind {
+                cpu.saturating_sub(p.cpu)
+            } else {
+                wall
+            };
+            if worked < SLICE {
+                return;
+            }
+            if !p.hurry.load(Relaxed) {
+                p.peak = p.peak.max(duty);
+                if duty < 1.0 {
+                    std::thread::sleep(worked.mul_f64((1.0 - duty) / duty));
+                }
+            }
+            p.wall = Instant::now();
+            p.cpu = cpu;
         });
     }
+
+    /// The CPU time this thread has used: work done, not the time spent waiting for a core (on a
+    /// busy machine a thread at niceness 19 waits milliseconds for one).
+    fn cpu_time() -> Duration {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_share_stays_at_its_base_until_the_backlog_passes_its_limit_then_grows_to_all() {
+            assert_eq!(duty_for(0.1, 0, 100), 0.1);
+            assert_eq!(duty_for(0.1, 100, 100), 0.1);
+            assert!((duty_for(0.1, 200, 100) - 0.4).abs() < 1e-9);
+            assert!((duty_for(0.1, 300, 100) - 0.9).abs() < 1e-9);
+            assert_eq!(duty_for(0.1, 400, 100), 1.0);
+            assert_eq!(duty_for(0.1, u64::MAX, 100), 1.0);
+            assert_eq!(duty_for(0.1, 5, 0), 0.1);
+            // Never less as the backlog grows.
+            let mut last = 0.0;
+            for b in (0..1000).step_by(7) {
+                let d = duty_for(0.1, b, 100);
+                assert!(d >= last, "{b}: {d} < {last}");
+                last = d;
+            }
+        }
+
+        #[test]
+        fn a_thread_without_pacing_is_not_paced() {
+            follow(Some(Follow {
+                backlog: Box::new(|| u64::MAX),
+                limit: 1,
+            }));
+            for _ in 0..1000 {
+                pace();
+            }
+            assert_eq!(take_peak(), 0.0);
+        }
+
+        #[test]
+        fn a_paced_thread_reports_the_share_the_backlog_asked_for() {
+            std::thread::spawn(|| {
+                enable(0.5, Arc::new(AtomicBool::new(false)));
+                follow(Some(Follow {
+                    backlog: Box::new(|| 150),
+                    limit: 100,
+                }));
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(5) {
+                    pace();
+                }
+                // 0.5 × 1.5² ≥ 1: full speed, no rest.
+                assert_eq!(take_peak(), 1.0);
+                assert_eq!(take_peak(), 0.5, "the peak starts again from the base");
+            })
+            .join()
+            .unwrap();
+        }
+    }
 }
-pub(crate) use pacing::{enable as enable_pacing, pace};
+pub(crate) use pacing::{enable as enable_pacing, follow, pace, take_peak, Follow};

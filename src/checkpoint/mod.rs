@@ -227,6 +227,8 @@ mod pacing {
 
     /// How long a slice of work lasts before a rest.
     const SLICE: Duration = Duration::from_micros(100);
+    /// The most of one slice's wall-clock time counted as work while within the limit.
+    const WAIT_COUNTED: Duration = Duration::from_micros(400);
     /// Calls to [`pace`] between looks at the clock (each call an entry or a record: well under
     /// a µs to a few µs).
     const EVERY: u32 = 32;
@@ -338,7 +340,11 @@ mod pacing {
             let worked = if behind {
                 cpu.saturating_sub(p.cpu)
             } else {
-                wall
+                // A long wait for a core counts, but only up to a few slices: on a machine
+                // saturated by other work, resting in proportion to every wait (each wake-up at
+                // niceness 19 waits milliseconds) would leave a checkpoint someone waits for
+                // (`duejob wal checkpoint`) almost nothing.
+                wall.min(WAIT_COUNTED)
             };
             if worked < SLICE {
                 return;

@@ -193,7 +193,7 @@ pub fn spawn(
 /// with a million pending jobs and checkpoints back to back (BENCHMARKS.md): at full speed,
 /// submit p99 rose 4.7× for one client; a quarter, 4.5×; a tenth in 1 ms slices, 1.1-1.6× for
 /// one client but 2.2-2.5× at 50,000 pipelined submits/s; a tenth in 100 µs slices, within
-/// 1.4× in all three loads. The fold's memory traffic and the length of its slices (a woken
+/// 1.5× in all three loads. The fold's memory traffic and the length of its slices (a woken
 /// thread waits for the end of one on its core), not its disk writes, are what the primary path
 /// feels.
 const DUTY: f64 = 0.1;

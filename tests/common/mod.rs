@@ -141,7 +141,11 @@ impl Daemon {
         let t = Instant::now();
         loop {
             if let Ok(mut c) = Conn::connect(&self.socket()) {
-                if c.call(r#"{"op":"hello"}"#)["ok"] == true {
+                // The socket is in place before recovery: a daemon that fails to start resets
+                // the connections waiting on it, and the check below says why.
+                if c.try_call(r#"{"op":"hello"}"#)
+                    .is_some_and(|v| v["ok"] == true)
+                {
                     return;
                 }
             }
@@ -265,6 +269,17 @@ impl Conn {
     pub fn call(&mut self, line: &str) -> Value {
         self.send(line);
         self.recv()
+    }
+
+    /// [`Conn::call`], but `None` when the connection fails or closes instead of a panic (a
+    /// daemon still starting, or one that just exited).
+    pub fn try_call(&mut self, line: &str) -> Option<Value> {
+        self.w.write_all(format!("{line}\n").as_bytes()).ok()?;
+        let mut reply = String::new();
+        match self.r.read_line(&mut reply) {
+            Ok(n) if n > 0 => serde_json::from_str(&reply).ok(),
+            _ => None,
+        }
     }
 
     /// Submits one job (a JSON request line) and returns its id.

@@ -385,7 +385,15 @@ fn shared_binary() -> (tempfile::TempDir, std::path::PathBuf) {
         .unwrap();
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = shared.path().join("duejob");
-    std::fs::copy(BIN, &bin).unwrap();
+    // Copied by `cp`, not here: while this process held the copy open for writing, a process
+    // another test forked at that moment inherited the descriptor until its exec, and running
+    // the copy then failed with "Text file busy" (ETXTBSY).
+    let st = std::process::Command::new("cp")
+        .arg(BIN)
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp {BIN}: {st}");
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     (shared, bin)
 }

@@ -210,11 +210,12 @@ fn yield_to_the_primary_path(stop: Arc<AtomicBool>) {
     super::enable_pacing(DUTY, stop);
 }
 
-/// The log not yet covered by a checkpoint beyond which the checkpointer works faster: twice
-/// what the tail trigger waits for (a checkpoint that starts at the trigger and keeps up finishes
-/// before as much again has come).
+/// The log not yet covered by a checkpoint beyond which the checkpointer works faster:
+/// `checkpoint_after_mib` (the operator's bound on what a restart reads), or twice the checkpoint
+/// if that is more (the tail trigger waits for as much log as the checkpoint holds, and a
+/// checkpoint that starts then and keeps up finishes before as much again has come).
 fn backlog_limit(cfg: &CheckpointConfig, ckpt_bytes: u64) -> u64 {
-    2 * cfg.after_bytes.max(ckpt_bytes)
+    cfg.after_bytes.max(2 * ckpt_bytes)
 }
 
 /// What the triggers look at.
@@ -792,6 +793,14 @@ mod tests {
         // A stop among the messages stops the worker.
         tx.send(Msg::Stop).unwrap();
         assert!(!w.step(&rx, Duration::ZERO));
+    }
+
+    #[test]
+    fn the_checkpointer_works_harder_past_the_restart_bound_or_twice_a_large_checkpoint() {
+        let cfg = CheckpointConfig::default();
+        assert_eq!(backlog_limit(&cfg, 13 * MIB), 256 * MIB);
+        assert_eq!(backlog_limit(&cfg, 300 * MIB), 600 * MIB);
+        assert_eq!(backlog_limit(&cfg, 0), 256 * MIB);
     }
 
     #[test]

@@ -23,10 +23,11 @@ use serde_json::Value;
 
 use crate::wire::reply::ErrorReply;
 use crate::wire::{
-    BatchSubmitted, Cancelled, CheckpointTaken, DeadJobs, ErrorCode, Hello, Ids, JobInfo,
-    JobStatus, Rejection, Request, Stats,
+    BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, ErrorCode, Hello, Ids,
+    JobInfo, JobList, JobStatus, Rejection, Replayed, Request, Stats,
 };
 pub use crate::wire::{DeadSelect, Submit, Submitted};
+pub use crate::wire::{JobsQuery, ReplaySpec};
 
 /// Client errors.
 #[derive(Debug)]
@@ -194,6 +195,22 @@ impl Client {
     /// segments it covers; returns once it is in place.
     pub fn checkpoint(&mut self) -> Result<CheckpointTaken, ClientError> {
         self.call(&Request::Checkpoint)
+    }
+
+    /// Jobs by submission time, newest first, from the catalog.
+    pub fn jobs(&mut self, q: &JobsQuery<'_>) -> Result<JobList, ClientError> {
+        self.call(&Request::Jobs(q.clone()))
+    }
+
+    /// Submits the finished jobs of a window again, duplicates discarded (or, with `dry_run`,
+    /// says what that would do).
+    pub fn replay(&mut self, spec: &ReplaySpec<'_>) -> Result<Replayed, ClientError> {
+        self.call(&Request::Replay(spec.clone()))
+    }
+
+    /// Rebuilds the catalog from the WAL and the archive; returns once it has caught up.
+    pub fn catalog_rebuild(&mut self) -> Result<CatalogRebuilt, ClientError> {
+        self.call(&Request::CatalogRebuild)
     }
 }
 

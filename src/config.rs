@@ -214,6 +214,10 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// Checkpoints and the archive.
     pub checkpoint: CheckpointConfig,
+    /// The catalog of every job's history (`DATA/catalog/`): on by default (`catalog`).
+    pub catalog: bool,
+    /// How long the catalog keeps a job's history after its submission (`history_retention`).
+    pub history_retention: Duration,
 }
 
 /// When checkpoints are taken, and how long released segments are kept (`docs/config.md`).
@@ -294,6 +298,8 @@ impl Config {
             max_keys: 10_000_000,
             smtp: None,
             checkpoint: CheckpointConfig::default(),
+            catalog: true,
+            history_retention: Duration::from_secs(30 * 86_400),
         }
     }
 
@@ -375,6 +381,19 @@ impl Config {
         }
         if let Some(m) = f.archive_max_mib {
             c.checkpoint.archive_max_bytes = Some(m.saturating_mul(1 << 20));
+        }
+        if let Some(b) = f.catalog {
+            c.catalog = b;
+        }
+        if let Some(d) = &f.history_retention {
+            c.history_retention =
+                parse_duration(d).map_err(|e| format!("history_retention: {e}"))?;
+            if c.history_retention < Duration::from_secs(86_400) {
+                return Err(format!(
+                    "history_retention must be at least 1d (the catalog keeps history in daily \
+                     partitions), not {d}"
+                ));
+            }
         }
         if let Some(smtp) = f.smtp {
             c.smtp = Some(smtp.build(&|name| std::env::var(name).ok())?);
@@ -577,6 +596,8 @@ struct FileConfig {
     seal_after: Option<String>,
     archive_retention: Option<String>,
     archive_max_mib: Option<u64>,
+    catalog: Option<bool>,
+    history_retention: Option<String>,
     #[serde(default)]
     queues: BTreeMap<String, FileQueue>,
     smtp: Option<FileSmtp>,

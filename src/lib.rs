@@ -51,6 +51,7 @@ macro_rules! internal_mods {
     )*};
 }
 
+pub mod catalog;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
@@ -69,6 +70,7 @@ internal_mods! {
 }
 mod datadir;
 mod error;
+mod replay;
 
 pub use client::Client;
 pub use config::Config;

@@ -98,12 +98,24 @@ struct Inner {
     /// The checkpointer's inbox and counters.
     ckpt_tx: Sender<ckpt::Msg>,
     ckpt_stats: Arc<ckpt::Stats>,
+    /// The catalog, when it is on (`catalog`, and the WAL in a data directory).
+    catalog: Option<Arc<crate::catalog::Shared>>,
+    /// Asks the catalog thread for a rebuild.
+    rebuild: Option<Rebuild>,
+    /// The WAL's files (read by a replay for the payloads).
+    storage: Arc<dyn Storage>,
 }
+
+type Rebuild = Box<dyn Fn() -> Result<crate::catalog::Rebuilt, String> + Send + Sync>;
 
 /// A cloneable handle on a running runtime: what connections use.
 #[derive(Clone)]
 pub struct Handle {
     inner: Arc<Inner>,
+}
+
+fn catalog_failing(e: String) -> Rejection {
+    Rejection::new(ErrorCode::CatalogUnavailable, e)
 }
 
 fn closed() -> Rejection {
@@ -139,6 +151,17 @@ impl Handle {
     /// Validates a submit and builds the job with id 0 (the caller assigns one from
     /// [`Handle::reserve_ids`] once everything it submits together is valid). Writes nothing.
     pub(crate) fn prepare(&self, spec: &JobSpec<'_>, now: u64) -> Result<Job, Rejection> {
+        self.prepare_as(spec, now, false)
+    }
+
+    /// [`Handle::prepare`]; `replay`: the job is a replay, whose key may carry the reserved
+    /// prefix.
+    pub(crate) fn prepare_as(
+        &self,
+        spec: &JobSpec<'_>,
+        now: u64,
+        replay: bool,
+    ) -> Result<Job, Rejection> {
         let cfg = &self.inner.cfg;
         let queue = cfg.queue_id(spec.queue).ok_or_else(|| {
             let known: Vec<&str> = cfg.queues.iter().map(|q| q.name.as_str()).collect();
@@ -163,6 +186,15 @@ impl Handle {
         })?;
         if let Some(k) = spec.key {
             check_key(k, ErrorCode::BadRequest, "key")?;
+            if k.starts_with(crate::job::REPLAY_KEY_PREFIX) && !replay {
+                return Err(Rejection::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "keys starting with {:?} are reserved for `duejob replay`",
+                        crate::job::REPLAY_KEY_PREFIX
+                    ),
+                ));
+            }
         }
         let dur = |name: &str, v: Option<u64>| -> Result<Option<u64>, Rejection> {
             match v {
@@ -206,6 +238,16 @@ impl Handle {
             (Some(k), _) => Some(k.into()),
             (None, Some(k)) => {
                 check_key(&k, ErrorCode::InvalidPayload, "the payload's key")?;
+                if k.starts_with(crate::job::REPLAY_KEY_PREFIX) {
+                    return Err(Rejection::new(
+                        ErrorCode::InvalidPayload,
+                        format!(
+                            "the payload's key must not start with {:?} (reserved for `duejob \
+                             replay`)",
+                            crate::job::REPLAY_KEY_PREFIX
+                        ),
+                    ));
+                }
                 Some(k.into())
             }
             (None, None) => None,
@@ -318,15 +360,71 @@ impl Handle {
         }
     }
 
-    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Msg) -> Result<T, Rejection> {
+    pub(crate) fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Msg) -> Result<T, Rejection> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.sched_tx.send(make(tx)).map_err(|_| closed())?;
         rx.recv().map_err(|_| closed())
     }
 
-    /// A job's status and timeline, if known.
+    /// A job's status and timeline, if known: from the dispatcher's memory (live jobs and the
+    /// last `history_limit` finished ones), else from the catalog.
     pub fn status(&self, id: u64) -> Result<Option<JobInfo>, Rejection> {
-        self.ask(|reply| Msg::Status { id, reply })
+        if let Some(j) = self.ask(|reply| Msg::Status { id, reply })? {
+            return Ok(Some(j));
+        }
+        let Some(c) = &self.inner.catalog else {
+            return Ok(None);
+        };
+        if id == 0 || id >= self.inner.next_id.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let found = c.status(id).map_err(catalog_failing)?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        // Forgotten by memory but not applied by the catalog yet?
+        c.catch_up(crate::catalog::READ_WAIT);
+        c.status(id).map_err(catalog_failing)
+    }
+
+    /// The WAL's files.
+    pub(crate) fn wal_storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The catalog, when it is on.
+    pub(crate) fn catalog(&self) -> Result<&Arc<crate::catalog::Shared>, Rejection> {
+        self.inner.catalog.as_ref().ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::CatalogUnavailable,
+                "the catalog is off (`catalog = false` in the config, or the WAL is not in a data \
+                 directory)",
+            )
+        })
+    }
+
+    /// Jobs by submission time, newest first (`duejob jobs`); the second value says whether
+    /// more matched than `q.limit`.
+    pub fn jobs(&self, q: &crate::catalog::Query) -> Result<(Vec<JobInfo>, bool), Rejection> {
+        let c = self.catalog()?;
+        if !c.catch_up(crate::catalog::READ_WAIT) {
+            log::warn!("jobs: the catalog lags the log; answering with what it has");
+        }
+        c.jobs(q, &mut |id| {
+            self.ask(|reply| Msg::Status { id, reply }).ok().flatten()
+        })
+        .map_err(catalog_failing)
+    }
+
+    /// Rebuilds the catalog from the WAL and the archive; returns once it has caught up.
+    pub fn catalog_rebuild(&self) -> Result<crate::catalog::Rebuilt, Rejection> {
+        self.catalog()?;
+        let r = self
+            .inner
+            .rebuild
+            .as_ref()
+            .expect("a catalog has a rebuilder");
+        r().map_err(catalog_failing)
     }
 
     /// Scheduler and WAL figures.
@@ -336,6 +434,7 @@ impl Handle {
             sched,
             wal: self.wal_report(),
             kinds: self.inner.kinds.health(),
+            catalog: self.inner.catalog.as_ref().map(|c| c.report()),
         })
     }
 
@@ -698,6 +797,16 @@ impl RuntimeBuilder {
         for l in &rec.recovered.live {
             live.add(&l.job, 1);
         }
+        let catalog = (own_storage && cfg.catalog).then(|| {
+            crate::catalog::spawn(
+                self.data_dir.join("catalog"),
+                storage.clone(),
+                wal_stats.clone(),
+                cfg.history_retention,
+            )
+        });
+        let pin = catalog.as_ref().map(|c| c.shared.clone());
+        let wal_files = storage.clone();
         let checkpointer = ckpt::spawn(
             storage,
             ckpt::Settings {
@@ -705,6 +814,10 @@ impl RuntimeBuilder {
                 key_retention_ms: cfg.key_retention.as_millis() as u64,
                 max_keys: cfg.max_keys,
                 history_limit: cfg.history_limit,
+                catalog_pin: ckpt::Pin(Arc::new(move || {
+                    pin.as_ref()
+                        .map_or(u64::MAX, |c| c.pin_seq.load(Ordering::Relaxed))
+                })),
             },
             rec.checkpoint.as_ref(),
             sealed,
@@ -796,11 +909,15 @@ impl RuntimeBuilder {
             data_dir: own_storage.then(|| self.data_dir.clone()),
             ckpt_tx: checkpointer.sender(),
             ckpt_stats: checkpointer.stats.clone(),
+            rebuild: catalog.as_ref().map(|c| Box::new(c.rebuilder()) as Rebuild),
+            catalog: catalog.as_ref().map(|c| c.shared.clone()),
+            storage: wal_files,
         });
         Ok(Runtime {
             handle: Handle { inner },
             threads: Some((dispatcher, wal_thread)),
             checkpointer: Some(checkpointer),
+            catalog,
             _lock: lock,
             data_dir: self.data_dir,
         })
@@ -812,6 +929,7 @@ pub struct Runtime {
     handle: Handle,
     threads: Option<(JoinHandle<()>, JoinHandle<()>)>,
     checkpointer: Option<ckpt::Checkpointer>,
+    catalog: Option<crate::catalog::Catalog>,
     _lock: Option<File>,
     data_dir: PathBuf,
 }
@@ -882,6 +1000,9 @@ impl Runtime {
         }
         let _ = wal.join();
         inner.wal_stopped.store(true, Ordering::SeqCst);
+        if let Some(mut c) = self.catalog.take() {
+            c.stop();
+        }
         log::info!("duejob runtime stopped");
     }
 }

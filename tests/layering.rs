@@ -159,7 +159,9 @@ fn every_module_imports_only_modules_below_it_in_architecture_md_s_layers() {
     let layers = [
         "server",
         "client",
+        "replay",
         "runtime",
+        "catalog",
         "recovery",
         "checkpoint",
         "scheduler",

@@ -478,6 +478,11 @@ pub enum Entry<'a> {
     Key(Box<str>, KeyEntry),
 }
 
+/// Encodes a job as a `job` or `done` entry's body (the catalog stores its rows the same way).
+pub fn encode_job(j: &FoldJob, out: &mut Vec<u8>) {
+    bincode::serialize_into(out, &JobRepr::of(j)).expect("bincode into a Vec");
+}
+
 /// Decodes the body of a `done` entry.
 pub fn decode_done(body: &[u8], names: &mut dyn FnMut(&str) -> Arc<str>) -> Result<FoldJob, String> {
     let j: JobRepr<'_> = decode(body)?;

@@ -126,6 +126,7 @@ pub fn job(storage: &dyn Storage, id: u64) -> Result<Option<JobInfo>, WalError> 
         max_attempts: j.max_attempts,
         timeout_ms: j.timeout_ms,
         key: j.key.as_deref().map(Into::into),
+        replay_of: crate::job::replay_of(j.key.as_deref()),
         next_attempt_at: j.core.retry_at(),
         finished_at: j.core.finished_at(),
         payload: j

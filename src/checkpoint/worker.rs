@@ -59,6 +59,25 @@ pub struct Settings {
     pub max_keys: usize,
     /// `history_limit`.
     pub history_limit: usize,
+    /// The oldest segment the catalog has still to read: it and those after it are kept in the
+    /// archive even past `archive_retention` (but not past `archive_max_mib`).
+    pub catalog_pin: Pin,
+}
+
+/// Says which segment the catalog reads ([`Settings::catalog_pin`]); `u64::MAX`: none.
+#[derive(Clone)]
+pub struct Pin(pub Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Default for Pin {
+    fn default() -> Pin {
+        Pin(Arc::new(|| u64::MAX))
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pin({})", (self.0)())
+    }
 }
 
 /// Messages to the checkpointer.
@@ -273,6 +292,8 @@ struct Worker {
     failures_in_row: u32,
     retry_at: Option<Instant>,
     last_sweep: Option<Instant>,
+    /// The archive holds segments kept past their retention only until the catalog reads them.
+    pinned: bool,
 }
 
 impl Worker {
@@ -298,6 +319,7 @@ impl Worker {
             failures_in_row: 0,
             retry_at: None,
             last_sweep: None,
+            pinned: false,
         }
     }
 
@@ -359,7 +381,13 @@ impl Worker {
                 self.failed(&e);
             }
         }
-        if self.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+        // Segments kept only for the catalog go as soon as it has read them.
+        let every = if self.pinned {
+            Duration::from_secs(1)
+        } else {
+            SWEEP_EVERY
+        };
+        if self.last_sweep.is_none_or(|t| t.elapsed() >= every) {
             self.sweep();
         }
         true
@@ -595,17 +623,21 @@ impl Worker {
             return Ok(0);
         }
         let dir_err = |e| WalError::io(storage.location(""), e);
-        let archive = if self.settings.cfg.archive_retention.is_zero() {
-            None
-        } else {
+        let pin = (self.settings.catalog_pin.0)();
+        // With no retention, only what the catalog has still to read goes to the archive.
+        let keep_all = !self.settings.cfg.archive_retention.is_zero();
+        let archive = if keep_all || segs.iter().any(|(seq, _)| *seq >= pin) {
             storage.archive()
+        } else {
+            None
         };
-        for (_, name) in &segs {
+        for (seq, name) in &segs {
             let r = match archive {
-                Some(_) => storage.move_to_archive(name),
-                None => super::remove_gradually(storage, name),
+                Some(_) if keep_all || *seq >= pin => storage.move_to_archive(name),
+                _ => super::remove_gradually(storage, name),
             };
             r.map_err(|e| WalError::io(storage.location(name), e))?;
+            self.pinned |= !keep_all && *seq >= pin;
         }
         if let Some(a) = &archive {
             a.sync_dir().map_err(|e| WalError::io(a.location(""), e))?;
@@ -620,7 +652,7 @@ impl Worker {
         // A segment preallocated to its full size and sealed early holds mostly zeros: the
         // archive keeps only its records.
         if let Some(a) = &archive {
-            for (seq, name) in &segs {
+            for (seq, name) in segs.iter().filter(|(seq, _)| keep_all || *seq >= pin) {
                 let Some(&(_, end)) = ends.iter().find(|(s, _)| s == seq) else {
                     continue;
                 };
@@ -649,11 +681,14 @@ impl Worker {
         let keep_ms = cfg.archive_retention.as_millis() as u64;
         let mut kept: Vec<(String, u64)> = Vec::new();
         let mut removed = 0;
-        for (_, name) in segs {
+        let pin = (self.settings.catalog_pin.0)();
+        self.pinned = false;
+        for (seq, name) in segs {
             let old = archive
                 .modified_ms(&name)
                 .is_ok_and(|m| m.saturating_add(keep_ms) <= now);
-            if old || keep_ms == 0 {
+            self.pinned |= (old || keep_ms == 0) && seq >= pin;
+            if (old || keep_ms == 0) && seq < pin {
                 match super::remove_gradually(archive.as_ref(), &name) {
                     Ok(()) => removed += 1,
                     Err(e) => log::warn!("archive: could not delete {}: {e}", archive.location(&name)),
@@ -766,6 +801,7 @@ mod tests {
             key_retention_ms: 86_400_000,
             max_keys: 1000,
             history_limit: 100,
+            catalog_pin: Pin::default(),
         };
         let storage: Arc<dyn Storage> = Arc::new(mem.clone());
         let mut w = Worker::new(

@@ -56,7 +56,7 @@ fn ms(arg: &Option<String>, name: &str) -> Result<Option<u64>, String> {
         .transpose()
 }
 
-fn print_json(v: &impl Serialize) -> CliResult {
+pub(super) fn print_json(v: &impl Serialize) -> CliResult {
     // Through a Value: keys come out sorted, as the daemon sends them.
     let v = serde_json::to_value(v)?;
     let mut out = std::io::stdout().lock();
@@ -66,7 +66,7 @@ fn print_json(v: &impl Serialize) -> CliResult {
 }
 
 /// Prints a reply as the daemon sent it: `"ok": true` with its fields.
-fn print_reply(v: &impl Serialize) -> CliResult {
+pub(super) fn print_reply(v: &impl Serialize) -> CliResult {
     let mut v = serde_json::to_value(v)?;
     if let Value::Object(m) = &mut v {
         m.insert("ok".into(), true.into());
@@ -126,6 +126,9 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     writeln!(out, "  deadline  {}", time(j.deadline))?;
     if let Some(k) = &j.key {
         writeln!(out, "  key       {k}")?;
+    }
+    if let Some(r) = j.replay_of {
+        writeln!(out, "  replay of job {r}")?;
     }
     if let Some(n) = j.next_attempt_at {
         writeln!(out, "  next attempt at {}", time(n))?;
@@ -349,7 +352,7 @@ pub enum DeadCommand {
         #[arg(long)]
         queue: Option<String>,
         /// Only jobs dead since this time (ms since the epoch, 2026-01-31 or 2026-01-31T12:00:00Z).
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = parse_time, allow_hyphen_values = true)]
         since: Option<u64>,
         #[command(flatten)]
         opts: ClientOpts,
@@ -374,7 +377,7 @@ pub enum DeadCommand {
         #[arg(conflicts_with_all = ["before", "queue"])]
         id: Option<u64>,
         /// Only jobs dead before this time.
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = parse_time, allow_hyphen_values = true)]
         before: Option<u64>,
         /// Only this queue.
         #[arg(long)]

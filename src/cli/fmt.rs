@@ -28,14 +28,35 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Parses a time for `--since`/`--until`: ms since the epoch, or `YYYY-MM-DDTHH:MM:SS[.mmm]Z`,
-/// or `YYYY-MM-DD`.
+/// Parses a time for `--since`/`--until`: `now`, relative to now (`-2h`, `-30m`, `-1d`), ms
+/// since the epoch, RFC 3339 in UTC (`YYYY-MM-DDTHH:MM:SS[.mmm]Z`), or `YYYY-MM-DD`.
 pub fn parse_time(s: &str) -> Result<u64, String> {
+    parse_time_at(
+        s,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+/// [`parse_time`] with `now` given.
+pub fn parse_time_at(s: &str, now: u64) -> Result<u64, String> {
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = s.strip_prefix('-') {
+        let d = duejob::config::parse_duration(ago)
+            .map_err(|e| format!("invalid relative time {s:?}: {e} (e.g. -2h, -30m, -1d)"))?;
+        return Ok(now.saturating_sub(d.as_millis() as u64));
+    }
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
     }
     let bad = || {
-        format!("invalid time {s:?}: use ms since the epoch, 2026-01-31 or 2026-01-31T12:00:00Z")
+        format!(
+            "invalid time {s:?}: use -2h (relative), now, 2026-01-31, 2026-01-31T12:00:00Z or \
+             ms since the epoch"
+        )
     };
     let (date, rest) = s.split_once('T').unwrap_or((s, ""));
     let parts: Vec<&str> = date.split('-').collect();
@@ -114,6 +135,16 @@ mod tests {
         for ms in [0u64, 951_782_400_000, 4_102_444_799_999] {
             assert_eq!(parse_time(&time(ms)), Ok(ms));
         }
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now() {
+        let now = 1_700_000_000_000;
+        assert_eq!(parse_time_at("now", now), Ok(now));
+        assert_eq!(parse_time_at("-2h", now), Ok(now - 7_200_000));
+        assert_eq!(parse_time_at("-30m", now), Ok(now - 1_800_000));
+        assert!(parse_time_at("-2x", now).unwrap_err().contains("-2h"));
+        assert!(parse_time_at("+2h", now).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The command line: argument definitions (clap) and dispatch to the subcommands.
 //! `src/main.rs` only calls [`main_with_args`].
 
+mod catalog_cmds;
 mod client_cmds;
 mod demo;
 pub mod fmt;
@@ -62,6 +63,14 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// List jobs by submission time, newest first, from the catalog (every job within
+    /// history_retention).
+    Jobs(catalog_cmds::JobsArgs),
+    /// Submit the finished jobs of a time window again, duplicates discarded (try --dry-run).
+    Replay(catalog_cmds::ReplayArgs),
+    /// The catalog: the index of every job's history.
+    #[command(subcommand)]
+    Catalog(catalog_cmds::CatalogCommand),
     /// Dead letters: jobs whose attempts or deadline ran out.
     #[command(subcommand)]
     Dead(client_cmds::DeadCommand),
@@ -137,6 +146,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Stats { opts } => client_cmds::stats(&opts),
         Command::Cancel { id, opts } => client_cmds::cancel(id, &opts),
         Command::Dead(d) => client_cmds::dead(d),
+        Command::Jobs(a) => catalog_cmds::jobs(a),
+        Command::Replay(a) => catalog_cmds::replay(a),
+        Command::Catalog(c) => catalog_cmds::catalog(c),
         Command::Queue(QueueCommand::List { opts }) => client_cmds::queue_list(&opts),
         Command::Wal(WalCommand::Verify { data }) => return wal::verify(&data),
         Command::Wal(WalCommand::Inspect { data, json }) => wal::inspect(&data, json),

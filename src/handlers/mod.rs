@@ -85,6 +85,8 @@ pub struct JobContext<'a> {
     pub payload: &'a str,
     /// Per-attempt timeout, if any.
     pub timeout: Option<Duration>,
+    /// The job this one replays (`duejob replay`), if it is a replay.
+    pub replay_of: Option<u64>,
     /// The stop signal of this attempt (see [`JobContext::should_stop`]).
     pub(crate) stop: &'a StopSignal,
     /// This attempt's serial number for `stop`.
@@ -106,6 +108,7 @@ impl<'a> JobContext<'a> {
             queue,
             payload,
             timeout: None,
+            replay_of: None,
             stop: &NEVER,
             serial: 0,
         }
@@ -406,6 +409,7 @@ mod tests {
             queue: "q",
             payload: "{}",
             timeout: None,
+            replay_of: None,
             stop: &stop,
             serial: 1,
         };

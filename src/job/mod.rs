@@ -41,6 +41,20 @@ pub struct Job {
     pub timeout_ms: Option<u64>,
 }
 
+/// The prefix of the idempotency key of a replay (`duejob replay`): `replay:ID` names the job
+/// replayed. Clients may not use it.
+pub const REPLAY_KEY_PREFIX: &str = "replay:";
+
+/// The key of the replay of job `id`.
+pub fn replay_key(id: u64) -> String {
+    format!("{REPLAY_KEY_PREFIX}{id}")
+}
+
+/// The job a job with this key replays.
+pub fn replay_of(key: Option<&str>) -> Option<u64> {
+    key?.strip_prefix(REPLAY_KEY_PREFIX)?.parse().ok()
+}
+
 /// Shared handle to a job.
 pub type JobRef = Arc<Job>;
 

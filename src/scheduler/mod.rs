@@ -95,6 +95,13 @@ pub enum Msg {
         /// Reply.
         reply: Sender<SchedStats>,
     },
+    /// How many jobs of a queue are ready (a replay paces itself on it).
+    Ready {
+        /// Queue index.
+        queue: u16,
+        /// Reply.
+        reply: Sender<u64>,
+    },
     /// `cancel ID`: answered once the cancel record is durable (the job is cancelled only then).
     Cancel {
         /// Job id.

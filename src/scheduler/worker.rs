@@ -65,6 +65,7 @@ fn work(
             queue: &config.queues[job.queue as usize].name,
             payload: &job.payload,
             timeout: job.timeout_ms.map(Duration::from_millis),
+            replay_of: crate::job::replay_of(job.key.as_deref()),
             stop,
             serial: task.serial,
         };

@@ -12,8 +12,8 @@ use crate::job::{now_ms, Job};
 use crate::runtime::Handle;
 use crate::wire::reply::{self, write_error, write_ok_with};
 use crate::wire::{
-    Cancelled, DeadJobs, DeadSelect, ErrorCode, Hello, Ids, JobStatus, Rejection, Request, State,
-    Submit, PROTOCOL_VERSION,
+    Cancelled, CatalogRebuilt, DeadJobs, DeadSelect, ErrorCode, Hello, Ids, JobList, JobStatus,
+    Rejection, Request, State, Submit, PROTOCOL_VERSION,
 };
 
 /// What a request works with: the runtime, the burst being built, and where bursts go.
@@ -58,6 +58,25 @@ fn handle(req: Request<'_>, cx: &mut Cx<'_, '_>) -> Slot {
             // It covers what this connection submitted before.
             cx.flush();
             ok_or_error(cx.handle.checkpoint())
+        }
+        Request::Jobs(q) => {
+            cx.flush();
+            ok_or_error(
+                cx.handle
+                    .jobs(&crate::catalog::Query::from(&q))
+                    .map(|(jobs, more)| JobList { jobs, more }),
+            )
+        }
+        Request::Replay(spec) => {
+            cx.flush();
+            ok_or_error(cx.handle.replay(&spec))
+        }
+        Request::CatalogRebuild => {
+            ok_or_error(cx.handle.catalog_rebuild().map(|r| CatalogRebuilt {
+                records: r.records,
+                jobs: r.jobs,
+                ms: r.ms,
+            }))
         }
     }
 }

@@ -179,6 +179,9 @@ impl Appender {
         stats.active_bytes.store(offset, Relaxed);
         // Everything the scan read is durable now (open synced it).
         let durable = next_lsn - 1;
+        stats
+            .durable_lsn
+            .store(durable, std::sync::atomic::Ordering::Release);
         Appender {
             storage,
             file,
@@ -356,6 +359,9 @@ impl Appender {
         self.unsynced = false;
         self.synced_offset = self.offset;
         self.synced_data_lsn = self.written_data_lsn;
+        self.stats
+            .durable_lsn
+            .store(self.synced_data_lsn, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

@@ -387,6 +387,165 @@ pub fn read_sealed(
     }
 }
 
+/// Where a reader that follows the log (the catalog) stands: the next record it wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailPos {
+    /// Segment sequence number.
+    pub seq: u64,
+    /// Byte offset of the next record in it; 0: at the segment's start (its header is read).
+    pub offset: u64,
+    /// LSN the next record must have; 0: whatever the segment's header says (the first segment
+    /// read, of a log whose beginning retention removed).
+    pub lsn: u64,
+}
+
+/// Reads the one record at `offset` of segment `seq` in `file` (where the catalog says a job's
+/// `submit` lies): its LSN and body.
+pub fn read_record_at(
+    file: &dyn SegmentFile,
+    loc: &str,
+    seq: u64,
+    offset: u64,
+) -> Result<(u64, Record<'static>), WalError> {
+    let io = |e: std::io::Error| WalError::io(loc.to_string(), e);
+    let len = file.size().map_err(io)?;
+    let mut w = Window::new(file, len);
+    match check_record(&mut w, offset, segment_salt(seq)).map_err(io)? {
+        Check::Valid(h, body) => match Record::decode(h.rtype, h.schema, body) {
+            Ok(r) => Ok((h.lsn, r.into_owned())),
+            Err(p) => Err(WalError::corrupt(loc.to_string(), offset, format!("{p:?}"))),
+        },
+        Check::End => Err(WalError::corrupt(
+            loc.to_string(),
+            offset,
+            "no record at this offset".into(),
+        )),
+        Check::Bad(p) => Err(WalError::corrupt(loc.to_string(), offset, p)),
+    }
+}
+
+/// Why [`tail_segment`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailEnd {
+    /// The next record is not durable yet (or not written): come back later.
+    Caught,
+    /// The segment's records end here: the next record, if any, is in the next segment.
+    SegmentEnd,
+    /// `max` records were read; more may follow.
+    Full,
+}
+
+/// Reads segment `pos.seq` in `file` from `pos`, calling `visit` for each record up to LSN
+/// `upto` (the durable LSN: every record up to it was written whole and synced), at most `max`
+/// of them, and moves `pos` past each record visited.
+///
+/// Safe while the commit thread appends: a record after `upto` is never visited, and a record
+/// that does not check out where a durable one must be is damage (an error); past `upto` it is
+/// a write not finished yet.
+pub fn tail_segment(
+    file: &dyn SegmentFile,
+    loc: &str,
+    pos: &mut TailPos,
+    upto: u64,
+    max: usize,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), WalError>,
+) -> Result<TailEnd, WalError> {
+    let io = |e: std::io::Error| WalError::io(loc.to_string(), e);
+    let len = file.size().map_err(io)?;
+    let mut w = Window::new(file, len);
+    if pos.offset == 0 {
+        let hb = w.get(0, SEGMENT_HEADER_LEN).map_err(io)?.to_vec();
+        let header = match SegmentHeader::decode(&hb) {
+            Ok(h) => h,
+            // A segment being created: its header is not there yet.
+            Err(HeaderProblem::Empty) if pos.lsn == 0 || pos.lsn > upto => {
+                return Ok(TailEnd::Caught)
+            }
+            Err(HeaderProblem::Empty) => {
+                return Err(WalError::corrupt(
+                    loc.to_string(),
+                    0,
+                    "segment header missing".into(),
+                ))
+            }
+            Err(HeaderProblem::Corrupt(d)) => return Err(WalError::corrupt(loc.to_string(), 0, d)),
+            Err(HeaderProblem::NewerVersion(v)) => {
+                return Err(WalError::NewerVersion {
+                    segment: loc.to_string(),
+                    what: format!("format version {v}"),
+                })
+            }
+        };
+        if header.seq != pos.seq {
+            return Err(WalError::corrupt(
+                loc.to_string(),
+                16,
+                format!(
+                    "header names segment {} but segment {} was expected",
+                    header.seq, pos.seq
+                ),
+            ));
+        }
+        if pos.lsn != 0 && header.first_lsn != pos.lsn {
+            return Err(WalError::corrupt(
+                loc.to_string(),
+                24,
+                format!(
+                    "segment starts at LSN {} but LSN {} was expected",
+                    header.first_lsn, pos.lsn
+                ),
+            ));
+        }
+        pos.offset = SEGMENT_HEADER_LEN as u64;
+        pos.lsn = header.first_lsn;
+    }
+    let salt = segment_salt(pos.seq);
+    let mut n = 0;
+    loop {
+        if n == max {
+            return Ok(TailEnd::Full);
+        }
+        let off = pos.offset;
+        match check_record(&mut w, off, salt).map_err(io)? {
+            Check::End => return Ok(TailEnd::SegmentEnd),
+            Check::Valid(h, _) if h.lsn > upto && h.lsn >= pos.lsn => return Ok(TailEnd::Caught),
+            Check::Valid(h, _) if h.lsn != pos.lsn => {
+                return Err(WalError::corrupt(
+                    loc.to_string(),
+                    off,
+                    format!("LSN {} out of sequence (expected {})", h.lsn, pos.lsn),
+                ))
+            }
+            Check::Valid(h, body) => {
+                let record = Record::decode(h.rtype, h.schema, body).map_err(|p| match p {
+                    DecodeProblem::Unknown { rtype, schema } => WalError::NewerVersion {
+                        segment: format!("{loc} at offset {off}"),
+                        what: format!("record type {rtype} schema {schema}"),
+                    },
+                    DecodeProblem::Invalid(d) => WalError::corrupt(
+                        loc.to_string(),
+                        off,
+                        format!("record body does not decode: {d}"),
+                    ),
+                })?;
+                let size = RECORD_HEADER_LEN as u32 + h.body_len;
+                visit(&RecordView {
+                    segment: pos.seq,
+                    offset: off,
+                    lsn: h.lsn,
+                    size,
+                    record,
+                })?;
+                pos.offset += size as u64;
+                pos.lsn += 1;
+                n += 1;
+            }
+            Check::Bad(_) if pos.lsn > upto => return Ok(TailEnd::Caught),
+            Check::Bad(p) => return Err(WalError::corrupt(loc.to_string(), off, p)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
     Go,
@@ -477,7 +636,7 @@ impl<'f> Window<'f> {
         for i in 0..=last {
             let t = chunk[i + 8];
             // Most positions fail on the type byte: only 1..=8 exist.
-            if t == 0 || t > rtype::SYNC || chunk[i + 9] != SCHEMA {
+            if t == 0 || t > rtype::MAX || chunk[i + 9] != SCHEMA {
                 continue;
             }
             let h = RecordHeader::parse(chunk[i..i + RECORD_HEADER_LEN].try_into().expect("20"));

@@ -25,6 +25,10 @@ pub mod rtype {
     pub const PURGE: u8 = 7;
     /// A sync mark: every record up to an LSN was durable before this one was written.
     pub const SYNC: u8 = 8;
+    /// A replay (`duejob replay`) and what it did: about the log's jobs, not one job.
+    pub const REPLAY: u8 = 9;
+    /// The highest type number this build knows.
+    pub const MAX: u8 = REPLAY;
 }
 
 /// The schema version this build writes for every type.
@@ -161,6 +165,41 @@ pub struct SyncMark {
     pub at: u64,
 }
 
+/// Body of a `replay` record: a replay that enqueued jobs (a dry run writes nothing). Written
+/// after the new jobs' `submit` records, each of which carries the key `replay:ID` of the job it
+/// replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay<'a> {
+    /// When it ran (ms).
+    pub at: u64,
+    /// The window: jobs submitted at or after (ms)...
+    pub since: u64,
+    /// ... and before (ms).
+    pub until: u64,
+    /// Only this queue.
+    #[serde(borrow)]
+    pub queue: Option<Cow<'a, str>>,
+    /// Only this kind.
+    #[serde(borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    /// Only these states (state numbers, 0 scheduled .. 6 cancelled; empty: all).
+    pub states: Vec<u8>,
+    /// Jobs of the window the filters selected.
+    pub selected: u64,
+    /// New jobs enqueued.
+    pub enqueued: u64,
+    /// Skipped: still live.
+    pub skipped_live: u64,
+    /// Skipped: replayed before.
+    pub skipped_duplicate: u64,
+    /// Skipped: the payload's record is gone (past archive retention).
+    pub skipped_unavailable: u64,
+    /// The first and last new job ids (0 if none).
+    pub first_id: u64,
+    /// See `first_id`.
+    pub last_id: u64,
+}
+
 /// Encoded size of a [`SyncMark`] body.
 pub const SYNC_MARK_LEN: u32 = 16;
 
@@ -183,6 +222,8 @@ pub enum Record<'a> {
     Purge(JobEvent),
     /// `sync`: a sync mark (about the log, not about a job)
     Sync(SyncMark),
+    /// `replay`: a replay ran (about many jobs)
+    Replay(Replay<'a>),
 }
 
 /// Why a body did not decode.
@@ -225,6 +266,7 @@ impl<'a> Record<'a> {
             rtype::REVIVE => decode_exact(body).map(Record::Revive),
             rtype::PURGE => decode_exact(body).map(Record::Purge),
             rtype::SYNC => decode_exact(body).map(Record::Sync),
+            rtype::REPLAY => decode_exact(body).map(Record::Replay),
             _ => Err(DecodeProblem::Unknown { rtype, schema }),
         }
     }
@@ -240,6 +282,7 @@ impl<'a> Record<'a> {
             Record::Revive(_) => rtype::REVIVE,
             Record::Purge(_) => rtype::PURGE,
             Record::Sync(_) => rtype::SYNC,
+            Record::Replay(_) => rtype::REPLAY,
         }
     }
 
@@ -252,7 +295,7 @@ impl<'a> Record<'a> {
             Record::Cancel(c) => Some(c.id),
             Record::Retry(r) => Some(r.id),
             Record::Revive(e) | Record::Purge(e) => Some(e.id),
-            Record::Sync(_) => None,
+            Record::Sync(_) | Record::Replay(_) => None,
         }
     }
 
@@ -266,6 +309,7 @@ impl<'a> Record<'a> {
             Record::Retry(r) => r.at,
             Record::Revive(e) | Record::Purge(e) => e.at,
             Record::Sync(m) => m.at,
+            Record::Replay(r) => r.at,
         }
     }
 
@@ -296,6 +340,12 @@ impl<'a> Record<'a> {
             Record::Revive(e) => Record::Revive(e),
             Record::Purge(e) => Record::Purge(e),
             Record::Sync(m) => Record::Sync(m),
+            Record::Replay(r) => Record::Replay(Replay {
+                queue: r.queue.map(|q| q.into_owned().into()),
+                kind: r.kind.map(|k| k.into_owned().into()),
+                states: r.states,
+                ..r
+            }),
         }
     }
 
@@ -309,6 +359,7 @@ impl<'a> Record<'a> {
             Record::Retry(r) => encode_body(out, r),
             Record::Revive(e) | Record::Purge(e) => encode_body(out, e),
             Record::Sync(m) => encode_body(out, m),
+            Record::Replay(r) => encode_body(out, r),
         }
     }
 }
@@ -324,6 +375,7 @@ pub fn type_name(rtype: u8) -> &'static str {
         rtype::REVIVE => "revive",
         rtype::PURGE => "purge",
         rtype::SYNC => "sync",
+        rtype::REPLAY => "replay",
         _ => "unknown",
     }
 }
@@ -468,9 +520,9 @@ mod tests {
             Err(DecodeProblem::Invalid(_))
         ));
         assert_eq!(
-            Record::decode(9, SCHEMA, &buf),
+            Record::decode(rtype::MAX + 1, SCHEMA, &buf),
             Err(DecodeProblem::Unknown {
-                rtype: 9,
+                rtype: rtype::MAX + 1,
                 schema: 1
             })
         );

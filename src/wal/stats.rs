@@ -28,6 +28,9 @@ pub struct WalStats {
     pub keys: AtomicU64,
     /// Keys forgotten early because of `max_keys`.
     pub keys_evicted: AtomicU64,
+    /// LSN of the last record a completed fdatasync made durable (sync marks aside): readers
+    /// that tail the log (the catalog) read up to it. Stored with `Release` after the sync.
+    pub durable_lsn: AtomicU64,
     fsync_us: [AtomicU64; BUCKETS],
 }
 
@@ -44,6 +47,7 @@ impl Default for WalStats {
             active_bytes: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             keys_evicted: AtomicU64::new(0),
+            durable_lsn: AtomicU64::new(0),
             fsync_us: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

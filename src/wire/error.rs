@@ -42,6 +42,9 @@ pub enum ErrorCode {
     /// A checkpoint could not be taken (the message says why); the daemon goes on, and retries
     /// automatic checkpoints with a backoff.
     CheckpointFailed,
+    /// The catalog is off or failing (the message says which, and how to restore it); jobs are
+    /// accepted and run all the same.
+    CatalogUnavailable,
     /// A code this build does not know (from a newer daemon).
     #[serde(other)]
     Unknown,

@@ -38,6 +38,9 @@ pub struct JobInfo {
     /// Idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The job this one replays (`duejob replay`; its key is `replay:ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<u64>,
     /// When a `retrying` job runs again (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<u64>,
@@ -227,6 +230,41 @@ pub struct Stats {
     /// Kinds that depend on an outside service (`email`: the SMTP server), by name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindHealth>,
+    /// The catalog, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogReport>,
+}
+
+/// Catalog figures for `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogReport {
+    /// Its directory.
+    pub dir: String,
+    /// LSN of the last record applied.
+    pub applied_lsn: u64,
+    /// Durable records not applied yet.
+    pub lag_records: u64,
+    /// How long since it was last caught up with the durable log (ms), 0 when it is.
+    pub behind_ms: u64,
+    /// Records applied since start.
+    pub records: u64,
+    /// Jobs added since start.
+    pub jobs_added: u64,
+    /// Records about jobs submitted before its history began.
+    pub orphans: u64,
+    /// Segments gone before it read them (history lost; 0 unless the archive was trimmed).
+    pub missed_segments: u64,
+    /// Daily partitions.
+    pub partitions: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Whether it is failing now.
+    pub failing: bool,
+    /// Failures since start.
+    pub failures: u64,
+    /// The last failure, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[cfg(test)]

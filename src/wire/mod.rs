@@ -11,10 +11,14 @@ mod request;
 
 pub use error::{ErrorCode, Rejection};
 pub use info::{
-    AttemptInfo, AttemptOutcome, CheckpointReport, JobInfo, KindHealth, Percentiles, QueueStats,
-    SchedStats, State, Stats, WalReport,
+    AttemptInfo, AttemptOutcome, CatalogReport, CheckpointReport, JobInfo, KindHealth, Percentiles,
+    QueueStats, SchedStats, State, Stats, WalReport,
 };
 pub use reply::{
-    BatchSubmitted, Cancelled, CheckpointTaken, DeadJobs, Hello, Ids, JobStatus, Submitted,
+    BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, Hello, Ids, JobList,
+    JobStatus, Replayed, Submitted,
 };
-pub use request::{DeadSelect, JobSpec, Request, Submit, MAX_BATCH, PROTOCOL_VERSION};
+pub use request::{
+    DeadSelect, JobSpec, JobsQuery, ReplaySpec, Request, Submit, DEFAULT_JOBS_LIMIT, MAX_BATCH,
+    MAX_JOBS_LIMIT, PROTOCOL_VERSION,
+};

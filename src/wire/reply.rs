@@ -43,6 +43,47 @@ pub struct BatchSubmitted {
     pub duplicates: Vec<u32>,
 }
 
+/// `jobs`' reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobList {
+    /// The jobs, newest first.
+    pub jobs: Vec<JobInfo>,
+    /// Whether more jobs matched than the limit.
+    pub more: bool,
+}
+
+/// `replay`'s reply (and, with `dry_run`, what a replay would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// Whether this was a dry run (nothing written).
+    pub dry_run: bool,
+    /// Jobs of the window the filters selected.
+    pub selected: u64,
+    /// New jobs enqueued (a dry run: that would be).
+    pub enqueued: u64,
+    /// Selected jobs not replayed, by reason: `live` (not finished: it runs anyway),
+    /// `duplicate` (replayed before, or a replay itself), `payload_unavailable` (its records are
+    /// past archive retention), `refused` (its queue or kind is gone, or it no longer validates).
+    pub skipped: std::collections::BTreeMap<String, u64>,
+    /// The new jobs' ids (a dry run: none).
+    pub ids: Vec<u64>,
+    /// Selected jobs, by queue and state.
+    pub by_queue: std::collections::BTreeMap<String, std::collections::BTreeMap<State, u64>>,
+    /// A few ids for each reason skipped, and under `enqueue` of the jobs replayed.
+    pub samples: std::collections::BTreeMap<String, Vec<u64>>,
+}
+
+/// `catalog_rebuild`'s reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogRebuilt {
+    /// Records read.
+    pub records: u64,
+    /// Jobs in the catalog.
+    pub jobs: u64,
+    /// How long it took (ms).
+    pub ms: u64,
+}
+
 /// `status`'s reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use super::{ErrorCode, Rejection};
+use super::{ErrorCode, Rejection, State};
 
 /// Protocol version announced by `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -208,6 +208,62 @@ pub enum Request<'a> {
     DeadPurge(DeadSelect<'a>),
     /// `checkpoint`: take a checkpoint now (sealing the current segment first).
     Checkpoint,
+    /// `jobs`: jobs by submission time, newest first, from the catalog.
+    Jobs(JobsQuery<'a>),
+    /// `replay`: submit the finished jobs of a window again, duplicates discarded.
+    Replay(ReplaySpec<'a>),
+    /// `catalog_rebuild`: rebuild the catalog from the WAL and the archive.
+    CatalogRebuild,
+}
+
+/// Most jobs one `jobs` request lists.
+pub const MAX_JOBS_LIMIT: usize = 10_000;
+/// Jobs a `jobs` request lists without a `limit`.
+pub const DEFAULT_JOBS_LIMIT: usize = 100;
+
+/// A `jobs` request: which jobs (all filters optional; times in ms since the epoch).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobsQuery<'a> {
+    /// Only this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Cow<'a, str>>,
+    /// Only this kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Cow<'a, str>>,
+    /// Only jobs in these states.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<State>,
+    /// Submitted at or after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Submitted before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// At most this many (default [`DEFAULT_JOBS_LIMIT`], at most [`MAX_JOBS_LIMIT`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A `replay` request: the jobs submitted in `[since, until)` (ms since the epoch) that the
+/// filters select.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplaySpec<'a> {
+    /// Window start.
+    pub since: u64,
+    /// Window end (exclusive).
+    pub until: u64,
+    /// Only this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Cow<'a, str>>,
+    /// Only this kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Cow<'a, str>>,
+    /// Only jobs in these states (default: all; live ones are skipped anyway).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<State>,
+    /// Say what would happen; write nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Which dead jobs a `dead_retry` or `dead_purge` is about: one by `id`, or `all` (with filters).
@@ -304,6 +360,14 @@ struct Wire<'a> {
     since: Option<u64>,
     #[serde(default)]
     before: Option<u64>,
+    #[serde(default)]
+    until: Option<u64>,
+    #[serde(default)]
+    states: Option<Vec<State>>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    dry_run: Option<bool>,
     #[serde(borrow, default)]
     client: Option<&'a RawValue>,
 }
@@ -325,6 +389,10 @@ impl Wire<'_> {
             ("all", self.all.is_some()),
             ("since", self.since.is_some()),
             ("before", self.before.is_some()),
+            ("until", self.until.is_some()),
+            ("states", self.states.is_some()),
+            ("limit", self.limit.is_some()),
+            ("dry_run", self.dry_run.is_some()),
             ("client", self.client.is_some()),
         ]
         .into_iter()
@@ -349,7 +417,7 @@ fn missing(field: &str) -> Rejection {
 
 /// Every op, for the error about an unknown one.
 const OPS: &str = "hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, \
-                   dead_purge, checkpoint";
+                   dead_purge, checkpoint, jobs, replay, catalog_rebuild";
 
 const SUBMIT_FIELDS: &[&str] = &[
     "queue",
@@ -393,6 +461,46 @@ impl<'a> Request<'a> {
             "checkpoint" => {
                 w.only(&[])?;
                 Ok(Request::Checkpoint)
+            }
+            "catalog_rebuild" => {
+                w.only(&[])?;
+                Ok(Request::CatalogRebuild)
+            }
+            "jobs" => {
+                w.only(&["queue", "kind", "states", "since", "until", "limit"])?;
+                if let Some(l) = w.limit.filter(|l| *l == 0 || *l > MAX_JOBS_LIMIT) {
+                    return Err(Rejection::new(
+                        ErrorCode::BadRequest,
+                        format!("limit must be 1 to {MAX_JOBS_LIMIT}, not {l}"),
+                    ));
+                }
+                Ok(Request::Jobs(JobsQuery {
+                    queue: w.queue,
+                    kind: w.kind,
+                    states: w.states.unwrap_or_default(),
+                    since: w.since,
+                    until: w.until,
+                    limit: w.limit,
+                }))
+            }
+            "replay" => {
+                w.only(&["queue", "kind", "states", "since", "until", "dry_run"])?;
+                let since = w.since.ok_or_else(|| missing("since"))?;
+                let until = w.until.ok_or_else(|| missing("until"))?;
+                if since >= until {
+                    return Err(Rejection::new(
+                        ErrorCode::BadRequest,
+                        format!("since ({since}) must be before until ({until})"),
+                    ));
+                }
+                Ok(Request::Replay(ReplaySpec {
+                    since,
+                    until,
+                    queue: w.queue,
+                    kind: w.kind,
+                    states: w.states.unwrap_or_default(),
+                    dry_run: w.dry_run.unwrap_or(false),
+                }))
             }
             "status" | "cancel" => {
                 w.only(&["id"])?;

@@ -197,6 +197,7 @@ mod tests {
             queue: "q",
             payload: p,
             timeout: None,
+            replay_of: None,
             stop: &stop,
             serial: 1,
         };
@@ -218,6 +219,7 @@ mod tests {
             queue: "notifications",
             payload,
             timeout: None,
+            replay_of: None,
             stop: &stop,
             serial: 1,
         };
@@ -270,6 +272,7 @@ mod tests {
             queue: "q",
             payload: r#"{"from":"a@x.io","to":"b@y.io","subject":"s","text":"t"}"#,
             timeout: None,
+            replay_of: None,
             stop: &stop,
             serial: 1,
         };

@@ -103,7 +103,10 @@ impl Handler for Exec {
     }
 
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
-        let p = ExecPayload::parse(ctx.payload)?;
+        let mut p = ExecPayload::parse(ctx.payload)?;
+        if let Some(of) = ctx.replay_of {
+            p.env.insert("DUEJOB_REPLAY_OF".into(), of.to_string());
+        }
         child::run(child::Run {
             payload: &p,
             timeout: ctx.timeout,

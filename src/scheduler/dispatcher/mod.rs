@@ -91,6 +91,7 @@ impl DoneJob {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             key: self.key.as_deref().map(Into::into),
+            replay_of: crate::job::replay_of(self.key.as_deref()),
             next_attempt_at: None,
             finished_at: self.core.finished_at(),
             payload: None,
@@ -469,6 +470,13 @@ impl Dispatcher {
             Msg::Done(d) => self.finished(d),
             Msg::Status { id, reply } => {
                 let _ = reply.send(self.status(id));
+            }
+            Msg::Ready { queue, reply } => {
+                let n = self
+                    .counts
+                    .get(queue as usize)
+                    .map_or(0, |c| c[crate::job::State::Ready.index()]);
+                let _ = reply.send(n);
             }
             Msg::Stats { reply } => {
                 let _ = reply.send(self.stats());

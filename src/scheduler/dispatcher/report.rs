@@ -38,6 +38,7 @@ impl Dispatcher {
             max_attempts: j.max_attempts,
             timeout_ms: j.timeout_ms,
             key: j.key.as_deref().map(Into::into),
+            replay_of: crate::job::replay_of(j.key.as_deref()),
             next_attempt_at: e.core.retry_at(),
             finished_at: e.core.finished_at(),
             payload: serde_json::from_str(&j.payload).ok(),

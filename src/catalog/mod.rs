@@ -1,0 +1,337 @@
+//! The catalog: every job's history within `history_retention`, derived from the WAL.
+//!
+//! A background thread (`worker`) follows the committed log from the catalog's own position,
+//! through sealed segments, the archive and the current segment up to the durable LSN, and
+//! applies each record to the job's row with the one state machine (`job::machine`). It is never
+//! on the acknowledgement path: the commit thread only stores the durable LSN in an atomic, and
+//! nothing ever waits for the catalog but the requests that read it (`status` of a job the
+//! dispatcher forgot, `jobs`, `replay`). If it fails (an unwritable directory, a corrupt file, a
+//! full disk), it says so in the log and `stats`, retries with a backoff, and jobs go on (G6);
+//! `duejob catalog rebuild` rebuilds it from the WAL and the archive.
+//!
+//! - `store`: the sled databases, one per day of submission, and the manifest.
+//! - `worker`: the thread, its position, failures and retention; also the offline rebuild.
+
+internal_mods! {
+    mod store;
+    mod worker;
+}
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::job::State;
+use crate::wire::{CatalogReport, JobInfo};
+use store::{Row, Store};
+
+pub use worker::{rebuild_offline, spawn, Catalog, Rebuilt};
+
+/// What went wrong in the catalog.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// A file or directory could not be read or written.
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// sled failed (I/O, or a corrupt database).
+    Sled {
+        /// The partition.
+        path: PathBuf,
+        /// The error.
+        source: sled::Error,
+    },
+    /// A file of the catalog does not hold what it should.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The log could not be read.
+    Wal(crate::wal::WalError),
+}
+
+impl CatalogError {
+    fn io(path: &Path, source: std::io::Error) -> CatalogError {
+        CatalogError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl std::fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            CatalogError::Sled { path, source } => write!(f, "{}: {source}", path.display()),
+            CatalogError::Corrupt { path, detail } => {
+                write!(f, "{}: corrupt: {detail}", path.display())
+            }
+            CatalogError::Wal(e) => write!(f, "reading the log: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CatalogError {}
+
+/// Counters `stats` reads; written by the catalog thread.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// LSN of the last record applied.
+    pub applied_lsn: AtomicU64,
+    /// Records applied since start.
+    pub records: AtomicU64,
+    /// Jobs added since start.
+    pub jobs: AtomicU64,
+    /// Records about jobs the catalog does not hold (submitted before its history began).
+    pub orphans: AtomicU64,
+    /// Failures since start.
+    pub failures: AtomicU64,
+    /// Whether it is failing now.
+    pub failing: AtomicBool,
+    /// When it started failing (ms), 0 if not.
+    pub failing_since: AtomicU64,
+    /// When it was last caught up with the durable log (ms).
+    pub caught_up_at: AtomicU64,
+    /// Partitions.
+    pub partitions: AtomicU64,
+    /// Bytes on disk (updated once in a while).
+    pub bytes: AtomicU64,
+    /// Segments it could not read because they were gone (history lost).
+    pub missed_segments: AtomicU64,
+    /// The last error.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A `jobs` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Submitted at or after (ms).
+    pub since: Option<u64>,
+    /// Submitted before (ms).
+    pub until: Option<u64>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only these states (all when empty).
+    pub states: Vec<State>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl From<&crate::wire::JobsQuery<'_>> for Query {
+    fn from(q: &crate::wire::JobsQuery<'_>) -> Query {
+        Query {
+            since: q.since,
+            until: q.until,
+            queue: q.queue.as_deref().map(Into::into),
+            kind: q.kind.as_deref().map(Into::into),
+            states: q.states.clone(),
+            limit: q.limit.unwrap_or(crate::wire::DEFAULT_JOBS_LIMIT),
+        }
+    }
+}
+
+impl Query {
+    fn admits(&self, ix: &store::Indexed) -> bool {
+        self.queue.as_ref().is_none_or(|q| *q == ix.queue)
+            && self.kind.as_ref().is_none_or(|k| *k == ix.kind)
+            && (self.states.is_empty() || self.states.contains(&ix.state))
+    }
+}
+
+/// What the readers share with the catalog thread.
+pub struct Shared {
+    /// The counters.
+    pub stats: Stats,
+    /// The store; `None` while failing or rebuilding.
+    store: Mutex<Option<Arc<Store>>>,
+    /// The oldest segment the catalog still has to read (`u64::MAX`: none): the checkpointer
+    /// keeps it and those after it in the archive.
+    pub pin_seq: AtomicU64,
+    /// The durable LSN, as the commit thread publishes it.
+    durable: Arc<crate::wal::stats::WalStats>,
+    /// Test hook: while set, the catalog thread applies nothing (a stalled catalog).
+    pub hold: AtomicBool,
+    dir: PathBuf,
+}
+
+/// How long a read waits for the catalog to apply what was durable when it was asked.
+pub const READ_WAIT: Duration = Duration::from_secs(5);
+
+impl Shared {
+    fn store(&self) -> Result<Arc<Store>, String> {
+        self.store
+            .lock()
+            .expect("catalog store")
+            .clone()
+            .ok_or_else(|| self.failing_message())
+    }
+
+    fn failing_message(&self) -> String {
+        match self
+            .stats
+            .last_error
+            .lock()
+            .expect("catalog error")
+            .as_deref()
+        {
+            Some(e) => {
+                format!("the catalog is failing ({e}); `duejob catalog rebuild` restores it")
+            }
+            None => "the catalog is not open yet".into(),
+        }
+    }
+
+    /// Waits (at most `wait`) until the catalog has applied every record durable now. Returns
+    /// whether it has.
+    pub fn catch_up(&self, wait: Duration) -> bool {
+        let target = self.durable.durable_lsn.load(Ordering::Acquire);
+        let end = Instant::now() + wait;
+        loop {
+            if self.stats.applied_lsn.load(Ordering::Acquire) >= target {
+                return true;
+            }
+            if Instant::now() >= end || self.stats.failing.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Job `id` as the catalog holds it.
+    pub fn status(&self, id: u64) -> Result<Option<JobInfo>, String> {
+        let store = self.store()?;
+        Ok(store
+            .get(id)
+            .map_err(|e| e.to_string())?
+            .map(|(_, r)| info(&r)))
+    }
+
+    /// Jobs matching `q`, newest first: the catalog's rows (for each, `fresh` may give a newer
+    /// view, from the dispatcher's memory), and whether more matched than the limit.
+    pub fn jobs(
+        &self,
+        q: &Query,
+        fresh: &mut dyn FnMut(u64) -> Option<JobInfo>,
+    ) -> Result<(Vec<JobInfo>, bool), String> {
+        let store = self.store()?;
+        let mut ids = Vec::new();
+        let mut more = false;
+        store
+            .scan(
+                q.since.unwrap_or(0),
+                q.until.unwrap_or(u64::MAX),
+                &mut |ix| {
+                    if !q.admits(&ix) {
+                        return true;
+                    }
+                    if ids.len() == q.limit {
+                        more = true;
+                        return false;
+                    }
+                    ids.push(ix.id);
+                    true
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(j) = fresh(id) {
+                out.push(j);
+            } else if let Some((_, r)) = store.get(id).map_err(|e| e.to_string())? {
+                out.push(info(&r));
+            }
+        }
+        Ok((out, more))
+    }
+
+    /// Every job of the window that `q` admits (no limit), newest first, with its row.
+    pub(crate) fn select(&self, q: &Query, each: &mut dyn FnMut(Row)) -> Result<(), String> {
+        let store = self.store()?;
+        let mut ids = Vec::new();
+        store
+            .scan(
+                q.since.unwrap_or(0),
+                q.until.unwrap_or(u64::MAX),
+                &mut |ix| {
+                    if q.queue.as_ref().is_none_or(|x| *x == ix.queue)
+                        && q.kind.as_ref().is_none_or(|x| *x == ix.kind)
+                    {
+                        ids.push(ix.id);
+                    }
+                    true
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        for id in ids {
+            if let Some((_, r)) = store.get(id).map_err(|e| e.to_string())? {
+                each(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// The job a key names, if the catalog holds it.
+    pub fn key(&self, key: &str) -> Result<Option<u64>, String> {
+        self.store()?.key(key).map_err(|e| e.to_string())
+    }
+
+    /// The figures `stats` shows.
+    pub fn report(&self) -> CatalogReport {
+        let s = &self.stats;
+        let applied = s.applied_lsn.load(Ordering::Relaxed);
+        let durable = self.durable.durable_lsn.load(Ordering::Relaxed);
+        let caught = s.caught_up_at.load(Ordering::Relaxed);
+        let behind = durable > applied;
+        CatalogReport {
+            dir: self.dir.display().to_string(),
+            applied_lsn: applied,
+            lag_records: durable.saturating_sub(applied),
+            behind_ms: if behind && caught > 0 {
+                crate::clock::now_ms().saturating_sub(caught)
+            } else {
+                0
+            },
+            records: s.records.load(Ordering::Relaxed),
+            jobs_added: s.jobs.load(Ordering::Relaxed),
+            orphans: s.orphans.load(Ordering::Relaxed),
+            missed_segments: s.missed_segments.load(Ordering::Relaxed),
+            partitions: s.partitions.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            failing: s.failing.load(Ordering::Relaxed),
+            failures: s.failures.load(Ordering::Relaxed),
+            last_error: s.last_error.lock().expect("catalog error").clone(),
+        }
+    }
+}
+
+/// A row as `status` shows it.
+pub(crate) fn info(r: &Row) -> JobInfo {
+    let j = &r.job;
+    JobInfo {
+        id: j.id,
+        queue: j.queue.to_string(),
+        kind: j.kind.to_string(),
+        state: j.core.state,
+        submitted_at: j.submitted_at,
+        deadline: j.deadline,
+        run_at: j.run_at,
+        max_attempts: j.max_attempts,
+        timeout_ms: j.timeout_ms,
+        key: j.key.as_deref().map(Into::into),
+        replay_of: crate::job::replay_of(j.key.as_deref()),
+        next_attempt_at: j.core.retry_at(),
+        finished_at: j.core.finished_at(),
+        payload: None,
+        attempts: j.core.attempts.clone(),
+    }
+}

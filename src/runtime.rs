@@ -383,8 +383,19 @@ impl Handle {
             return Ok(found);
         }
         // Forgotten by memory but not applied by the catalog yet?
-        c.catch_up(crate::catalog::READ_WAIT);
-        c.status(id).map_err(catalog_failing)
+        let caught = c.catch_up(crate::catalog::READ_WAIT);
+        match c.status(id).map_err(catalog_failing)? {
+            Some(j) => Ok(Some(j)),
+            None if caught => Ok(None),
+            None => Err(Rejection::new(
+                ErrorCode::CatalogUnavailable,
+                format!(
+                    "job {id} is not in memory, and the catalog is {} records behind the log: \
+                     try again",
+                    c.report().lag_records
+                ),
+            )),
+        }
     }
 
     /// The WAL's files.
@@ -629,6 +640,14 @@ fn refused(id: u64, r: Refused, verb: &str) -> Rejection {
 
 #[cfg(feature = "internals")]
 impl Handle {
+    /// For the crate's own tests: holds the catalog thread (it applies nothing while `on`), and
+    /// returns the catalog's figures, if it is on.
+    pub fn catalog_hold(&self, on: bool) -> Option<crate::wire::CatalogReport> {
+        let c = self.inner.catalog.as_ref()?;
+        c.hold.store(on, Ordering::SeqCst);
+        Some(c.report())
+    }
+
     /// For the crate's own tests and examples: validates `specs`, numbers them and sends their
     /// `submit` records to the WAL as one group without waiting. Returns their ids and the
     /// channel that hears each record's fate.

@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_input;
+mod catalog;
 mod checkpoint;
 mod crash;
 mod daemon;

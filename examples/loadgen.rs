@@ -83,6 +83,9 @@ struct Args {
     /// Jobs per second, all connections together (0: as fast as replies come).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// The catalog of the daemon this starts: on or off.
+    #[arg(long, default_value = "on")]
+    catalog: String,
     /// Print the size of wal/ and of the data directory every this many seconds.
     #[arg(long, default_value_t = 0.0)]
     watch: f64,
@@ -203,6 +206,7 @@ fn main() {
             let mut cfg = duejob::Config::with_workers(a.workers);
             cfg.sync = duejob::wal::SyncMode::parse(&a.sync).unwrap();
             cfg.checkpoint.auto = a.checkpoints == "on";
+            cfg.catalog = a.catalog == "on";
             if let Some(r) = &a.archive_retention {
                 cfg.checkpoint.archive_retention = duejob::config::parse_duration(r).unwrap();
             }
@@ -267,6 +271,7 @@ fn main() {
     });
     let watcher = (a.watch > 0.0 && a.socket.is_none()).then(|| {
         let data = dir.path().to_path_buf();
+        let sock = sock.clone();
         let (every, stop) = (Duration::from_secs_f64(a.watch), side_stop.clone());
         std::thread::spawn(move || {
             let (mut max_wal, mut max_all) = (0u64, 0u64);
@@ -276,8 +281,21 @@ fn main() {
                     let (wal, all) = (du(&data.join("wal")), du(&data));
                     max_wal = max_wal.max(wal);
                     max_all = max_all.max(all);
+                    let cat = duejob::Client::connect(&sock)
+                        .and_then(|mut c| c.stats())
+                        .ok()
+                        .and_then(|s| s.catalog)
+                        .map(|c| {
+                            format!(
+                                ", catalog lag {} records ({} ms behind), {} MiB",
+                                c.lag_records,
+                                c.behind_ms,
+                                c.bytes >> 20
+                            )
+                        })
+                        .unwrap_or_default();
                     eprintln!(
-                        "  t={:>4.0}s wal/ {:>5} MiB, data dir {:>6} MiB",
+                        "  t={:>4.0}s wal/ {:>5} MiB, data dir {:>6} MiB{cat}",
                         t0.elapsed().as_secs_f64(),
                         wal >> 20,
                         all >> 20
@@ -345,6 +363,28 @@ fn main() {
             w.records, w.groups, w.mean_group, w.max_group, w.fsyncs, w.fsync_p50_us, w.fsync_p99_us,
             w.bytes as f64 / w.records.max(1) as f64
         );
+        if let Some(cat) = c.stats().unwrap().catalog {
+            // Let it catch up, then measure it.
+            let t = Instant::now();
+            let end_lag = cat.lag_records;
+            let mut lag = end_lag;
+            while lag > 0 && t.elapsed() < Duration::from_secs(600) {
+                std::thread::sleep(Duration::from_millis(100));
+                lag = c.stats().unwrap().catalog.unwrap().lag_records;
+            }
+            let cat = c.stats().unwrap().catalog.unwrap();
+            let bytes = du(&dir.path().join("catalog"));
+            let _ = writeln!(
+                std::io::stdout(),
+                "  catalog: lag at the end of the load {} records, caught up {:.1} s later; {} jobs, {} MiB on disk ({:.0} bytes/job), {} failures",
+                end_lag,
+                t.elapsed().as_secs_f64(),
+                cat.jobs_added,
+                bytes >> 20,
+                bytes as f64 / cat.jobs_added.max(1) as f64,
+                cat.failures
+            );
+        }
         let c = &w.checkpoint;
         let _ = writeln!(
             std::io::stdout(),

@@ -372,22 +372,24 @@ impl Store {
         let mut buf = Vec::new();
         for (day, rows) in by_day {
             let t = self.trees(day, true)?.expect("created");
-            let (mut jobs, mut time, mut keys) =
-                (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
+            let e = |e| self.sled(day, e);
             let (mut lo, mut hi) = (u64::MAX, 0);
             for (row, index) in rows {
                 let id = row.job.id;
                 lo = lo.min(id);
                 hi = hi.max(id);
+                crate::checkpoint::pace();
                 row.encode(&mut buf);
-                jobs.insert(&id.to_be_bytes(), buf.as_slice());
+                t.jobs.insert(id.to_be_bytes(), buf.as_slice()).map_err(e)?;
                 if index {
-                    time.insert(
-                        &time_key(row.job.submitted_at, id),
-                        row.time_value().as_slice(),
-                    );
+                    t.time
+                        .insert(
+                            time_key(row.job.submitted_at, id),
+                            row.time_value().as_slice(),
+                        )
+                        .map_err(e)?;
                     if let Some(k) = &row.job.key {
-                        keys.insert(k.as_bytes(), &id.to_be_bytes());
+                        t.keys.insert(k.as_bytes(), &id.to_be_bytes()).map_err(e)?;
                     }
                 }
             }
@@ -399,10 +401,7 @@ impl Store {
                 p.info.max_id = p.info.max_id.max(hi);
                 p.dirty = true;
             }
-            let e = |e| self.sled(day, e);
-            t.jobs.apply_batch(jobs).map_err(e)?;
-            t.time.apply_batch(time).map_err(e)?;
-            t.keys.apply_batch(keys).map_err(e)?;
+
         }
         Ok(())
     }

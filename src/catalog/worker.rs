@@ -45,7 +45,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 const PIN_WHILE_FAILING: Duration = Duration::from_secs(60);
 
 /// The catalog thread's niceness.
-const NICENESS: i32 = 10;
+const NICENESS: i32 = 19;
+/// The share of the time it works while it keeps up with the log.
+const DUTY: f64 = 0.25;
+/// The lag (records) past which it works harder, up to all of its time.
+const LAG_LIMIT: u64 = 1_000_000;
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,11 +138,21 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("duejob-catalog".into())
         .spawn(move || {
-            // Below the primary path, above the checkpointer (19): the catalog is what `status`
-            // and `jobs` read, so it should keep close to the log.
+            // Below the primary path (sled's threads, started from this one, inherit it), and
+            // paced like the checkpointer: a share of the time while it keeps up, more as it
+            // falls behind, so that its lag stays bounded.
             if let Err(e) = rustix::process::setpriority_process(None, NICENESS) {
                 log::warn!("catalog: could not lower its priority: {e}");
             }
+            crate::checkpoint::enable_pacing(DUTY, Arc::new(Default::default()));
+            let wal = w.shared.clone();
+            crate::checkpoint::follow(Some(crate::checkpoint::Follow {
+                backlog: Box::new(move || {
+                    let durable = wal.durable.durable_lsn.load(Relaxed);
+                    durable.saturating_sub(wal.stats.applied_lsn.load(Relaxed))
+                }),
+                limit: LAG_LIMIT,
+            }));
             w.run(rx)
         })
         .expect("spawn the catalog thread");
@@ -466,6 +480,7 @@ impl Worker {
 
     /// Applies one record to its job's row (held in `pending` until the step ends).
     fn apply(&mut self, r: &RecordView<'_>) -> Result<(), CatalogError> {
+        crate::checkpoint::pace();
         let Some(id) = r.record.job_id() else {
             return Ok(());
         };

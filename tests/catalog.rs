@@ -6,26 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{cli, tempdir, Daemon};
+use crate::common::{cli, stats, tempdir, wait_stats, Daemon};
 
 const FAR: u64 = 4_102_444_800_000; // 2100-01-01
-
-fn stats(d: &Daemon) -> Value {
-    d.conn().call(r#"{"op":"stats"}"#)
-}
-
-/// Polls `stats` until `done`.
-fn wait_stats(d: &Daemon, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let t = Instant::now();
-    loop {
-        let s = stats(d);
-        if done(&s) {
-            return s;
-        }
-        assert!(t.elapsed() < limit, "not reached in {limit:?}: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Submits `n` noop jobs in batches; returns their ids.
 fn noops(d: &Daemon, n: usize) -> Vec<u64> {

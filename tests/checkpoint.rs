@@ -12,7 +12,7 @@ use duejob::wire::DeadSelect;
 use duejob::{JobSpec, Runtime};
 use serde_json::Value;
 
-use crate::common::{cli, tempdir, Daemon};
+use crate::common::{cli, tempdir, wait_stats, Daemon};
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -204,23 +204,6 @@ fn a_dead_job_and_its_key_survive_a_checkpoint_and_it_can_still_be_retried() {
     assert_eq!(info.attempts.len(), 1);
     assert_eq!(rt.dead_retry(&DeadSelect::one(id)).unwrap(), vec![id]);
     rt.shutdown();
-}
-
-fn stats(d: &Daemon) -> Value {
-    d.conn().call(r#"{"op":"stats"}"#)
-}
-
-/// Polls `stats` until `done` says yes.
-fn wait_stats(d: &Daemon, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let t = Instant::now();
-    loop {
-        let s = stats(d);
-        if done(&s) {
-            return s;
-        }
-        assert!(t.elapsed() < limit, "not reached in {limit:?}: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn segments(dir: &std::path::Path) -> Vec<String> {

@@ -316,22 +316,5 @@ impl Shared {
 
 /// A row as `status` shows it.
 pub(crate) fn info(r: &Row) -> JobInfo {
-    let j = &r.job;
-    JobInfo {
-        id: j.id,
-        queue: j.queue.to_string(),
-        kind: j.kind.to_string(),
-        state: j.core.state,
-        submitted_at: j.submitted_at,
-        deadline: j.deadline,
-        run_at: j.run_at,
-        max_attempts: j.max_attempts,
-        timeout_ms: j.timeout_ms,
-        key: j.key.as_deref().map(Into::into),
-        replay_of: crate::job::replay_of(j.key.as_deref()),
-        next_attempt_at: j.core.retry_at(),
-        finished_at: j.core.finished_at(),
-        payload: None,
-        attempts: j.core.attempts.clone(),
-    }
+    r.job.info()
 }

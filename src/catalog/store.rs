@@ -528,6 +528,79 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::machine::JobCore;
+
+    fn row(id: u64, submitted_at: u64) -> Row {
+        Row {
+            job: FoldJob {
+                id,
+                queue: "default".into(),
+                kind: "noop".into(),
+                payload: None,
+                key: Some(format!("k{id}").into()),
+                submitted_at,
+                deadline: submitted_at + 1000,
+                run_at: None,
+                max_attempts: 3,
+                timeout_ms: None,
+                core: JobCore::with_run_at(None),
+            },
+            last_lsn: id,
+            payload_at: (1, 40),
+            replay_of: None,
+        }
+    }
+
+    #[test]
+    fn retention_removes_whole_days_and_a_reopened_store_finds_what_was_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog");
+        let today = 20_000;
+        let (old, new) = (row(1, (today - 40) * DAY_MS + 5), row(2, today * DAY_MS + 5));
+        {
+            let (store, m) = Store::open(&path).unwrap();
+            assert_eq!(m.seq, 0);
+            store
+                .put(&[(today - 40, &old, true), (today, &new, true)])
+                .unwrap();
+            store.flush(TailPos { seq: 3, offset: 99, lsn: 7 }).unwrap();
+            assert_eq!(store.get(1).unwrap().unwrap().1.job.submitted_at, old.job.submitted_at);
+            assert_eq!(store.key("k2").unwrap(), Some(2));
+            assert_eq!(store.drop_before(today - 29).unwrap(), 1);
+            assert!(store.get(1).unwrap().is_none());
+            assert!(!path.join(day_name(today - 40)).exists(), "the day's directory is gone");
+            store.flush(TailPos { seq: 3, offset: 99, lsn: 7 }).unwrap();
+        }
+        let (store, m) = Store::open(&path).unwrap();
+        assert_eq!((m.seq, m.offset, m.lsn), (3, 99, 7));
+        assert_eq!(store.days(), vec![today]);
+        let (day, r) = store.get(2).unwrap().unwrap();
+        assert_eq!(day, today);
+        assert_eq!(r.job.key.as_deref(), Some("k2"));
+        let mut seen = Vec::new();
+        store
+            .scan(0, u64::MAX, &mut |ix| {
+                seen.push((ix.id, ix.state, ix.queue, ix.kind));
+                true
+            })
+            .unwrap();
+        assert_eq!(seen, vec![(2, State::Ready, "default".into(), "noop".into())]);
+    }
+
+    #[test]
+    fn a_corrupt_manifest_or_row_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join(MANIFEST), b"\x00\xff{").unwrap();
+        assert!(matches!(Store::open(&path), Err(CatalogError::Corrupt { .. })));
+        assert!(Row::decode(&[]).is_err());
+        assert!(Row::decode(&[1; 40]).is_err());
+        let mut b = Vec::new();
+        row(5, 10).encode(&mut b);
+        b.truncate(b.len() - 3);
+        assert!(Row::decode(&b).is_err());
+    }
 
     #[test]
     fn day_names_are_utc_dates_and_parse_back() {

@@ -55,6 +55,32 @@ pub struct FoldJob {
 }
 
 
+impl FoldJob {
+    /// The job as `status` shows it (its payload, if it still has one).
+    pub fn info(&self) -> crate::wire::JobInfo {
+        crate::wire::JobInfo {
+            id: self.id,
+            queue: self.queue.to_string(),
+            kind: self.kind.to_string(),
+            state: self.core.state,
+            submitted_at: self.submitted_at,
+            deadline: self.deadline,
+            run_at: self.run_at,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            key: self.key.as_deref().map(Into::into),
+            replay_of: crate::job::replay_of(self.key.as_deref()),
+            next_attempt_at: self.core.retry_at(),
+            finished_at: self.core.finished_at(),
+            payload: self
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+            attempts: self.core.attempts.clone(),
+        }
+    }
+}
+
 /// Shares one `Arc<str>` per queue or kind name. A handful of names: a linear scan beats hashing
 /// the name of every record.
 #[derive(Default)]

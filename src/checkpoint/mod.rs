@@ -115,26 +115,7 @@ pub fn job(storage: &dyn Storage, id: u64) -> Result<Option<JobInfo>, WalError> 
         }
         Ok(())
     })?;
-    Ok(found.map(|j| JobInfo {
-        id: j.id,
-        queue: j.queue.to_string(),
-        kind: j.kind.to_string(),
-        state: j.core.state,
-        submitted_at: j.submitted_at,
-        deadline: j.deadline,
-        run_at: j.run_at,
-        max_attempts: j.max_attempts,
-        timeout_ms: j.timeout_ms,
-        key: j.key.as_deref().map(Into::into),
-        replay_of: crate::job::replay_of(j.key.as_deref()),
-        next_attempt_at: j.core.retry_at(),
-        finished_at: j.core.finished_at(),
-        payload: j
-            .payload
-            .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok()),
-        attempts: j.core.attempts,
-    }))
+    Ok(found.map(|j| j.info()))
 }
 
 /// How much of a file [`shrink_gradually`] frees at a time.

@@ -318,6 +318,24 @@ impl Conn {
     }
 }
 
+/// The daemon's `stats`.
+pub fn stats(d: &Daemon) -> Value {
+    d.conn().call(r#"{"op":"stats"}"#)
+}
+
+/// Polls `stats` until `done` says yes.
+pub fn wait_stats(d: &Daemon, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let s = stats(d);
+        if done(&s) {
+            return s;
+        }
+        assert!(t.elapsed() < limit, "not reached in {limit:?}: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("duejob-test-")

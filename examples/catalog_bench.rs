@@ -83,6 +83,37 @@ fn main() {
         })
         .unwrap();
     let secs = t0.elapsed().as_secs_f64();
+    // Queries as `jobs` runs them: the newest 100; the newest 100 of a state no job is in (the
+    // whole index is read); a one-minute window in the middle; `status` by id.
+    let time = |what: &str, since: u64, until: u64, dead_only: bool| {
+        let t = Instant::now();
+        let (mut seen, mut kept) = (0u64, 0u64);
+        store
+            .scan(since, until, &mut |ix| {
+                seen += 1;
+                if !dead_only || ix.state == duejob::wire::State::Dead {
+                    kept += 1;
+                }
+                kept < 100
+            })
+            .unwrap();
+        println!(
+            "  query {what}: {kept} jobs, {seen} index entries read in {:.1} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    };
+    time("newest 100", 0, u64::MAX, false);
+    time("newest 100 dead (none is)", 0, u64::MAX, true);
+    let mid = now + n / 100;
+    time("a minute's window", mid, mid + 60_000, false);
+    let t = Instant::now();
+    for i in (1..=n).step_by((n / 1000).max(1) as usize) {
+        store.get(i).unwrap().unwrap();
+    }
+    println!(
+        "  status (get by id): {:.1} µs each (1000 spread over the ids)",
+        t.elapsed().as_secs_f64() * 1e6 / 1000.0
+    );
     let bytes = store.disk_bytes();
     println!(
         "{n} jobs in {secs:.1} s: {:.0} jobs/s; {} MiB on disk ({:.0} bytes/job); RSS {} MiB",

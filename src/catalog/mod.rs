@@ -213,7 +213,7 @@ impl Shared {
         Ok(store
             .get(id)
             .map_err(|e| e.to_string())?
-            .map(|(_, r)| info(&r)))
+            .map(|(_, r)| r.job.info()))
     }
 
     /// Jobs matching `q`, newest first: the catalog's rows (for each, `fresh` may give a newer
@@ -248,13 +248,14 @@ impl Shared {
             if let Some(j) = fresh(id) {
                 out.push(j);
             } else if let Some((_, r)) = store.get(id).map_err(|e| e.to_string())? {
-                out.push(info(&r));
+                out.push(r.job.info());
             }
         }
         Ok((out, more))
     }
 
-    /// Every job of the window that `q` admits (no limit), newest first, with its row.
+    /// Every job of the window that `q` admits (no limit), newest first, with its row (a replay
+    /// filters by state itself: the dispatcher's memory may know a newer one).
     pub(crate) fn select(&self, q: &Query, each: &mut dyn FnMut(Row)) -> Result<(), String> {
         let store = self.store()?;
         let mut ids = Vec::new();
@@ -263,9 +264,7 @@ impl Shared {
                 q.since.unwrap_or(0),
                 q.until.unwrap_or(u64::MAX),
                 &mut |ix| {
-                    if q.queue.as_ref().is_none_or(|x| *x == ix.queue)
-                        && q.kind.as_ref().is_none_or(|x| *x == ix.kind)
-                    {
+                    if q.admits(&ix) {
                         ids.push(ix.id);
                     }
                     true
@@ -312,9 +311,4 @@ impl Shared {
             last_error: s.last_error.lock().expect("catalog error").clone(),
         }
     }
-}
-
-/// A row as `status` shows it.
-pub(crate) fn info(r: &Row) -> JobInfo {
-    r.job.info()
 }

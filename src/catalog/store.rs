@@ -174,6 +174,21 @@ struct Part {
     dirty: bool,
 }
 
+impl Part {
+    /// A partition that holds no id yet (its range is empty).
+    fn empty(day: u64) -> Part {
+        Part {
+            info: PartInfo {
+                day,
+                min_id: u64::MAX,
+                max_id: 0,
+            },
+            trees: None,
+            dirty: false,
+        }
+    }
+}
+
 /// The catalog's storage, shared by its thread (the only writer) and readers (`status`, `jobs`,
 /// `replay`): a mutex guards the list of partitions, held only to find or open one.
 pub struct Store {
@@ -239,15 +254,7 @@ impl Store {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(day) = parse_day_name(&name) {
-                    parts.entry(day).or_insert(Part {
-                        info: PartInfo {
-                            day,
-                            min_id: u64::MAX,
-                            max_id: 0,
-                        },
-                        trees: None,
-                        dirty: false,
-                    });
+                    parts.entry(day).or_insert(Part::empty(day));
                 }
             }
         }
@@ -286,15 +293,7 @@ impl Store {
         let p = match parts.entry(day) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::btree_map::Entry::Vacant(_) if !create => return Ok(None),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(Part {
-                info: PartInfo {
-                    day,
-                    min_id: u64::MAX,
-                    max_id: 0,
-                },
-                trees: None,
-                dirty: false,
-            }),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Part::empty(day)),
         };
         if p.trees.is_none() {
             p.trees = Some(self.open_trees(day)?);

@@ -81,16 +81,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Rebuilds the catalog from the WAL and the archive; returns once it has caught up.
-    pub fn rebuild(&self) -> Result<Rebuilt, String> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.tx
-            .send(Msg::Rebuild(tx))
-            .map_err(|_| "the catalog has stopped".to_string())?;
-        rx.recv()
-            .map_err(|_| "the catalog has stopped".to_string())?
-    }
-
     /// A sender that asks for a rebuild (for the runtime's handle).
     pub fn rebuilder(&self) -> impl Fn() -> Result<Rebuilt, String> + Send + Sync + 'static {
         let tx = self.tx.clone();

@@ -466,3 +466,78 @@ fn a_stalled_catalog_is_never_awaited_on_the_submit_path() {
     assert_eq!((jobs.len(), more), (2000, false));
     rt.shutdown();
 }
+
+#[test]
+fn a_damaged_archived_segment_is_read_past_loudly_and_the_catalog_goes_on() {
+    let dir = tempdir();
+    let cfg = dir.path().join("duejob.toml");
+    let base = "segment_size_mib = 1\ncheckpoint_after_mib = 1\nhistory_limit = 10\n";
+    std::fs::write(&cfg, format!("{base}catalog = false\n")).unwrap();
+    let mut d = Daemon::start_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    // Several segments of finished jobs, released to the archive by checkpoints.
+    let mut c = d.conn();
+    let pad = "x".repeat(400);
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let jobs: Vec<Value> = (0..200)
+            .map(|_| json!({"queue": "default", "kind": "noop", "payload": {"pad": pad}}))
+            .collect();
+        let r = c.call(&json!({"op": "submit_batch", "jobs": jobs}).to_string());
+        assert_eq!(r["ok"], true, "{r}");
+        ids.extend(
+            r["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap()),
+        );
+    }
+    d.wait_idle(Duration::from_secs(60));
+    wait_stats(&d, Duration::from_secs(60), |s| {
+        s["wal"]["checkpoint"]["released"].as_u64().unwrap() >= 2
+    });
+    d.stop();
+    // One flipped byte in the body of segment 1's first record (header 40 bytes, record header
+    // 20): the submit of the first job.
+    let seg = d.data().join("archive").join("00000000000000000001.wal");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[62] ^= 0x5a;
+    std::fs::write(&seg, bytes).unwrap();
+    // Segment 2 zeroed whole (its size kept): nothing in it checks out.
+    let seg2 = d.data().join("archive").join("00000000000000000002.wal");
+    let len = std::fs::metadata(&seg2).unwrap().len() as usize;
+    std::fs::write(&seg2, vec![0u8; len]).unwrap();
+    // A catalog built from scratch meets the damage: it counts it, logs it, reads on.
+    std::fs::write(&cfg, base).unwrap();
+    d.restart();
+    let s = wait_stats(&d, Duration::from_secs(60), |s| {
+        s["catalog"]["lag_records"] == 0 && s["catalog"]["jobs_added"].as_u64() > Some(0)
+    });
+    assert_eq!(s["catalog"]["damage_skipped"], 2, "{s}");
+    assert_eq!(s["catalog"]["failing"], false, "{s}");
+    let log = d.log_text();
+    assert!(
+        log.contains("00000000000000000001.wal is damaged at offset 40"),
+        "{log}"
+    );
+    assert!(
+        log.contains("00000000000000000002.wal is damaged at offset 0")
+            && log.contains("going on with segment 3"),
+        "{log}"
+    );
+    // The first job's submit is lost to the history, and segment 2's records; the jobs of the
+    // segments after it are there, finished.
+    let mut c = d.conn();
+    let r = c.call(&json!({"op": "status", "id": ids[0]}).to_string());
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+    let r = c.call(&json!({"op": "status", "id": ids[1]}).to_string());
+    assert_eq!(r["job"]["state"], "succeeded", "{r}");
+    for &id in &ids[ids.len() - 500..] {
+        let r = c.call(&json!({"op": "status", "id": id}).to_string());
+        assert_eq!(r["job"]["state"], "succeeded", "job {id}: {r}");
+    }
+    // The daemon's own jobs never needed the archive.
+    let id = c.submit(r#"{"op":"submit","queue":"default","kind":"noop"}"#);
+    c.wait_state(id, "succeeded");
+    d.stop();
+}

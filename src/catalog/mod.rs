@@ -106,6 +106,8 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Segments it could not read because they were gone (history lost).
     pub missed_segments: AtomicU64,
+    /// Places of damage in sealed segments that it read past (the records between lost).
+    pub damage_skipped: AtomicU64,
     /// The last error.
     pub last_error: Mutex<Option<String>>,
 }
@@ -304,6 +306,7 @@ impl Shared {
             jobs_added: s.jobs.load(Ordering::Relaxed),
             orphans: s.orphans.load(Ordering::Relaxed),
             missed_segments: s.missed_segments.load(Ordering::Relaxed),
+            damage_skipped: s.damage_skipped.load(Ordering::Relaxed),
             partitions: s.partitions.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             failing: s.failing.load(Ordering::Relaxed),

@@ -5,7 +5,8 @@
 //! started and finished within one chunk is written once), writes the rows, and at most once a
 //! second flushes the touched partitions and then the manifest with the new position. A segment
 //! is looked for in `wal/`, then in `archive/`; one that is gone (past retention) is counted and
-//! logged, and reading goes on with the next one there is.
+//! logged, and reading goes on with the next one there is; damage in a sealed segment (which
+//! never changes again) is counted, logged and read past, to the next record that checks out.
 //!
 //! A failure drops the store, is logged and counted, and is retried with a backoff (1 s doubling
 //! to a minute) from the manifest's position; records applied twice change nothing (each row
@@ -26,7 +27,7 @@ use crate::checkpoint::fold::{FoldJob, Interner};
 use crate::job::machine::{self, JobCore};
 use crate::wal::format::segment_file_name;
 use crate::wal::io::{FileStorage, SegmentFile, Storage};
-use crate::wal::reader::{list_segments, tail_segment, RecordView, TailEnd, TailPos};
+use crate::wal::reader::{list_segments, resync, tail_segment, RecordView, TailEnd, TailPos};
 use crate::wal::record::Record;
 use crate::wal::stats::WalStats;
 use crate::wal::WalError;
@@ -384,6 +385,51 @@ impl Worker {
         Ok(None)
     }
 
+    /// Moves the position past damage at `offset` of the sealed segment it is in: to the next
+    /// record there that checks out, or else to the next segment. Counted and logged.
+    fn skip_damage(
+        &mut self,
+        file: &dyn SegmentFile,
+        loc: &str,
+        offset: u64,
+        detail: &str,
+    ) -> Result<(), CatalogError> {
+        self.shared.stats.damage_skipped.fetch_add(1, Relaxed);
+        let after = self.pos.lsn.saturating_sub(1);
+        let seq = self.pos.seq;
+        match resync(file, loc, seq, offset + 1, after).map_err(CatalogError::Wal)? {
+            Some((off, lsn)) => {
+                log::error!(
+                    "catalog: {loc} is damaged at offset {offset} ({detail}); the history of \
+                     {} record(s) from LSN {} on is lost; reading on at offset {off}",
+                    lsn.saturating_sub(self.pos.lsn),
+                    self.pos.lsn
+                );
+                self.pos = TailPos {
+                    seq,
+                    offset: off,
+                    lsn,
+                };
+            }
+            None => {
+                log::error!(
+                    "catalog: {loc} is damaged at offset {offset} ({detail}) and nothing after \
+                     it checks out; the history of its records from LSN {} on is lost; going on \
+                     with segment {}",
+                    self.pos.lsn,
+                    seq + 1
+                );
+                self.pos = TailPos {
+                    seq: seq + 1,
+                    offset: 0,
+                    lsn: 0,
+                };
+                self.shared.pin_seq.store(self.pos.seq, Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     /// One step: reads and applies what is durable past the position. Returns whether it read
     /// anything.
     fn step(&mut self) -> Result<bool, CatalogError> {
@@ -436,9 +482,17 @@ impl Worker {
             if let Some(e) = self.visit_err.take() {
                 return Err(e);
             }
-            let end = end.map_err(CatalogError::Wal)?;
             self.pos = pos;
             n += visited;
+            let end = match end {
+                // A sealed segment never changes again: reading it once more would meet the same
+                // damage forever. Read on past it, loudly.
+                Err(WalError::Corrupt { offset, detail, .. }) if sealed => {
+                    self.skip_damage(file.as_ref(), &loc, offset, &detail)?;
+                    continue;
+                }
+                end => end.map_err(CatalogError::Wal)?,
+            };
             match end {
                 TailEnd::SegmentEnd if sealed => {
                     self.pos = TailPos {
@@ -648,6 +702,7 @@ impl Worker {
         s.jobs.store(0, Relaxed);
         s.orphans.store(0, Relaxed);
         s.missed_segments.store(0, Relaxed);
+        s.damage_skipped.store(0, Relaxed);
         self.open()
     }
 

@@ -1035,34 +1035,57 @@ impl SegmentWalk<'_, '_> {
         Ok(None)
     }
 
-    /// The first record at or after `from` that checks out (checksum, known type, body decodes)
-    /// with an LSN above `after`: (offset, LSN). For reading on past damage.
+    /// The next record past damage, when the walk reads on past it: see [`resync`].
     fn resync(&mut self, from: u64, after: u64) -> std::io::Result<Option<(u64, u64)>> {
         if self.on_damage != OnDamage::NextRecord {
             return Ok(None);
         }
-        let salt = segment_salt(self.seq);
-        let len = self.w.file_len;
-        let pre = |h: &RecordHeader| {
-            h.lsn > after && h.body_len > 0 && h.body_len <= MAX_BODY && h.crc != 0
-        };
-        let mut pos = from;
-        while pos < len {
-            let (found, next) = self.w.candidates(pos, &pre)?;
-            for off in found {
-                if off + RECORD_HEADER_LEN as u64 > len {
-                    continue;
-                }
-                if let Check::Valid(h, body) = check_record(&mut self.w, off, salt)? {
-                    if Record::decode(h.rtype, h.schema, body).is_ok() {
-                        return Ok(Some((off, h.lsn)));
-                    }
+        resync_window(&mut self.w, self.seq, from, after)
+    }
+}
+
+fn resync_window(
+    w: &mut Window<'_>,
+    seq: u64,
+    from: u64,
+    after: u64,
+) -> std::io::Result<Option<(u64, u64)>> {
+    let salt = segment_salt(seq);
+    let len = w.file_len;
+    let pre =
+        |h: &RecordHeader| h.lsn > after && h.body_len > 0 && h.body_len <= MAX_BODY && h.crc != 0;
+    let mut pos = from.max(SEGMENT_HEADER_LEN as u64);
+    while pos < len {
+        let (found, next) = w.candidates(pos, &pre)?;
+        for off in found {
+            if off + RECORD_HEADER_LEN as u64 > len {
+                continue;
+            }
+            if let Check::Valid(h, body) = check_record(w, off, salt)? {
+                if Record::decode(h.rtype, h.schema, body).is_ok() {
+                    return Ok(Some((off, h.lsn)));
                 }
             }
-            pos = next;
         }
-        Ok(None)
+        pos = next;
     }
+    Ok(None)
+}
+
+/// The first record of segment `seq` (in `file`) at or after byte `from` that checks out
+/// (checksum, known type, body decodes) with an LSN above `after`: its (offset, LSN). For a
+/// reader that goes on past damage (`wal salvage --past-damage`, the catalog in a damaged
+/// sealed segment).
+pub fn resync(
+    file: &dyn SegmentFile,
+    loc: &str,
+    seq: u64,
+    from: u64,
+    after: u64,
+) -> Result<Option<(u64, u64)>, WalError> {
+    let len = file.size().map_err(|e| WalError::io(loc.to_string(), e))?;
+    let mut w = Window::new(file, len);
+    resync_window(&mut w, seq, from, after).map_err(|e| WalError::io(loc.to_string(), e))
 }
 
 /// Why a segment walk stopped early.

@@ -254,6 +254,10 @@ pub struct CatalogReport {
     pub orphans: u64,
     /// Segments gone before it read them (history lost; 0 unless the archive was trimmed).
     pub missed_segments: u64,
+    /// Places of damage in sealed segments read past (the records in between are not in the
+    /// history; 0 unless a file was damaged).
+    #[serde(default)]
+    pub damage_skipped: u64,
     /// Daily partitions.
     pub partitions: u64,
     /// Bytes on disk.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use duejob::catalog::store::{Row, Store};
+use duejob::catalog::store::{Order, Row, Store};
 use duejob::checkpoint::fold::FoldJob;
 use duejob::job::machine::JobCore;
 use duejob::wal::reader::TailPos;
@@ -89,7 +89,7 @@ fn main() {
         let t = Instant::now();
         let (mut seen, mut kept) = (0u64, 0u64);
         store
-            .scan(since, until, &mut |ix| {
+            .scan(since, until, Order::NewestFirst, &mut |ix| {
                 seen += 1;
                 if !dead_only || ix.state == duejob::wire::State::Dead {
                     kept += 1;

@@ -12,21 +12,24 @@
 //! - otherwise submitted again with its payload, queue, kind, attempts and timeout, and a fresh
 //!   deadline.
 //!
-//! New jobs go in chunks, each only once the ready jobs of its queues are few, so a large replay
+//! The window is read oldest first, a chunk at a time (the rows of 256 jobs, one dispatcher ask
+//! for their states, their `submit` records read through one open segment file), and it ends at
+//! the moment the replay starts: the replay's own jobs are never part of it. New jobs go in
+//! chunks, each only once the ready jobs of its queues are few, so a large replay
 //! flows in as fast as the workers take the jobs and never puts thousands of jobs ahead of a
 //! notification submitted after it. A `replay` record with the figures follows the new jobs'
 //! records in the log (`wal dump` shows it). A dry run writes nothing.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::catalog::{Query, READ_WAIT};
+use crate::catalog::store::Row;
+use crate::catalog::{Query, Shared, READ_WAIT};
 use crate::job::{replay_key, replay_of, Job, JobRef};
 use crate::runtime::{fate_rejection, Handle};
 use crate::scheduler::Msg;
 use crate::wal::commit::{Fate, RecordBatch};
-use crate::wal::format::segment_file_name;
-use crate::wal::reader::read_record_at;
+use crate::wal::io::Storage;
+use crate::wal::reader::RecordReader;
 use crate::wal::record::{self, Record};
 use crate::wire::{ErrorCode, JobSpec, Rejection, ReplaySpec, Replayed};
 
@@ -77,82 +80,48 @@ impl Handle {
                 },
             ));
         }
+        // Jobs submitted from now on (this replay's own among them) are not part of it.
+        let started = crate::job::now_ms();
         let q = Query {
             since: Some(spec.since),
-            until: Some(spec.until),
+            until: Some(spec.until.min(started)),
             queue: spec.queue.as_deref().map(Into::into),
             kind: spec.kind.as_deref().map(Into::into),
             states: Vec::new(),
             limit: usize::MAX,
         };
-        let mut rows = Vec::new();
-        c.select(&q, &mut |r| rows.push(r))
-            .map_err(|e| Rejection::new(ErrorCode::CatalogUnavailable, e))?;
-        rows.reverse(); // oldest first
-        let mut out = Replayed {
-            dry_run: spec.dry_run,
-            ..Replayed::default()
+        let mut pass = Pass {
+            h: self,
+            spec,
+            out: Replayed {
+                dry_run: spec.dry_run,
+                ..Replayed::default()
+            },
+            rows: Vec::with_capacity(CHUNK),
+            reader: RecordReader::default(),
+            would: Vec::new(),
+            failed: None,
         };
         for reason in ["live", "duplicate", "payload_unavailable", "refused"] {
-            out.skipped.insert(reason.into(), 0);
+            pass.out.skipped.insert(reason.into(), 0);
         }
-        let mut roots = HashSet::new();
-        let mut todo = Vec::new();
-        for row in rows {
-            let id = row.job.id;
-            let live = self.ask(|reply| Msg::Status { id, reply })?;
-            let state = live.as_ref().map_or(row.job.core.state, |j| j.state);
-            if !spec.states.is_empty() && !spec.states.contains(&state) {
-                continue;
-            }
-            out.selected += 1;
-            *out.by_queue
-                .entry(row.job.queue.to_string())
-                .or_default()
-                .entry(state)
-                .or_default() += 1;
-            if !state.is_terminal() {
-                skip(&mut out, "live", id);
-                continue;
-            }
-            let root = replay_of(row.job.key.as_deref()).unwrap_or(id);
-            let known = c
-                .key(&replay_key(root))
-                .map_err(|e| Rejection::new(ErrorCode::CatalogUnavailable, e))?;
-            if !roots.insert(root) || known.is_some() {
-                skip(&mut out, "duplicate", id);
-                continue;
-            }
-            let Some(payload) = self.payload_of(id, row.payload_at) else {
-                skip(&mut out, "payload_unavailable", id);
-                continue;
-            };
-            todo.push(Todo {
-                root,
-                queue: row.job.queue.to_string(),
-                kind: row.job.kind.to_string(),
-                payload,
-                max_attempts: row.job.max_attempts,
-                timeout_ms: row.job.timeout_ms,
-            });
+        let scanned = c.select(&q, &mut |row| {
+            pass.rows.push(row);
+            pass.rows.len() < CHUNK || pass.chunk(&c)
+        });
+        scanned.map_err(|e| Rejection::new(ErrorCode::CatalogUnavailable, e))?;
+        if let Some(e) = pass.failed.take() {
+            return Err(e);
         }
+        if !pass.chunk(&c) {
+            return Err(pass.failed.take().expect("a failed chunk says why"));
+        }
+        let mut out = pass.out;
+        out.samples.insert("enqueue".into(), pass.would);
         if spec.dry_run {
-            out.enqueued = todo.len() as u64;
-            out.samples.insert(
-                "enqueue".into(),
-                todo.iter().take(SAMPLES).map(|t| t.root).collect(),
-            );
             return Ok(out);
         }
-        for chunk in todo.chunks(CHUNK) {
-            self.pace(chunk);
-            self.submit_replays(chunk, &mut out)?;
-        }
         out.enqueued = out.ids.len() as u64;
-        out.samples.insert(
-            "enqueue".into(),
-            todo.iter().take(SAMPLES).map(|t| t.root).collect(),
-        );
         self.record_replay(spec, &out)?;
         log::info!(
             "replay of {}..{}: {} selected, {} enqueued, skipped {:?}",
@@ -164,32 +133,126 @@ impl Handle {
         );
         Ok(out)
     }
+}
 
-    /// The payload of job `id`, from its `submit` record at `at` (in `wal/` or the archive).
-    fn payload_of(&self, id: u64, (seq, offset): (u64, u64)) -> Option<String> {
-        let storage = self.wal_storage();
-        let name = segment_file_name(seq);
-        let archive = storage.archive();
-        let places = std::iter::once(storage.as_ref()).chain(archive.as_deref());
-        for s in places {
-            let Ok(f) = s.open(&name, false) else {
-                continue;
-            };
-            return match read_record_at(f.as_ref(), &s.location(&name), seq, offset) {
-                Ok((_, Record::Submit(sub))) if sub.id == id => Some(sub.payload.into_owned()),
-                Ok(_) => {
-                    log::error!("replay: the catalog says job {id}'s submit is at {}:{offset}, but another record is there", s.location(&name));
-                    None
-                }
-                Err(e) => {
-                    log::error!("replay: job {id}'s submit record: {e}");
-                    None
-                }
-            };
+/// A replay under way: the rows of the chunk read from the catalog, and what it did so far.
+struct Pass<'a> {
+    h: &'a Handle,
+    spec: &'a ReplaySpec<'a>,
+    out: Replayed,
+    rows: Vec<Row>,
+    reader: RecordReader,
+    /// The first jobs it (would) submit again, for `samples.enqueue`.
+    would: Vec<u64>,
+    failed: Option<Rejection>,
+}
+
+impl Pass<'_> {
+    /// Decides each row of the chunk, and (unless a dry run) submits the chunk's jobs once their
+    /// queues have room. Returns false if the replay must stop (`failed` says why).
+    fn chunk(&mut self, c: &Shared) -> bool {
+        match self.try_chunk(c) {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed = Some(e);
+                false
+            }
         }
-        None
     }
 
+    fn try_chunk(&mut self, c: &Shared) -> Result<(), Rejection> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let ids = rows.iter().map(|r| r.job.id).collect();
+        // The dispatcher's memory may know a newer state than the catalog: one ask per chunk.
+        let live = self.h.ask(|reply| Msg::States { ids, reply })?;
+        let storage = self.h.wal_storage();
+        let archive = storage.archive();
+        let places: Vec<&dyn Storage> = std::iter::once(storage.as_ref())
+            .chain(archive.as_deref())
+            .collect();
+        let mut todo = Vec::new();
+        let out = &mut self.out;
+        for (row, live) in rows.iter().zip(live) {
+            let id = row.job.id;
+            let state = live.unwrap_or(row.job.core.state);
+            if !self.spec.states.is_empty() && !self.spec.states.contains(&state) {
+                continue;
+            }
+            out.selected += 1;
+            *out.by_queue
+                .entry(row.job.queue.to_string())
+                .or_default()
+                .entry(state)
+                .or_default() += 1;
+            if !state.is_terminal() {
+                skip(out, "live", id);
+                continue;
+            }
+            // The same root twice in one replay cannot happen: a job and a replay of it in the
+            // window means that replay exists, so its key is known.
+            let root = replay_of(row.job.key.as_deref()).unwrap_or(id);
+            let known = c
+                .key(&replay_key(root))
+                .map_err(|e| Rejection::new(ErrorCode::CatalogUnavailable, e))?;
+            if known.is_some() {
+                skip(out, "duplicate", id);
+                continue;
+            }
+            let Some(payload) = payload_of(&mut self.reader, &places, id, row.payload_at) else {
+                skip(out, "payload_unavailable", id);
+                continue;
+            };
+            todo.push(Todo {
+                root,
+                queue: row.job.queue.to_string(),
+                kind: row.job.kind.to_string(),
+                payload,
+                max_attempts: row.job.max_attempts,
+                timeout_ms: row.job.timeout_ms,
+            });
+        }
+        let room = SAMPLES - self.would.len();
+        self.would.extend(todo.iter().take(room).map(|t| t.root));
+        if self.spec.dry_run {
+            out.enqueued += todo.len() as u64;
+            return Ok(());
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        self.h.pace(&todo);
+        self.h.submit_replays(&todo, out)
+    }
+}
+
+/// The payload of job `id`, from its `submit` record at `at` (in `wal/` or the archive).
+fn payload_of(
+    reader: &mut RecordReader,
+    places: &[&dyn Storage],
+    id: u64,
+    (seq, offset): (u64, u64),
+) -> Option<String> {
+    match reader.read(places, seq, offset) {
+        Ok(Some((_, Record::Submit(sub)))) if sub.id == id => Some(sub.payload.into_owned()),
+        Ok(Some(_)) => {
+            log::error!(
+                "replay: the catalog says job {id}'s submit is at segment {seq} offset {offset}, \
+                 but another record is there"
+            );
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            log::error!("replay: job {id}'s submit record: {e}");
+            None
+        }
+    }
+}
+
+impl Handle {
     /// Waits until the queues of `chunk` have few ready jobs (as many as twice their workers, at
     /// least a chunk), at most [`MAX_PACE_WAIT`].
     fn pace(&self, chunk: &[Todo]) {

@@ -541,3 +541,40 @@ fn a_damaged_archived_segment_is_read_past_loudly_and_the_catalog_goes_on() {
     c.wait_state(id, "succeeded");
     d.stop();
 }
+
+#[test]
+fn a_replay_of_many_chunks_selects_each_job_of_the_window_once_and_never_its_own() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let n = 2000; // eight chunks
+    noops(&d, n);
+    d.wait_idle(Duration::from_secs(60));
+    // The window reaches into the future: the replay's own jobs, submitted while it reads the
+    // window, are not part of it.
+    let r = replay(&d, json!({}));
+    let brief = json!([r["selected"], r["enqueued"], r["skipped"]]);
+    assert_eq!(
+        brief,
+        json!([n, n, {"live": 0, "duplicate": 0, "payload_unavailable": 0, "refused": 0}])
+    );
+    let ids: Vec<u64> = r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), n);
+    d.wait_idle(Duration::from_secs(60));
+    // Oldest first: the replays' ids follow their originals' order.
+    let jobs = all_jobs(&d);
+    let mut of: Vec<(u64, u64)> = jobs
+        .iter()
+        .filter_map(|j| Some((j["id"].as_u64()?, j["replay_of"].as_u64()?)))
+        .collect();
+    of.sort_unstable();
+    assert!(of.windows(2).all(|w| w[0].1 < w[1].1), "replays in order");
+    let r = replay(&d, json!({"dry_run": true}));
+    assert_eq!(r["selected"], 2 * n, "{r}");
+    assert_eq!(r["enqueued"], 0, "{r}");
+    assert_eq!(r["skipped"]["duplicate"], 2 * n, "{r}");
+}

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::job::State;
 use crate::wire::{CatalogReport, JobInfo};
-use store::{Row, Store};
+use store::{Order, Row, Store};
 
 pub use worker::{rebuild_offline, spawn, Catalog, Rebuilt};
 
@@ -232,6 +232,7 @@ impl Shared {
             .scan(
                 q.since.unwrap_or(0),
                 q.until.unwrap_or(u64::MAX),
+                Order::NewestFirst,
                 &mut |ix| {
                     if !q.admits(&ix) {
                         return true;
@@ -256,29 +257,37 @@ impl Shared {
         Ok((out, more))
     }
 
-    /// Every job of the window that `q` admits (no limit), newest first, with its row (a replay
-    /// filters by state itself: the dispatcher's memory may know a newer one).
-    pub(crate) fn select(&self, q: &Query, each: &mut dyn FnMut(Row)) -> Result<(), String> {
+    /// Every job of the window that `q` admits (no limit), oldest first, with its row, one at
+    /// a time until `each` returns false (a replay filters by state itself: the dispatcher's
+    /// memory may know a newer one).
+    pub(crate) fn select(
+        &self,
+        q: &Query,
+        each: &mut dyn FnMut(Row) -> bool,
+    ) -> Result<(), String> {
         let store = self.store()?;
-        let mut ids = Vec::new();
+        let mut failed = None;
         store
             .scan(
                 q.since.unwrap_or(0),
                 q.until.unwrap_or(u64::MAX),
+                Order::OldestFirst,
                 &mut |ix| {
-                    if q.admits(&ix) {
-                        ids.push(ix.id);
+                    if !q.admits(&ix) {
+                        return true;
                     }
-                    true
+                    match store.get(ix.id) {
+                        Ok(Some((_, r))) => each(r),
+                        Ok(None) => true,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            false
+                        }
+                    }
                 },
             )
             .map_err(|e| e.to_string())?;
-        for id in ids {
-            if let Some((_, r)) = store.get(id).map_err(|e| e.to_string())? {
-                each(r);
-            }
-        }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// The job a key names, if the catalog holds it.

@@ -125,6 +125,15 @@ impl Indexed {
     }
 }
 
+/// The order of a [`Store::scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// `jobs`.
+    NewestFirst,
+    /// A replay.
+    OldestFirst,
+}
+
 fn time_key(submitted_at: u64, id: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&submitted_at.to_be_bytes());
@@ -474,27 +483,35 @@ impl Store {
         Ok(old.len())
     }
 
-    /// The `time` index entries of `[since, until)`, newest first, for which `keep` is true;
-    /// `each` is called with each until it returns false.
+    /// The `time` index entries of `[since, until)`, newest first (or oldest first); `each`
+    /// is called with each until it returns false. Nothing is collected: a scan over millions
+    /// of jobs holds one entry at a time.
     pub fn scan(
         &self,
         since: u64,
         until: u64,
+        order: Order,
         each: &mut dyn FnMut(Indexed) -> bool,
     ) -> Result<(), CatalogError> {
         if since >= until {
             return Ok(());
         }
         let (lo_day, hi_day) = (since / DAY_MS, (until - 1) / DAY_MS);
-        for day in self.days().into_iter().rev() {
-            if day < lo_day || day > hi_day {
-                continue;
-            }
+        let mut days = self.days();
+        days.retain(|&d| d >= lo_day && d <= hi_day);
+        if order == Order::NewestFirst {
+            days.reverse();
+        }
+        for day in days {
             let Some(t) = self.trees(day, false)? else {
                 continue;
             };
-            let range = time_key(since, 0)..time_key(until, 0);
-            for kv in t.time.range(range).rev() {
+            let range = t.time.range(time_key(since, 0)..time_key(until, 0));
+            let entries: Box<dyn Iterator<Item = _>> = match order {
+                Order::NewestFirst => Box::new(range.rev()),
+                Order::OldestFirst => Box::new(range),
+            };
+            for kv in entries {
                 let (k, v) = kv.map_err(|e| self.sled(day, e))?;
                 if let Some(ix) = Indexed::decode(&k, &v) {
                     if !each(ix) {
@@ -578,7 +595,7 @@ mod tests {
         assert_eq!(r.job.key.as_deref(), Some("k2"));
         let mut seen = Vec::new();
         store
-            .scan(0, u64::MAX, &mut |ix| {
+            .scan(0, u64::MAX, Order::NewestFirst, &mut |ix| {
                 seen.push((ix.id, ix.state, ix.queue, ix.kind));
                 true
             })

@@ -95,6 +95,13 @@ pub enum Msg {
         /// Reply.
         reply: Sender<SchedStats>,
     },
+    /// The states of jobs, from memory (a replay's freshest view).
+    States {
+        /// Job ids.
+        ids: Vec<u64>,
+        /// Reply: the state of each, where the dispatcher's memory holds the job.
+        reply: Sender<Vec<Option<crate::job::State>>>,
+    },
     /// How many jobs of a queue are ready (a replay paces itself on it).
     Ready {
         /// Queue index.

@@ -399,18 +399,88 @@ pub struct TailPos {
     pub lsn: u64,
 }
 
-/// Reads the one record at `offset` of segment `seq` in `file` (where the catalog says a job's
-/// `submit` lies): its LSN and body.
-pub fn read_record_at(
-    file: &dyn SegmentFile,
+/// Reads records by position, keeping the last segment file open and a small window of it: a
+/// replay reads the `submit` records of the jobs it submits again, mostly in file order.
+#[derive(Default)]
+pub struct RecordReader {
+    open: Option<OpenSegment>,
+}
+
+struct OpenSegment {
+    seq: u64,
+    loc: String,
+    file: Box<dyn SegmentFile>,
+    len: u64,
+    buf: Vec<u8>,
+    start: u64,
+}
+
+/// Bytes a [`RecordReader`] reads at once: a few hundred small records, little waste when the
+/// records wanted lie far apart.
+const RECORD_READER_CHUNK: usize = 64 << 10;
+
+impl RecordReader {
+    /// The record at `offset` of segment `seq` (its LSN and body), from the first of `places`
+    /// that has the file; `Ok(None)` if none has it (gone past archive retention).
+    pub fn read(
+        &mut self,
+        places: &[&dyn Storage],
+        seq: u64,
+        offset: u64,
+    ) -> Result<Option<(u64, Record<'static>)>, WalError> {
+        if self.open.as_ref().is_none_or(|o| o.seq != seq) {
+            self.open = None;
+            let name = super::format::segment_file_name(seq);
+            for s in places {
+                match s.open(&name, false) {
+                    Ok(file) => {
+                        let loc = s.location(&name);
+                        let len = file.size().map_err(|e| WalError::io(loc.clone(), e))?;
+                        self.open = Some(OpenSegment {
+                            seq,
+                            loc,
+                            file,
+                            len,
+                            buf: Vec::new(),
+                            start: 0,
+                        });
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(WalError::io(s.location(&name), e)),
+                }
+            }
+        }
+        let Some(o) = self.open.as_mut() else {
+            return Ok(None);
+        };
+        // The segment being written grows: a record past the length seen is looked for anew.
+        if offset + RECORD_HEADER_LEN as u64 > o.len {
+            o.len = o.file.size().map_err(|e| WalError::io(o.loc.clone(), e))?;
+            o.buf.clear();
+        }
+        let mut w = Window {
+            file: o.file.as_ref(),
+            buf: std::mem::take(&mut o.buf),
+            start: o.start,
+            file_len: o.len,
+            chunk: RECORD_READER_CHUNK,
+        };
+        let r = record_in(&mut w, &o.loc, seq, offset);
+        o.buf = w.buf;
+        o.start = w.start;
+        r.map(Some)
+    }
+}
+
+fn record_in(
+    w: &mut Window<'_>,
     loc: &str,
     seq: u64,
     offset: u64,
 ) -> Result<(u64, Record<'static>), WalError> {
     let io = |e: std::io::Error| WalError::io(loc.to_string(), e);
-    let len = file.size().map_err(io)?;
-    let mut w = Window::new(file, len);
-    match check_record(&mut w, offset, segment_salt(seq)).map_err(io)? {
+    match check_record(w, offset, segment_salt(seq)).map_err(io)? {
         Check::Valid(h, body) => match Record::decode(h.rtype, h.schema, body) {
             Ok(r) => Ok((h.lsn, r.into_owned())),
             Err(p) => Err(WalError::corrupt(loc.to_string(), offset, format!("{p:?}"))),
@@ -559,6 +629,8 @@ pub(crate) struct Window<'f> {
     /// File offset of `buf[0]`.
     start: u64,
     file_len: u64,
+    /// Bytes read at once.
+    chunk: usize,
 }
 
 impl<'f> Window<'f> {
@@ -569,6 +641,7 @@ impl<'f> Window<'f> {
             buf: Vec::new(),
             start: 0,
             file_len,
+            chunk: WINDOW,
         }
     }
 
@@ -577,7 +650,7 @@ impl<'f> Window<'f> {
         let have = off >= self.start && off + n as u64 <= self.start + self.buf.len() as u64;
         if !have {
             let want = n
-                .max(WINDOW)
+                .max(self.chunk)
                 .min((self.file_len.saturating_sub(off)) as usize);
             self.buf.resize(want, 0);
             let mut got = 0;

@@ -471,6 +471,9 @@ impl Dispatcher {
             Msg::Status { id, reply } => {
                 let _ = reply.send(self.status(id));
             }
+            Msg::States { ids, reply } => {
+                let _ = reply.send(ids.iter().map(|&id| self.state_of(id)).collect());
+            }
             Msg::Ready { queue, reply } => {
                 let n = self
                     .counts

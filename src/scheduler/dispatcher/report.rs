@@ -21,6 +21,14 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
 }
 
 impl Dispatcher {
+    /// The state of job `id`, if memory holds it (cheaper than [`Self::status`]).
+    pub(super) fn state_of(&self, id: u64) -> Option<State> {
+        match self.history.get(&id) {
+            Some(d) => Some(d.core.state),
+            None => self.jobs.get(&id).map(|e| e.core.state),
+        }
+    }
+
     pub(super) fn status(&self, id: u64) -> Option<JobInfo> {
         if let Some(d) = self.history.get(&id) {
             return Some(d.info());

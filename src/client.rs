@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::wire::reply::ErrorReply;
 use crate::wire::{
-    BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, ErrorCode, Hello, Ids,
-    JobInfo, JobList, JobStatus, Rejection, Replayed, Request, Stats,
+    AlertList, BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, ErrorCode,
+    Hello, Ids, JobInfo, JobList, JobStatus, Rejection, Replayed, Request, Stats,
 };
 pub use crate::wire::{DeadSelect, Submit, Submitted};
 pub use crate::wire::{JobsQuery, ReplaySpec};
@@ -206,6 +206,11 @@ impl Client {
     /// says what that would do).
     pub fn replay(&mut self, spec: &ReplaySpec<'_>) -> Result<Replayed, ClientError> {
         self.call(&Request::Replay(spec.clone()))
+    }
+
+    /// The alert rules and their state.
+    pub fn alerts(&mut self) -> Result<AlertList, ClientError> {
+        self.call(&Request::Alerts)
     }
 
     /// Rebuilds the catalog from the WAL and the archive; returns once it has caught up.

@@ -65,6 +65,16 @@ pub struct QueueConfig {
     pub backoff_cap: Duration,
     /// Whether a retry may be scheduled after the job's deadline (otherwise the job dies).
     pub retry_past_deadline: bool,
+    /// Alert `retrying` when retries per minute exceed this (0: any retry).
+    pub alert_retries: u64,
+    /// Alert `slack` when the most urgent ready job's slack falls under this (`None`: 10% of
+    /// `due_in`).
+    pub alert_slack: Option<Duration>,
+    /// Alert `wait` when the most urgent ready job has waited longer than this (`None`:
+    /// `due_in`).
+    pub alert_wait: Option<Duration>,
+    /// Alert `stall` when jobs are ready but no attempt ended for this long.
+    pub alert_stall: Duration,
 }
 
 impl QueueConfig {
@@ -81,6 +91,44 @@ impl QueueConfig {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(600),
             retry_past_deadline: false,
+            alert_retries: 0,
+            alert_slack: None,
+            alert_wait: None,
+            alert_stall: Duration::from_secs(60),
+        }
+    }
+
+    /// The `slack` alert's threshold.
+    pub fn slack_threshold(&self) -> Duration {
+        self.alert_slack.unwrap_or(self.due_in / 10)
+    }
+
+    /// The `wait` alert's threshold.
+    pub fn wait_threshold(&self) -> Duration {
+        self.alert_wait.unwrap_or(self.due_in)
+    }
+}
+
+/// Alerts (docs/config.md, "Alerts").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertConfig {
+    /// Run on every firing and resolve, with the alert as JSON on stdin (an argv, no shell).
+    pub command: Option<Vec<String>>,
+    /// The command is killed (its process group) after this.
+    pub timeout: Duration,
+    /// A firing alert resolves once its condition has been clear this long.
+    pub clear: Duration,
+    /// Alert `wal_sync` when the WAL's fsync p99 over the last 10 s exceeds this.
+    pub fsync: Duration,
+}
+
+impl Default for AlertConfig {
+    fn default() -> AlertConfig {
+        AlertConfig {
+            command: None,
+            timeout: Duration::from_secs(10),
+            clear: Duration::from_secs(30),
+            fsync: Duration::from_millis(100),
         }
     }
 }
@@ -218,6 +266,8 @@ pub struct Config {
     pub catalog: bool,
     /// How long the catalog keeps a job's history after its submission (`history_retention`).
     pub history_retention: Duration,
+    /// Alerts: the command run on each, and the daemon-wide thresholds.
+    pub alerts: AlertConfig,
 }
 
 /// When checkpoints are taken, and how long released segments are kept (`docs/config.md`).
@@ -300,6 +350,7 @@ impl Config {
             checkpoint: CheckpointConfig::default(),
             catalog: true,
             history_retention: Duration::from_secs(30 * 86_400),
+            alerts: AlertConfig::default(),
         }
     }
 
@@ -398,6 +449,21 @@ impl Config {
         if let Some(smtp) = f.smtp {
             c.smtp = Some(smtp.build(&|name| std::env::var(name).ok())?);
         }
+        c.alerts.command = f.alert_command;
+        let dur = |v: &Option<String>, key: &str| -> Result<Option<Duration>, String> {
+            v.as_deref()
+                .map(|d| parse_duration(d).map_err(|e| format!("{key}: {e}")))
+                .transpose()
+        };
+        if let Some(d) = dur(&f.alert_timeout, "alert_timeout")? {
+            c.alerts.timeout = d;
+        }
+        if let Some(d) = dur(&f.alert_clear, "alert_clear")? {
+            c.alerts.clear = d;
+        }
+        if let Some(d) = dur(&f.alert_fsync, "alert_fsync")? {
+            c.alerts.fsync = d;
+        }
         if !f.queues.is_empty() {
             c.queues = Vec::new();
             for (name, q) in f.queues {
@@ -428,6 +494,15 @@ impl Config {
                 }
                 if let Some(r) = q.retry_past_deadline {
                     qc.retry_past_deadline = r;
+                }
+                if let Some(r) = q.alert_retries {
+                    qc.alert_retries = r;
+                }
+                let qdur = |v: &Option<String>, key: &str| dur(v, &format!("queue {name}: {key}"));
+                qc.alert_slack = qdur(&q.alert_slack, "alert_slack")?;
+                qc.alert_wait = qdur(&q.alert_wait, "alert_wait")?;
+                if let Some(d) = qdur(&q.alert_stall, "alert_stall")? {
+                    qc.alert_stall = d;
                 }
                 c.queues.push(qc);
             }
@@ -488,6 +563,9 @@ impl Config {
                     q.name
                 ));
             }
+            if q.alert_stall.is_zero() {
+                return Err(format!("queue {}: alert_stall must be positive", q.name));
+            }
             reserved += q.reserved;
         }
         if reserved > self.workers {
@@ -495,6 +573,16 @@ impl Config {
                 "queues reserve {reserved} workers but only {} exist",
                 self.workers
             ));
+        }
+        if let Some(cmd) = &self.alerts.command {
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return Err(
+                    "alert_command needs a program: [\"/path/to/program\", \"arg\", ...]".into(),
+                );
+            }
+        }
+        if self.alerts.timeout.is_zero() {
+            return Err("alert_timeout must be positive".into());
         }
         if let Some(s) = &self.smtp {
             if s.host.is_empty() {
@@ -598,6 +686,10 @@ struct FileConfig {
     archive_max_mib: Option<u64>,
     catalog: Option<bool>,
     history_retention: Option<String>,
+    alert_command: Option<Vec<String>>,
+    alert_timeout: Option<String>,
+    alert_clear: Option<String>,
+    alert_fsync: Option<String>,
     #[serde(default)]
     queues: BTreeMap<String, FileQueue>,
     smtp: Option<FileSmtp>,
@@ -713,6 +805,10 @@ struct FileQueue {
     timeout: Option<String>,
     backoff: Option<FileBackoff>,
     retry_past_deadline: Option<bool>,
+    alert_retries: Option<u64>,
+    alert_slack: Option<String>,
+    alert_wait: Option<String>,
+    alert_stall: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -51,6 +51,7 @@ macro_rules! internal_mods {
     )*};
 }
 
+pub mod alerts;
 pub mod catalog;
 pub mod checkpoint;
 pub mod client;

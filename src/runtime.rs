@@ -104,6 +104,8 @@ struct Inner {
     rebuild: Option<Rebuild>,
     /// The WAL's files (read by a replay for the payloads).
     storage: Arc<dyn Storage>,
+    /// What the alert thread shows.
+    alerts: Arc<crate::alerts::Shared>,
 }
 
 type Rebuild = Box<dyn Fn() -> Result<crate::catalog::Rebuilt, String> + Send + Sync>;
@@ -446,7 +448,13 @@ impl Handle {
             wal: self.wal_report(),
             kinds: self.inner.kinds.health(),
             catalog: self.inner.catalog.as_ref().map(|c| c.report()),
+            alerts: Some(self.inner.alerts.report()),
         })
+    }
+
+    /// The alert rules and their state (`duejob alerts`).
+    pub fn alerts(&self) -> Vec<crate::wire::AlertInfo> {
+        self.inner.alerts.list()
     }
 
     fn wal_report(&self) -> WalReport {
@@ -931,11 +939,26 @@ impl RuntimeBuilder {
             rebuild: catalog.as_ref().map(|c| Box::new(c.rebuilder()) as Rebuild),
             catalog: catalog.as_ref().map(|c| c.shared.clone()),
             storage: wal_files,
+            alerts: Arc::default(),
         });
+        let handle = Handle { inner };
+        let source = handle.clone();
+        let alerts = crate::alerts::spawn(
+            handle.inner.cfg.clone(),
+            handle.inner.alerts.clone(),
+            Box::new(move || {
+                if source.inner.closing.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let stats = source.stats().ok()?;
+                Some((stats, source.inner.wal_stats.fsync_buckets()))
+            }),
+        );
         Ok(Runtime {
-            handle: Handle { inner },
+            handle,
             threads: Some((dispatcher, wal_thread)),
             checkpointer: Some(checkpointer),
+            alerts: Some(alerts),
             catalog,
             _lock: lock,
             data_dir: self.data_dir,
@@ -948,6 +971,7 @@ pub struct Runtime {
     handle: Handle,
     threads: Option<(JoinHandle<()>, JoinHandle<()>)>,
     checkpointer: Option<ckpt::Checkpointer>,
+    alerts: Option<crate::alerts::Alerts>,
     catalog: Option<crate::catalog::Catalog>,
     _lock: Option<File>,
     data_dir: PathBuf,
@@ -1000,6 +1024,9 @@ impl Runtime {
         };
         let inner = &self.handle.inner;
         inner.closing.store(true, Ordering::SeqCst);
+        if let Some(mut a) = self.alerts.take() {
+            a.stop();
+        }
         // First: it may be waiting for the WAL to seal a segment.
         if let Some(mut c) = self.checkpointer.take() {
             c.stop();

@@ -161,6 +161,7 @@ fn every_module_imports_only_modules_below_it_in_architecture_md_s_layers() {
         "client",
         "replay",
         "runtime",
+        "alerts",
         "catalog",
         "recovery",
         "checkpoint",

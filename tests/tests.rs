@@ -17,6 +17,7 @@ mod golden_wal;
 mod layering;
 mod lifecycle;
 mod model;
+mod observe;
 mod ordering;
 mod power_cut;
 mod protocol_doc;

@@ -164,6 +164,60 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     Ok(())
 }
 
+/// The per-queue table of `duejob stats`: what is ready, late, waiting and running, and how it
+/// went over the last minute (waits, done/s, retries) and since start-up (misses, totals).
+fn write_queue_table(out: &mut dyn Write, s: &duejob::wire::SchedStats) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:>7} {:>5} {:>6} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>5} {:>6} {:>9} {:>5}",
+        "queue",
+        "ready",
+        "late",
+        "sched",
+        "retry",
+        "running",
+        "oldest",
+        "slack",
+        "wait50",
+        "wait99",
+        "done/s",
+        "rt/m",
+        "missed",
+        "succeeded",
+        "dead"
+    )?;
+    let dur = |ms: Option<f64>| ms.map_or_else(|| "-".into(), millis);
+    for (name, q) in &s.queues {
+        let st = |s: State| q.count(s);
+        let r = &q.recent;
+        let per_min = r.retries as f64 * 60_000.0 / r.window_ms.max(1) as f64;
+        writeln!(
+            out,
+            "{:<14} {:>7} {:>5} {:>6} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7.1} {:>5.0} {:>6} {:>9} {:>5}",
+            name,
+            st(State::Ready),
+            q.late,
+            st(State::Scheduled),
+            st(State::Retrying),
+            format!("{}/{}", st(State::Running), q.max_workers),
+            dur(q.oldest_ready_age_ms.map(|v| v as f64)),
+            dur(q.slack_ms.map(|v| v as f64)),
+            dur((r.wait_ms.count > 0).then_some(r.wait_ms.p50)),
+            dur((r.wait_ms.count > 0).then_some(r.wait_ms.p99)),
+            r.done_per_s,
+            per_min,
+            q.deadline_misses,
+            st(State::Succeeded),
+            st(State::Dead),
+        )?;
+    }
+    writeln!(
+        out,
+        "(wait50/99, done/s, rt/m (retries a minute): the last {} s; missed: since start-up; succeeded, dead: kept in memory)",
+        s.queues.values().next().map_or(60, |q| q.recent.window_ms.div_ceil(1000))
+    )
+}
+
 pub fn stats(opts: &ClientOpts) -> CliResult {
     let mut c = Client::connect(&opts.socket)?;
     let s = c.stats()?;
@@ -176,39 +230,7 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
         "workers {} (busy {}), order {}",
         s.sched.workers, s.sched.busy, s.sched.order
     )?;
-    writeln!(
-        out,
-        "{:<16} {:>8} {:>8} {:>8} {:>10} {:>6} {:>9} {:>9} {:>9} {:>7}",
-        "queue",
-        "ready",
-        "running",
-        "sched",
-        "succeeded",
-        "dead",
-        "wait p50",
-        "wait p99",
-        "slack",
-        "missed"
-    )?;
-    for (name, q) in &s.sched.queues {
-        let st = |s: State| q.count(s);
-        writeln!(
-            out,
-            "{:<16} {:>8} {:>8} {:>8} {:>10} {:>6} {:>9} {:>9} {:>9} {:>7}",
-            name,
-            st(State::Ready),
-            st(State::Running),
-            st(State::Scheduled),
-            st(State::Succeeded),
-            st(State::Dead),
-            millis(q.wait_ms.p50),
-            millis(q.wait_ms.p99),
-            q.slack_ms
-                .map(|s| millis(s as f64))
-                .unwrap_or_else(|| "-".into()),
-            q.deadline_misses
-        )?;
-    }
+    write_queue_table(&mut out, &s.sched)?;
     let w = &s.wal;
     writeln!(
         out,
@@ -248,6 +270,9 @@ pub fn stats(opts: &ClientOpts) -> CliResult {
                 .map(|e| format!(", failing now: {e}"))
                 .unwrap_or_default()
         )?;
+    }
+    if let Some(a) = s.alerts.as_ref().filter(|a| a.firing > 0) {
+        writeln!(out, "alerts: {} firing (duejob alerts)", a.firing)?;
     }
     for (kind, h) in &s.kinds {
         let state = match h.consecutive_failures {

@@ -99,6 +99,12 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Formats milliseconds compactly (`850ms`, `12.5s`, `3m20s`, `2h`).
 pub fn millis(ms: f64) -> String {
+    if ms < 0.0 {
+        return format!("-{}", millis(-ms));
+    }
+    if ms == 0.0 {
+        return "0".into();
+    }
     if ms < 1.0 {
         format!("{:.0}µs", ms * 1000.0)
     } else if ms < 1000.0 {
@@ -152,5 +158,8 @@ mod tests {
         assert_eq!(millis(0.25), "250µs");
         assert_eq!(millis(12.34), "12.3ms");
         assert_eq!(millis(200_000.0), "3m20s");
+        assert_eq!(millis(-1019.0), "-1.0s");
+        assert_eq!(millis(-0.5), "-500µs");
+        assert_eq!(millis(0.0), "0");
     }
 }

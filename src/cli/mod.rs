@@ -1,6 +1,7 @@
 //! The command line: argument definitions (clap) and dispatch to the subcommands.
 //! `src/main.rs` only calls [`main_with_args`].
 
+mod alert_cmds;
 mod catalog_cmds;
 mod client_cmds;
 mod demo;
@@ -53,6 +54,11 @@ enum Command {
     },
     /// Show per-queue and WAL figures.
     Stats {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show the alert rules and which fire (the daemon evaluates them once a second).
+    Alerts {
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -144,6 +150,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Submit(a) => client_cmds::submit(a),
         Command::Status { id, opts } => client_cmds::status(id, &opts),
         Command::Stats { opts } => client_cmds::stats(&opts),
+        Command::Alerts { opts } => alert_cmds::alerts(&opts),
         Command::Cancel { id, opts } => client_cmds::cancel(id, &opts),
         Command::Dead(d) => client_cmds::dead(d),
         Command::Jobs(a) => catalog_cmds::jobs(a),

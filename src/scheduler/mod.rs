@@ -2,12 +2,16 @@
 //! worker threads run jobs. See `README.md` in this folder for how workers park and are woken.
 //!
 //! - [`ready`]: the ready set and the pick rule (deadline order, `max_workers`, `reserved`, lending).
+//! - [`lateness`]: which ready jobs are past their deadline, counted the moment it passes.
+//! - [`recent`]: a queue's figures over the last minute.
 //! - [`dispatcher`]: the thread and its state machine.
 //! - [`table`]: the job table (a slab behind a small id map).
 //! - [`worker`]: the worker threads.
 
 pub mod dispatcher;
+pub mod lateness;
 pub mod ready;
+pub mod recent;
 pub mod table;
 pub mod worker;
 

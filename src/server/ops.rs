@@ -12,8 +12,8 @@ use crate::job::{now_ms, Job};
 use crate::runtime::Handle;
 use crate::wire::reply::{self, write_error, write_ok_with};
 use crate::wire::{
-    Cancelled, CatalogRebuilt, DeadJobs, DeadSelect, ErrorCode, Hello, Ids, JobList, JobStatus,
-    Rejection, Request, State, Submit, PROTOCOL_VERSION,
+    AlertList, Cancelled, CatalogRebuilt, DeadJobs, DeadSelect, ErrorCode, Hello, Ids, JobList,
+    JobStatus, Rejection, Request, State, Submit, PROTOCOL_VERSION,
 };
 
 /// What a request works with: the runtime, the burst being built, and where bursts go.
@@ -71,6 +71,10 @@ fn handle(req: Request<'_>, cx: &mut Cx<'_, '_>) -> Slot {
             cx.flush();
             ok_or_error(cx.handle.replay(&spec))
         }
+        Request::Alerts => ok_or_error(cx.handle.stats().map(|s| AlertList {
+            alerts: cx.handle.alerts(),
+            summary: s.alerts.unwrap_or_default(),
+        })),
         Request::CatalogRebuild => {
             ok_or_error(cx.handle.catalog_rebuild().map(|r| CatalogRebuilt {
                 records: r.records,

@@ -69,6 +69,12 @@ impl WalStats {
         self.max_group.fetch_max(n, Relaxed);
     }
 
+    /// The fsync latency histogram: count per bucket, bucket i holding fsyncs of at most 2^i µs
+    /// (cumulative since start).
+    pub fn fsync_buckets(&self) -> Vec<u64> {
+        self.fsync_us.iter().map(|c| c.load(Relaxed)).collect()
+    }
+
     /// Upper bound (µs) of the fsync latency at quantile `q` (0..=1), or 0 with no fsync yet.
     pub fn fsync_quantile_us(&self, q: f64) -> u64 {
         let counts: Vec<u64> = self.fsync_us.iter().map(|c| c.load(Relaxed)).collect();

@@ -88,7 +88,11 @@ pub struct QueueStats {
     pub oldest_ready_age_ms: Option<u64>,
     /// Time left until the most urgent ready job's deadline (ms; negative when late).
     pub slack_ms: Option<i64>,
-    /// Jobs started after their deadline.
+    /// Ready jobs past their deadline now.
+    #[serde(default)]
+    pub late: u64,
+    /// Jobs whose deadline passed while they were ready (each job once, the moment it passed,
+    /// whether or not a worker took it since).
     pub deadline_misses: u64,
     /// Attempts that ended in failure (timeouts included).
     pub failures: u64,
@@ -98,10 +102,32 @@ pub struct QueueStats {
     pub timeouts: u64,
     /// Jobs that ran on a worker lent from another queue's reservation.
     pub borrowed: u64,
-    /// From ready to started.
+    /// From ready to started, since start-up.
     pub wait_ms: Percentiles,
-    /// Run time.
+    /// Run time, since start-up.
     pub run_ms: Percentiles,
+    /// The last minute.
+    #[serde(default)]
+    pub recent: RecentStats,
+}
+
+/// A queue's figures over the last minute (less just after start-up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecentStats {
+    /// The span covered (ms).
+    pub window_ms: u64,
+    /// From ready to started, for the jobs started in it.
+    pub wait_ms: Percentiles,
+    /// Run times of the attempts that ended in it.
+    pub run_ms: Percentiles,
+    /// Jobs that ended (succeeded or dead).
+    pub done: u64,
+    /// `done` per second.
+    pub done_per_s: f64,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Attempts that failed.
+    pub failures: u64,
 }
 
 impl QueueStats {
@@ -233,6 +259,59 @@ pub struct Stats {
     /// The catalog, when it is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<CatalogReport>,
+    /// Alerts, when the alert thread runs (the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsReport>,
+}
+
+/// Alert figures for `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertsReport {
+    /// Rule instances firing now.
+    pub firing: u64,
+    /// Firings since start.
+    pub fired: u64,
+    /// Resolves since start.
+    pub resolved: u64,
+    /// `alert_command` runs started.
+    pub command_runs: u64,
+    /// Runs that failed (non-zero exit, timeout, could not start).
+    pub command_failures: u64,
+    /// Events replaced by a newer one of the same instance while its command ran.
+    pub command_superseded: u64,
+    /// Runs going on now.
+    pub command_running: u64,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command_error: Option<String>,
+}
+
+/// One alert rule instance, for `alerts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertInfo {
+    /// The rule.
+    pub alert: String,
+    /// Its queue (per-queue rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Its kind (`kind_failing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `ok`, `pending` (its condition holds, not yet for its hold time) or `firing`.
+    pub state: String,
+    /// Since when it is pending or firing (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// The figure it watches, at the last evaluation.
+    pub value: f64,
+    /// Its threshold.
+    pub threshold: f64,
+    /// What both measure.
+    pub unit: String,
+    /// How long the condition must hold before it fires (ms).
+    pub hold_ms: u64,
+    /// How long its clear condition must hold before it resolves (ms).
+    pub clear_ms: u64,
 }
 
 /// Catalog figures for `stats`.

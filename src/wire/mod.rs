@@ -11,12 +11,12 @@ mod request;
 
 pub use error::{ErrorCode, Rejection};
 pub use info::{
-    AttemptInfo, AttemptOutcome, CatalogReport, CheckpointReport, JobInfo, KindHealth, Percentiles,
-    QueueStats, SchedStats, State, Stats, WalReport,
+    AlertInfo, AlertsReport, AttemptInfo, AttemptOutcome, CatalogReport, CheckpointReport, JobInfo,
+    KindHealth, Percentiles, QueueStats, RecentStats, SchedStats, State, Stats, WalReport,
 };
 pub use reply::{
-    BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, Hello, Ids, JobList,
-    JobStatus, Replayed, Submitted,
+    AlertList, BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, Hello, Ids,
+    JobList, JobStatus, Replayed, Submitted,
 };
 pub use request::{
     DeadSelect, JobSpec, JobsQuery, ReplaySpec, Request, Submit, DEFAULT_JOBS_LIMIT, MAX_BATCH,

@@ -52,6 +52,15 @@ pub struct JobList {
     pub more: bool,
 }
 
+/// `alerts`' reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertList {
+    /// Every rule instance, firing ones first.
+    pub alerts: Vec<crate::wire::AlertInfo>,
+    /// The alert command's figures.
+    pub summary: crate::wire::AlertsReport,
+}
+
 /// `replay`'s reply (and, with `dry_run`, what a replay would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replayed {

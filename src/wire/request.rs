@@ -214,6 +214,8 @@ pub enum Request<'a> {
     Replay(ReplaySpec<'a>),
     /// `catalog_rebuild`: rebuild the catalog from the WAL and the archive.
     CatalogRebuild,
+    /// `alerts`: the alert rules and their state.
+    Alerts,
 }
 
 /// Most jobs one `jobs` request lists.
@@ -465,6 +467,10 @@ impl<'a> Request<'a> {
             "catalog_rebuild" => {
                 w.only(&[])?;
                 Ok(Request::CatalogRebuild)
+            }
+            "alerts" => {
+                w.only(&[])?;
+                Ok(Request::Alerts)
             }
             "jobs" => {
                 w.only(&["queue", "kind", "states", "since", "until", "limit"])?;

@@ -43,6 +43,8 @@ pub struct Run<'a> {
     pub running: Option<&'a Mutex<HashSet<i32>>>,
     /// The run journal, when there is a data directory.
     pub journal: Option<&'a Journal>,
+    /// Written to the program's stdin (then closed); without it, stdin is `/dev/null`.
+    pub stdin: Option<&'a [u8]>,
 }
 
 /// Sends `sig` to process group `pgid`.
@@ -71,11 +73,11 @@ impl TailBuf {
     }
 }
 
-fn spawn(p: &ExecPayload) -> std::io::Result<Child> {
+fn spawn(p: &ExecPayload, stdin: bool) -> std::io::Result<Child> {
     let mut cmd = Command::new(&p.argv[0]);
     cmd.args(&p.argv[1..])
         .env_clear()
-        .stdin(Stdio::null())
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -107,9 +109,20 @@ fn spawn(p: &ExecPayload) -> std::io::Result<Child> {
 
 /// Runs one attempt; see the module doc.
 pub fn run(r: Run<'_>) -> Result<(), JobError> {
-    let mut child = spawn(r.payload)
+    let mut child = spawn(r.payload, r.stdin.is_some())
         .map_err(|e| JobError::new(format!("cannot start {:?}: {e}", r.payload.argv[0])))?;
     let pgid = child.id() as i32;
+    if let (Some(data), Some(mut pipe)) = (r.stdin, child.stdin.take()) {
+        // On a thread of its own: a program that never reads its stdin cannot hold the attempt
+        // beyond its timeout (the write fails once the group is killed).
+        let data = data.to_vec();
+        let _ = std::thread::Builder::new()
+            .name("duejob-exec-stdin".into())
+            .spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&data);
+            });
+    }
     if let Some(Ok(mut set)) = r.running.map(|m| m.lock()) {
         set.insert(pgid);
     }
@@ -431,7 +444,7 @@ mod tests {
     fn the_program_dies_with_the_thread_that_started_it() {
         // PR_SET_PDEATHSIG fires when the spawning thread ends (the daemon's death ends them
         // all): a program started by a thread that is gone is killed.
-        let mut child = std::thread::spawn(|| spawn(&payload(&["sleep", "600"])).unwrap())
+        let mut child = std::thread::spawn(|| spawn(&payload(&["sleep", "600"]), false).unwrap())
             .join()
             .unwrap();
         let _reap = Reap(child.id() as i32);

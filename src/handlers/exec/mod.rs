@@ -113,6 +113,7 @@ impl Handler for Exec {
             ctx: Some(ctx),
             running: Some(&self.running),
             journal: self.journal.get(),
+            stdin: None,
         })
     }
 
@@ -138,6 +139,25 @@ fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
         ctx: None,
         running: None,
         journal: None,
+        stdin: None,
+    })
+}
+
+/// Runs `argv` (no shell) with `input` on its stdin and the daemon's environment, in its own
+/// process group, killed after `timeout` (the alert command). Exit status 0 is success.
+pub fn run_command(argv: &[String], input: &[u8], timeout: Duration) -> Result<(), JobError> {
+    let p = ExecPayload {
+        argv: argv.to_vec(),
+        env: std::env::vars().collect(),
+        cwd: None,
+    };
+    child::run(child::Run {
+        payload: &p,
+        timeout: Some(timeout),
+        ctx: None,
+        running: None,
+        journal: None,
+        stdin: Some(input),
     })
 }
 

@@ -33,6 +33,9 @@ impl Dispatcher {
             outcome: Outcome::Succeeded,
         });
         self.record(id, rec);
+        let now_us = self.now_us();
+        let q = self.jobs[&id].job.queue as usize;
+        self.figures[q].recent.done(now_us);
         self.retire(id);
     }
 
@@ -54,6 +57,7 @@ impl Dispatcher {
     /// The current attempt failed: retry after a backoff, or end the job dead.
     pub(super) fn attempt_failed(&mut self, id: u64, err: JobError, timed_out: bool) {
         let now = now_ms();
+        let now_us = self.now_us();
         let e = self.jobs.get_mut(&id).expect("live job");
         e.worker = IDLE;
         // The failure this attempt adds (its record, applied below, counts it).
@@ -94,6 +98,8 @@ impl Dispatcher {
         }
         match dead_reason {
             Some(reason) => {
+                fig.recent.failed(now_us, false);
+                fig.recent.done(now_us);
                 let outcome = outcome(reason);
                 log::warn!("job {id} is dead: {}", outcome_reason(&outcome));
                 let rec = Finish {
@@ -107,6 +113,7 @@ impl Dispatcher {
             }
             None => {
                 fig.retries += 1;
+                fig.recent.failed(now_us, true);
                 let rec = Retry {
                     id,
                     attempt,

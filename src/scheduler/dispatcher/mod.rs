@@ -17,6 +17,8 @@ use crate::idmap::{id_map, IdMap};
 mod lifecycle;
 mod report;
 
+pub(crate) use report::percentiles;
+
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +26,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
+use super::lateness::{Lateness, Left};
 use super::ready::{Limits, ReadySet};
+use super::recent::Recent;
 use super::table::JobTable;
 use super::worker::{self, Task};
 use super::{Done, Msg};
@@ -162,12 +166,17 @@ struct Entry {
     worker: u16,
     /// Whether the running attempt's timeout fired.
     timed_out: bool,
+    /// Whether it was counted as missed (ready past its deadline): once per job.
+    missed: bool,
 }
 
 struct QueueFigures {
     wait_us: Histogram<u64>,
     run_us: Histogram<u64>,
-    misses: u64,
+    /// The last minute.
+    recent: Recent,
+    /// When misses were last logged.
+    late_logged: Option<Instant>,
     failures: u64,
     retries: u64,
     timeouts: u64,
@@ -179,13 +188,22 @@ impl QueueFigures {
         QueueFigures {
             wait_us: Histogram::new(3).expect("histogram"),
             run_us: Histogram::new(3).expect("histogram"),
-            misses: 0,
+            recent: Recent::default(),
+            late_logged: None,
             failures: 0,
             retries: 0,
             timeouts: 0,
             borrowed: 0,
         }
     }
+}
+
+/// How often a queue's newly late jobs may be logged.
+const LATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// `-1.7s`.
+fn signed_secs(ms: i64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 /// Most messages handled before the dispatcher dispatches again.
@@ -224,6 +242,7 @@ pub struct Dispatcher {
     wal: Sender<WalMsg>,
     records: RecordBatch,
     counts: Vec<Counts>,
+    lateness: Lateness,
     figures: Vec<QueueFigures>,
     expected_ms: HashMap<(u16, u16), f64>,
     priority_of: Vec<u64>,
@@ -299,6 +318,7 @@ pub fn spawn(
         wal,
         records: RecordBatch::new(),
         counts: vec![[0; State::ALL.len()]; n],
+        lateness: Lateness::new(n, now_ms()),
         figures: (0..n).map(|_| QueueFigures::new()).collect(),
         expected_ms: HashMap::new(),
         priority_of,
@@ -358,6 +378,7 @@ impl Dispatcher {
             ready_at_us: 0,
             worker: IDLE,
             timed_out: false,
+            missed: false,
         };
         self.jobs.insert(id, entry);
         let e = &self.jobs[&id];
@@ -376,7 +397,7 @@ impl Dispatcher {
     /// state.
     fn apply(&mut self, id: u64, rec: &Record<'_>) -> Result<Transition, Stale> {
         let e = self.jobs.get_mut(&id).expect("live job");
-        apply_counted(&mut self.counts, e, rec)
+        apply_counted(&mut self.counts, &mut self.lateness, e, rec)
     }
 
     /// A scheduled or retrying job's time came: it goes to the ready set.
@@ -384,7 +405,7 @@ impl Dispatcher {
         let e = self.jobs.get_mut(&id).expect("live job");
         let from = e.core.state;
         if e.core.wake() {
-            recount(&mut self.counts, e, from);
+            recount(&mut self.counts, &mut self.lateness, e, from);
             self.push_ready(id);
         }
     }
@@ -420,6 +441,7 @@ impl Dispatcher {
             self.fire_timers();
             self.dispatch();
             self.flush_records();
+            self.sweep_late();
             if let Some((deadline, _)) = &self.draining {
                 let busy = self.workers.len() - self.free.len();
                 if busy == 0 || Instant::now() >= *deadline {
@@ -451,9 +473,37 @@ impl Dispatcher {
             Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
         });
         let drain = self.draining.as_ref().map(|(d, _)| *d);
-        match (timer, drain) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let sweep = self.lateness.next_sweep().map(|at| {
+            Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+        });
+        [timer, drain, sweep].into_iter().flatten().min()
+    }
+
+    /// Counts the ready jobs whose deadline just passed as late, and says so in the log (at
+    /// most once per [`LATE_LOG_EVERY`] per queue).
+    fn sweep_late(&mut self) {
+        let now = now_ms();
+        self.lateness.sweep(now);
+        for q in 0..self.figures.len() {
+            let fig = &mut self.figures[q];
+            if fig.late_logged.is_some_and(|t| t.elapsed() < LATE_LOG_EVERY) {
+                continue;
+            }
+            let newly = self.lateness.take_unlogged(q as u16);
+            if newly == 0 {
+                continue;
+            }
+            fig.late_logged = Some(Instant::now());
+            let late = self.lateness.late(q as u16);
+            let worst = self
+                .lateness
+                .worst(q as u16)
+                .map(|d| format!(", worst {}", signed_secs(d as i64 - now as i64)))
+                .unwrap_or_default();
+            log::warn!(
+                "queue {}: {newly} more job(s) past their deadline; {late} ready and late now{worst}",
+                self.queue_names[q]
+            );
         }
     }
 
@@ -520,6 +570,9 @@ impl Dispatcher {
         debug_assert_eq!(e.core.state, State::Ready);
         e.ready_at_us = now_us;
         let q = e.job.queue;
+        if self.lateness.entered(q, e.job.deadline, e.missed) {
+            e.missed = true;
+        }
         let rank = match order {
             Order::Deadline => e.job.deadline,
             Order::Fifo => {
@@ -614,16 +667,15 @@ impl Dispatcher {
                 attempt: e.core.attempt + 1,
                 at: now,
             });
-            let started = apply_counted(&mut self.counts, e, &start);
+            let started = apply_counted(&mut self.counts, &mut self.lateness, e, &start);
             debug_assert!(started.is_ok(), "{started:?}");
             e.worker = worker as u16;
             e.timed_out = false;
             self.serials[worker] = serial;
             let fig = &mut self.figures[pick.queue as usize];
-            let _ = fig.wait_us.record(now_us.saturating_sub(e.ready_at_us));
-            if now > e.job.deadline {
-                fig.misses += 1;
-            }
+            let waited = now_us.saturating_sub(e.ready_at_us);
+            let _ = fig.wait_us.record(waited);
+            fig.recent.wait(now_us, waited);
             if pick.borrowed {
                 fig.borrowed += 1;
             }
@@ -647,6 +699,7 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, d: Done) {
+        let now_us = self.now_us();
         // Whatever became of the job, this worker is free now and no longer counts for its queue.
         self.free.push(d.worker);
         self.ready.finished(d.queue);
@@ -670,7 +723,9 @@ impl Dispatcher {
             || (d.result.is_err() && e.job.timeout_ms.is_some_and(|t| d.run_us >= t * 1000));
         let (q, kind) = (e.job.queue, e.job.kind);
         let run_ms = d.run_us as f64 / 1000.0;
-        let _ = self.figures[q as usize].run_us.record(d.run_us);
+        let fig = &mut self.figures[q as usize];
+        let _ = fig.run_us.record(d.run_us);
+        fig.recent.run(now_us, d.run_us);
         let ewma = self.expected_ms.entry((q, kind)).or_insert(run_ms);
         *ewma = 0.8 * *ewma + 0.2 * run_ms;
         match (d.result, timed_out) {
@@ -724,21 +779,26 @@ type Counts = [u64; State::ALL.len()];
 /// Applies `rec` to a job through the state machine and moves it between the counts by state.
 fn apply_counted(
     counts: &mut [Counts],
+    late: &mut Lateness,
     e: &mut Entry,
     rec: &Record<'_>,
 ) -> Result<Transition, Stale> {
     let from = e.core.state;
     let t = machine::apply(&mut e.core, rec);
-    recount(counts, e, from);
+    recount(counts, late, e, from);
     t
 }
 
-/// Moves a job whose state was `from` to the count of its state now.
-fn recount(counts: &mut [Counts], e: &Entry, from: State) {
+/// Moves a job whose state was `from` to the count of its state now; a job leaving `ready`
+/// leaves its deadline bucket (the job entering it is put in by `push_ready`).
+fn recount(counts: &mut [Counts], late: &mut Lateness, e: &mut Entry, from: State) {
     let to = e.core.state;
     if to != from {
         let q = e.job.queue as usize;
         counts[q][from.index()] -= 1;
         counts[q][to.index()] += 1;
+        if from == State::Ready && late.left(q as u16, e.job.deadline, now_ms(), e.missed) == Left::Late {
+            e.missed = true;
+        }
     }
 }

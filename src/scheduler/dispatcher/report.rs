@@ -6,7 +6,7 @@ use super::Dispatcher;
 use crate::job::{now_ms, State};
 use crate::wire::{JobInfo, Percentiles, QueueStats, SchedStats};
 
-fn percentiles(h: &Histogram<u64>) -> Percentiles {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> Percentiles {
     if h.is_empty() {
         return Percentiles::default();
     }
@@ -84,13 +84,15 @@ impl Dispatcher {
                     due_in_ms: qc.due_in.as_millis() as u64,
                     oldest_ready_age_ms: head.map(|e| now_us.saturating_sub(e.ready_at_us) / 1000),
                     slack_ms: head.map(|e| e.job.deadline as i64 - now as i64),
-                    deadline_misses: fig.misses,
+                    late: self.lateness.late(q as u16),
+                    deadline_misses: self.lateness.misses(q as u16),
                     failures: fig.failures,
                     retries: fig.retries,
                     timeouts: fig.timeouts,
                     borrowed: fig.borrowed,
                     wait_ms: percentiles(&fig.wait_us),
                     run_ms: percentiles(&fig.run_us),
+                    recent: fig.recent.report(now_us),
                 },
             );
         }

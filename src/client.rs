@@ -208,6 +208,33 @@ impl Client {
         self.call(&Request::Replay(spec.clone()))
     }
 
+    /// Changes a queue's settings while the daemon runs (`queue set`).
+    pub fn queue_set(
+        &mut self,
+        c: &crate::wire::QueueChange<'_>,
+    ) -> Result<crate::wire::QueueInfo, ClientError> {
+        self.call(&Request::QueueSet(c.clone()))
+    }
+
+    /// Pauses a queue: its jobs are taken and held `ready` (for `for_ms`, or until resumed).
+    pub fn queue_pause(
+        &mut self,
+        queue: &str,
+        for_ms: Option<u64>,
+    ) -> Result<crate::wire::QueueInfo, ClientError> {
+        self.call(&Request::QueuePause {
+            queue: Cow::Borrowed(queue),
+            for_ms,
+        })
+    }
+
+    /// Resumes a paused queue.
+    pub fn queue_resume(&mut self, queue: &str) -> Result<crate::wire::QueueInfo, ClientError> {
+        self.call(&Request::QueueResume {
+            queue: Cow::Borrowed(queue),
+        })
+    }
+
     /// The alert rules and their state.
     pub fn alerts(&mut self) -> Result<AlertList, ClientError> {
         self.call(&Request::Alerts)

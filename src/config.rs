@@ -97,16 +97,6 @@ impl QueueConfig {
             alert_stall: Duration::from_secs(60),
         }
     }
-
-    /// The `slack` alert's threshold.
-    pub fn slack_threshold(&self) -> Duration {
-        self.alert_slack.unwrap_or(self.due_in / 10)
-    }
-
-    /// The `wait` alert's threshold.
-    pub fn wait_threshold(&self) -> Duration {
-        self.alert_wait.unwrap_or(self.due_in)
-    }
 }
 
 /// Alerts (docs/config.md, "Alerts").

@@ -43,6 +43,8 @@ pub struct Recovery {
     pub checkpoint: Option<crate::checkpoint::file::Read>,
     /// Records replayed (after the checkpoint).
     pub records: u64,
+    /// Each queue's live settings, as the operator last left them (`queue` records).
+    pub queues: Vec<crate::wal::record::QueueSettings<'static>>,
     /// Time spent.
     pub elapsed: Duration,
 }
@@ -65,6 +67,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         mut names,
         keys,
         max_id,
+        queues,
         ..
     } = fold.split();
     let mut recovered = Recovered::default();
@@ -160,6 +163,7 @@ pub fn recover(storage: &dyn Storage, cfg: &Config, kinds: &Kinds) -> Result<Rec
         checkpoint,
         records,
         elapsed: t.elapsed(),
+        queues: queues.into_values().collect(),
     })
 }
 

@@ -2,7 +2,8 @@
 //! and must keep reading to the same records, and today's writer must produce the same bytes.
 //! `tests/golden/v1-all/` holds every record type of version 1, those added later included
 //! (`retry`, `revive`, `purge`, the `sync` mark, the `TimedOut` outcome), and beside it a
-//! checkpoint (format version 1) of those records and two live jobs.
+//! checkpoint (format version 1) of those records and two live jobs. `tests/golden/v1-more/`
+//! holds the types added after that: `replay` (9) and `queue` (10).
 //! Regenerate (only when deliberately changing the format, with a new version number):
 //! `cargo test --test golden_wal -- --ignored`.
 
@@ -13,7 +14,8 @@ use duejob::wal::appender::Appender;
 use duejob::wal::io::{FileStorage, MemStorage};
 use duejob::wal::reader::read_log;
 use duejob::wal::record::{
-    state_code, Cancel, Finish, JobEvent, Outcome, Record, Retry, Start, Submit, SyncMark, SCHEMA,
+    state_code, Cancel, Finish, JobEvent, Outcome, QueueSettings, Record, Replay, Retry, Start,
+    Submit, SyncMark, SCHEMA,
 };
 
 const SEG: &str = "00000000000000000001.wal";
@@ -173,9 +175,64 @@ fn golden_v1_segment_with_every_record_type_reads_and_is_what_todays_writer_writ
     assert_eq!(written(all_records()), golden, "the on-disk format changed");
 }
 
+fn golden_more_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-more/wal")
+}
+
+/// The record types added after `v1-all`.
+fn more_records() -> Vec<Record<'static>> {
+    let t = 1_764_000_000_000;
+    vec![
+        Record::Replay(Replay {
+            at: t,
+            since: t - 3_600_000,
+            until: t - 60_000,
+            queue: Some("notifications".into()),
+            kind: None,
+            states: vec![5],
+            selected: 12,
+            enqueued: 9,
+            skipped_live: 1,
+            skipped_duplicate: 2,
+            skipped_unavailable: 0,
+            first_id: 100,
+            last_id: 108,
+        }),
+        Record::Queue(QueueSettings {
+            at: t + 1,
+            queue: "bulk".into(),
+            due_in_ms: Some(7_200_000),
+            max_workers: Some(2),
+            reserved: None,
+            lend_limit_ms: None,
+            paused_until: Some(u64::MAX),
+        }),
+    ]
+}
+
+#[test]
+fn golden_segment_of_the_later_record_types_reads_and_is_what_todays_writer_writes() {
+    let storage = FileStorage::new(golden_more_dir());
+    let mut got = Vec::new();
+    read_log(&storage, &mut |r| {
+        got.push(r.record.clone().into_owned());
+        Ok(())
+    })
+    .expect("golden segment reads");
+    assert_eq!(got, more_records());
+    let golden = std::fs::read(golden_more_dir().join(SEG)).unwrap();
+    assert_eq!(
+        written(more_records()),
+        golden,
+        "the on-disk format changed"
+    );
+}
+
 #[test]
 #[ignore = "regenerates the golden files"]
 fn regenerate() {
+    std::fs::create_dir_all(golden_more_dir()).unwrap();
+    std::fs::write(golden_more_dir().join(SEG), written(more_records())).unwrap();
     std::fs::create_dir_all(golden_dir()).unwrap();
     std::fs::write(golden_dir().join(SEG), written_today()).unwrap();
     std::fs::create_dir_all(golden_all_dir()).unwrap();
@@ -281,6 +338,7 @@ fn the_golden_checkpoint_reads_and_todays_writer_produces_its_bytes() {
                     done.push(id);
                 }
                 Entry::Key(k, e) => keys.push((k.to_string(), e.id)),
+                Entry::Queue(q) => panic!("the golden log changes no queue: {q:?}"),
             }
             Ok(())
         },

@@ -21,6 +21,7 @@ mod observe;
 mod ordering;
 mod power_cut;
 mod protocol_doc;
+mod queue_control;
 mod server;
 mod wal_damage;
 mod wal_faults;

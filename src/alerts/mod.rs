@@ -249,7 +249,10 @@ impl Evaluator {
                 Some(q.clone()),
             ));
             // slack
-            let t = qc.slack_threshold().as_millis() as f64;
+            // Defaults follow `due_in` as it is now (`queue set` may have changed it).
+            let t = qc
+                .alert_slack
+                .map_or(q.due_in_ms as f64 / 10.0, |d| d.as_millis() as f64);
             let slack = q.slack_ms.filter(|_| ready > 0).map(|v| v as f64);
             checks.push((
                 key(Rule::Slack),
@@ -262,7 +265,9 @@ impl Evaluator {
                 Some(q.clone()),
             ));
             // wait
-            let t = qc.wait_threshold().as_millis() as f64;
+            let t = qc
+                .alert_wait
+                .map_or(q.due_in_ms as f64, |d| d.as_millis() as f64);
             let age = q
                 .oldest_ready_age_ms
                 .filter(|_| ready > 0)

@@ -22,7 +22,8 @@
 //!   type 1 job     a job that has not finished, with its payload
 //!   type 2 done    a finished job of the history (no payload), oldest first
 //!   type 3 key     an idempotency key within its retention
-//!   type 4 end     counts of the entries before it; the file ends right after it
+//!   type 5 queue   a queue's live settings (the WAL's `queue` record body), before `end`
+//!   type 4 end     counts of the job, done and key entries; the file ends right after it
 //! ```
 //!
 //! It is written as `checkpoint.tmp`, synced, renamed over `checkpoint`, and the directory synced:
@@ -39,6 +40,7 @@ use crate::job::{AttemptInfo, AttemptOutcome, State};
 use crate::wal::format::{encode_record, record_crc, RecordHeader, MAX_BODY, RECORD_HEADER_LEN};
 use crate::wal::io::{SegmentFile, Storage};
 use crate::wal::keys::KeyEntry;
+use crate::wal::record::QueueSettings;
 use crate::wal::WalError;
 
 /// The checkpoint's file name in `wal/`.
@@ -62,6 +64,10 @@ pub mod etype {
     pub const KEY: u8 = 3;
     /// The end: counts.
     pub const END: u8 = 4;
+    /// A queue's live settings.
+    pub const QUEUE: u8 = 5;
+    /// The highest entry type this build knows.
+    pub const MAX: u8 = QUEUE;
 }
 const SCHEMA: u8 = 1;
 
@@ -437,6 +443,9 @@ pub fn write(storage: &dyn Storage, header: &Header, folded: &Folded) -> Result<
         out.entry(etype::KEY, &k)?;
         end.keys += 1;
     }
+    for q in folded.queues.values() {
+        out.entry(etype::QUEUE, q)?;
+    }
     out.entry(etype::END, &end)?;
     out.flush()?;
     let bytes = out.offset;
@@ -476,6 +485,8 @@ pub enum Entry<'a> {
     },
     /// An idempotency key.
     Key(Box<str>, KeyEntry),
+    /// A queue's live settings.
+    Queue(QueueSettings<'static>),
 }
 
 /// Encodes a job as a `job` or `done` entry's body (the catalog stores its rows the same way).
@@ -559,7 +570,7 @@ pub fn read(
         if h.lsn != n {
             return Err(corrupt(off, format!("entry {} out of sequence (expected {n})", h.lsn)));
         }
-        if h.schema != SCHEMA || !(etype::JOB..=etype::END).contains(&h.rtype) {
+        if h.schema != SCHEMA || !(etype::JOB..=etype::MAX).contains(&h.rtype) {
             return Err(WalError::NewerVersion {
                 segment: format!("{loc} at offset {off}"),
                 what: format!("checkpoint entry type {} schema {}", h.rtype, h.schema),
@@ -591,6 +602,10 @@ pub fn read(
                     expires: k.expires,
                 };
                 visit(Entry::Key(k.key.as_ref().into(), e)).map_err(bad)?;
+            }
+            etype::QUEUE => {
+                let q: QueueSettings<'_> = decode(body).map_err(bad)?;
+                visit(Entry::Queue(q.into_owned())).map_err(bad)?;
             }
             _ => {
                 let end: End = decode(body).map_err(bad)?;

@@ -22,7 +22,7 @@ use crate::job::machine::{self, JobCore, Stale, Transition};
 use crate::job::State;
 use crate::wal::keys::KeyIndex;
 use crate::wal::reader::RecordView;
-use crate::wal::record::Record;
+use crate::wal::record::{QueueSettings, Record};
 
 /// How a purged dead job is counted in [`Fold::released`] (states count by [`State::index`]).
 pub const PURGED: u8 = 7;
@@ -217,6 +217,8 @@ pub struct Fold {
     /// Finished jobs dropped beyond the history: (queue, how it is counted: a state index, or
     /// [`PURGED`]) -> how many.
     pub released: BTreeMap<(Arc<str>, u8), u64>,
+    /// Each queue's live settings, the latest `queue` record of each.
+    pub queues: BTreeMap<String, QueueSettings<'static>>,
     history_limit: usize,
     /// When the keys' retention is judged (ms).
     now: u64,
@@ -237,6 +239,7 @@ impl Fold {
             max_id: 0,
             records: 0,
             released: BTreeMap::new(),
+            queues: BTreeMap::new(),
             history_limit,
             now,
         }
@@ -320,7 +323,12 @@ impl Fold {
     /// Applies one record read from the log.
     pub fn apply(&mut self, r: &RecordView<'_>) {
         self.records += 1;
-        // Sync marks are about the log, not a job.
+        if let Record::Queue(q) = &r.record {
+            self.queues
+                .insert(q.queue.to_string(), q.clone().into_owned());
+            return;
+        }
+        // Sync marks and replays are about the log, not a job.
         let Some(id) = r.record.job_id() else {
             return;
         };
@@ -400,6 +408,7 @@ impl Fold {
             keys: self.keys,
             max_id: self.max_id,
             released: self.released,
+            queues: self.queues,
         }
     }
 }
@@ -433,6 +442,8 @@ pub struct Folded {
     pub max_id: u64,
     /// Finished jobs dropped beyond the history, by queue and how they are counted.
     pub released: BTreeMap<(Arc<str>, u8), u64>,
+    /// Each queue's live settings (the latest `queue` record of each).
+    pub queues: BTreeMap<String, QueueSettings<'static>>,
 }
 
 #[cfg(test)]
@@ -540,6 +551,32 @@ mod tests {
         assert_eq!(jobs[0].core.attempts.len(), 1);
         assert!(jobs[0].payload.is_none());
         assert_eq!(first.end.done, 3);
+    }
+
+    #[test]
+    fn the_latest_queue_settings_of_each_queue_are_folded_and_a_checkpoint_carries_them() {
+        let settings = |queue: &str, at: u64, max_workers: Option<u32>| QueueSettings {
+            at,
+            queue: queue.to_string().into(),
+            due_in_ms: Some(60_000),
+            max_workers,
+            reserved: None,
+            lend_limit_ms: None,
+            paused_until: Some(u64::MAX),
+        };
+        let mut a = fold();
+        a.apply(&view(1, Record::Queue(settings("bulk", 1, Some(2)))));
+        a.apply(&view(2, Record::Queue(settings("default", 2, None))));
+        a.apply(&view(3, Record::Queue(settings("bulk", 3, Some(1)))));
+        let folded = a.split();
+        let want = vec![settings("bulk", 3, Some(1)), settings("default", 2, None)];
+        assert_eq!(folded.queues.values().cloned().collect::<Vec<_>>(), want);
+        let mem = MemStorage::new();
+        write(&mem, &folded, 3);
+        // Read back into a fresh fold, as recovery and the next checkpoint do.
+        let mut b = fold();
+        super::super::load(&mem, &mut b).unwrap();
+        assert_eq!(b.queues.values().cloned().collect::<Vec<_>>(), want);
     }
 
     #[test]

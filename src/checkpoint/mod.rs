@@ -86,7 +86,7 @@ pub fn census(storage: &dyn Storage) -> Result<(Census, Option<Summary>), WalErr
                 let j = decode_done(body, &mut names)?;
                 census.restore(j.id, &j.queue, j.core);
             }
-            Entry::Key(..) => {}
+            Entry::Key(..) | Entry::Queue(_) => {}
         }
         Ok(())
     })?;
@@ -166,6 +166,9 @@ pub(crate) fn load(
                 Entry::Job(j) => fold.restore(j),
                 Entry::Done { id, body } => fold.restore_raw(id, body),
                 Entry::Key(k, e) => keys.restore(&k, e, now),
+                Entry::Queue(q) => {
+                    fold.queues.insert(q.queue.to_string(), q);
+                }
             }
             pace();
             Ok(())

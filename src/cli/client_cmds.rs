@@ -211,6 +211,15 @@ fn write_queue_table(out: &mut dyn Write, s: &duejob::wire::SchedStats) -> std::
             st(State::Dead),
         )?;
     }
+    let paused: Vec<&str> = s
+        .queues
+        .iter()
+        .filter(|(_, q)| q.paused_until.is_some())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !paused.is_empty() {
+        writeln!(out, "paused (jobs held ready): {}", paused.join(", "))?;
+    }
     writeln!(
         out,
         "(wait50/99, done/s, rt/m (retries a minute): the last {} s; missed: since start-up; succeeded, dead: kept in memory)",
@@ -339,7 +348,9 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
                 (
                     n.clone(),
                     serde_json::json!({"due_in_ms": q.due_in_ms, "max_workers": q.max_workers,
-                        "reserved": q.reserved, "states": q.states}),
+                        "reserved": q.reserved, "lend_limit_ms": q.lend_limit_ms,
+                        "paused": q.paused_until.is_some(), "paused_until": q.paused_until,
+                        "overridden": q.overridden, "states": q.states}),
                 )
             })
             .collect::<serde_json::Map<_, _>>()
@@ -349,21 +360,36 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<16} {:>8} {:>12} {:>9} {:>8} {:>8}",
-        "queue", "due_in", "max_workers", "reserved", "ready", "running"
+        "{:<16} {:>8} {:>12} {:>9} {:>10} {:>8} {:>8}  live",
+        "queue", "due_in", "max_workers", "reserved", "lend_limit", "ready", "running"
     )?;
     for (name, q) in &s.sched.queues {
         let st = |s: State| q.count(s);
+        // A `*` marks a setting changed live (`queue set`), which overrides the config file.
+        let mark = |field: &str, v: String| match q.overridden.iter().any(|o| o == field) {
+            true => format!("{v}*"),
+            false => v,
+        };
+        let live = match q.paused_until {
+            Some(duejob::runtime::UNTIL_RESUMED) => "paused".to_string(),
+            Some(t) => format!("paused until {}", time(t)),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "{:<16} {:>8} {:>12} {:>9} {:>8} {:>8}",
+            "{:<16} {:>8} {:>12} {:>9} {:>10} {:>8} {:>8}  {}",
             name,
-            millis(q.due_in_ms as f64),
-            q.max_workers,
-            q.reserved,
+            mark("due_in", millis(q.due_in_ms as f64)),
+            mark("max_workers", q.max_workers.to_string()),
+            mark("reserved", q.reserved.to_string()),
+            mark("lend_limit", millis(q.lend_limit_ms as f64)),
             st(State::Ready),
-            st(State::Running)
+            st(State::Running),
+            live
         )?;
+    }
+    if s.sched.queues.values().any(|q| !q.overridden.is_empty()) {
+        writeln!(out, "(* changed live with `duejob queue set`: overrides the config file; `queue set Q --reset` puts it back)")?;
     }
     Ok(())
 }

@@ -93,8 +93,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum QueueCommand {
-    /// List queues with their limits and depths.
+    /// List queues with their limits and depths, what is changed live, what is paused.
     List {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Change a queue while the daemon runs (checked like the config file; kept across
+    /// restarts; the config file gives the defaults).
+    Set(alert_cmds::QueueSetArgs),
+    /// Pause a queue: it still takes jobs and holds them ready; none starts until resumed.
+    Pause {
+        /// The queue.
+        queue: String,
+        /// Resume by itself after this long (e.g. 10m).
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The queue.
+        queue: String,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -157,6 +177,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Replay(a) => catalog_cmds::replay(a),
         Command::Catalog(c) => catalog_cmds::catalog(c),
         Command::Queue(QueueCommand::List { opts }) => client_cmds::queue_list(&opts),
+        Command::Queue(QueueCommand::Set(a)) => alert_cmds::queue_set(&a),
+        Command::Queue(QueueCommand::Pause { queue, for_, opts }) => {
+            alert_cmds::queue_pause(&queue, for_.as_deref(), &opts)
+        }
+        Command::Queue(QueueCommand::Resume { queue, opts }) => {
+            alert_cmds::queue_resume(&queue, &opts)
+        }
         Command::Wal(WalCommand::Verify { data }) => return wal::verify(&data),
         Command::Wal(WalCommand::Inspect { data, json }) => wal::inspect(&data, json),
         Command::Wal(WalCommand::Dump(a)) => wal::dump(&a),

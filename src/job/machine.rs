@@ -181,7 +181,7 @@ impl JobCore {
 pub fn apply(job: &mut JobCore, rec: &Record<'_>) -> Result<Transition, Stale> {
     match rec {
         Record::Submit(_) => Err(Stale::Resubmitted),
-        Record::Sync(_) | Record::Replay(_) => Err(Stale::NotAJob),
+        Record::Sync(_) | Record::Replay(_) | Record::Queue(_) => Err(Stale::NotAJob),
         Record::Revive(_) | Record::Purge(_) => {
             if job.state != State::Dead {
                 return Err(Stale::NotDead(job.state));

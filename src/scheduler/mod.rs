@@ -106,6 +106,17 @@ pub enum Msg {
         /// Reply: the state of each, where the dispatcher's memory holds the job.
         reply: Sender<Vec<Option<crate::job::State>>>,
     },
+    /// A queue's live settings changed (`queue set|pause|resume`, already in the log).
+    QueueSettings {
+        /// Queue index.
+        queue: u16,
+        /// Its limits from now on.
+        limits: ready::Limits,
+        /// Its `due_in` (for `stats`; submits read it themselves).
+        due_in: Duration,
+        /// Paused until then (ms; `u64::MAX`: until resumed), or running.
+        paused_until: Option<u64>,
+    },
     /// How many jobs of a queue are ready (a replay paces itself on it).
     Ready {
         /// Queue index.

@@ -34,6 +34,8 @@ pub struct Limits {
 struct QueueSet {
     heap: BinaryHeap<Reverse<(u64, u64)>>,
     running: usize,
+    /// Paused: its jobs stay ready, none is picked (its reservation counts as idle).
+    paused: bool,
 }
 
 /// Ready jobs of every queue plus running counts.
@@ -95,6 +97,17 @@ impl ReadySet {
         None
     }
 
+    /// A queue's limits from now on (`queue set`): the next pick follows them; running jobs
+    /// beyond a lowered `max_workers` finish.
+    pub fn set_limits(&mut self, queue: u16, limits: Limits) {
+        self.limits[queue as usize] = limits;
+    }
+
+    /// Pauses or resumes a queue.
+    pub fn set_paused(&mut self, queue: u16, paused: bool) {
+        self.queues[queue as usize].paused = paused;
+    }
+
     /// Records that a job of `queue` left its worker.
     pub fn finished(&mut self, queue: u16) {
         let q = &mut self.queues[queue as usize];
@@ -114,7 +127,12 @@ impl ReadySet {
             return None;
         }
         let n = self.queues.len();
-        let heads: Vec<Option<(u64, u64)>> = (0..n as u16).map(|q| self.head(q, live)).collect();
+        let heads: Vec<Option<(u64, u64)>> = (0..n as u16)
+            .map(|q| match self.queues[q as usize].paused {
+                true => None,
+                false => self.head(q, live),
+            })
+            .collect();
         let mut best: Option<(u64, u64, u16, bool)> = None;
         let enforce_reservations = self.order == Order::Deadline;
         let unmet =

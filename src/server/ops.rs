@@ -71,6 +71,9 @@ fn handle(req: Request<'_>, cx: &mut Cx<'_, '_>) -> Slot {
             cx.flush();
             ok_or_error(cx.handle.replay(&spec))
         }
+        Request::QueueSet(c) => ok_or_error(cx.handle.queue_set(&c)),
+        Request::QueuePause { queue, for_ms } => ok_or_error(cx.handle.queue_pause(&queue, for_ms)),
+        Request::QueueResume { queue } => ok_or_error(cx.handle.queue_resume(&queue)),
         Request::Alerts => ok_or_error(cx.handle.stats().map(|s| AlertList {
             alerts: cx.handle.alerts(),
             summary: s.alerts.unwrap_or_default(),

@@ -27,8 +27,10 @@ pub mod rtype {
     pub const SYNC: u8 = 8;
     /// A replay (`duejob replay`) and what it did: about the log's jobs, not one job.
     pub const REPLAY: u8 = 9;
+    /// A queue's live settings after an operator's change (`duejob queue set|pause|resume`).
+    pub const QUEUE: u8 = 10;
     /// The highest type number this build knows.
-    pub const MAX: u8 = REPLAY;
+    pub const MAX: u8 = QUEUE;
 }
 
 /// The schema version this build writes for every type.
@@ -200,6 +202,39 @@ pub struct Replay<'a> {
     pub last_id: u64,
 }
 
+/// Body of a `queue` record: one queue's settings as the operator left them after a change
+/// (`duejob queue set`, `pause`, `resume`). Each field overrides the config file's value until
+/// changed again (`None`: the file's); the latest record of a queue wins, and checkpoints carry
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettings<'a> {
+    /// When it was changed (ms).
+    pub at: u64,
+    /// The queue.
+    #[serde(borrow)]
+    pub queue: Cow<'a, str>,
+    /// `due_in` (ms).
+    pub due_in_ms: Option<u64>,
+    /// `max_workers`.
+    pub max_workers: Option<u32>,
+    /// `reserved`.
+    pub reserved: Option<u32>,
+    /// `lend_limit` (ms).
+    pub lend_limit_ms: Option<u64>,
+    /// Paused until then (ms; `u64::MAX`: until resumed); `None`: not paused.
+    pub paused_until: Option<u64>,
+}
+
+impl QueueSettings<'_> {
+    /// A copy that borrows nothing.
+    pub fn into_owned(self) -> QueueSettings<'static> {
+        QueueSettings {
+            queue: Cow::Owned(self.queue.into_owned()),
+            ..self
+        }
+    }
+}
+
 /// Encoded size of a [`SyncMark`] body.
 pub const SYNC_MARK_LEN: u32 = 16;
 
@@ -224,6 +259,8 @@ pub enum Record<'a> {
     Sync(SyncMark),
     /// `replay`: a replay ran (about many jobs)
     Replay(Replay<'a>),
+    /// `queue`: a queue's live settings changed
+    Queue(QueueSettings<'a>),
 }
 
 /// Why a body did not decode.
@@ -267,6 +304,7 @@ impl<'a> Record<'a> {
             rtype::PURGE => decode_exact(body).map(Record::Purge),
             rtype::SYNC => decode_exact(body).map(Record::Sync),
             rtype::REPLAY => decode_exact(body).map(Record::Replay),
+            rtype::QUEUE => decode_exact(body).map(Record::Queue),
             _ => Err(DecodeProblem::Unknown { rtype, schema }),
         }
     }
@@ -283,6 +321,7 @@ impl<'a> Record<'a> {
             Record::Purge(_) => rtype::PURGE,
             Record::Sync(_) => rtype::SYNC,
             Record::Replay(_) => rtype::REPLAY,
+            Record::Queue(_) => rtype::QUEUE,
         }
     }
 
@@ -295,7 +334,7 @@ impl<'a> Record<'a> {
             Record::Cancel(c) => Some(c.id),
             Record::Retry(r) => Some(r.id),
             Record::Revive(e) | Record::Purge(e) => Some(e.id),
-            Record::Sync(_) | Record::Replay(_) => None,
+            Record::Sync(_) | Record::Replay(_) | Record::Queue(_) => None,
         }
     }
 
@@ -310,6 +349,7 @@ impl<'a> Record<'a> {
             Record::Revive(e) | Record::Purge(e) => e.at,
             Record::Sync(m) => m.at,
             Record::Replay(r) => r.at,
+            Record::Queue(q) => q.at,
         }
     }
 
@@ -346,6 +386,7 @@ impl<'a> Record<'a> {
                 states: r.states,
                 ..r
             }),
+            Record::Queue(q) => Record::Queue(q.into_owned()),
         }
     }
 
@@ -360,6 +401,7 @@ impl<'a> Record<'a> {
             Record::Revive(e) | Record::Purge(e) => encode_body(out, e),
             Record::Sync(m) => encode_body(out, m),
             Record::Replay(r) => encode_body(out, r),
+            Record::Queue(q) => encode_body(out, q),
         }
     }
 }
@@ -376,6 +418,7 @@ pub fn type_name(rtype: u8) -> &'static str {
         rtype::PURGE => "purge",
         rtype::SYNC => "sync",
         rtype::REPLAY => "replay",
+        rtype::QUEUE => "queue",
         _ => "unknown",
     }
 }

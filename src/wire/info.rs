@@ -84,6 +84,16 @@ pub struct QueueStats {
     pub reserved: usize,
     /// Queue `due_in` (ms).
     pub due_in_ms: u64,
+    /// Queue `lend_limit` (ms).
+    #[serde(default)]
+    pub lend_limit_ms: u64,
+    /// Paused until then (ms since the epoch; 18446744073709551615: until resumed); absent when
+    /// running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<u64>,
+    /// The settings an operator changed (`queue set`), which override the config file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridden: Vec<String>,
     /// Age of the most urgent ready job (ms).
     pub oldest_ready_age_ms: Option<u64>,
     /// Time left until the most urgent ready job's deadline (ms; negative when late).

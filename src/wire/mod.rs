@@ -16,9 +16,9 @@ pub use info::{
 };
 pub use reply::{
     AlertList, BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, Hello, Ids,
-    JobList, JobStatus, Replayed, Submitted,
+    JobList, JobStatus, QueueInfo, Replayed, Submitted,
 };
 pub use request::{
-    DeadSelect, JobSpec, JobsQuery, ReplaySpec, Request, Submit, DEFAULT_JOBS_LIMIT, MAX_BATCH,
-    MAX_JOBS_LIMIT, PROTOCOL_VERSION,
+    DeadSelect, JobSpec, JobsQuery, QueueChange, ReplaySpec, Request, Submit, DEFAULT_JOBS_LIMIT,
+    MAX_BATCH, MAX_JOBS_LIMIT, PROTOCOL_VERSION,
 };

@@ -52,6 +52,28 @@ pub struct JobList {
     pub more: bool,
 }
 
+/// The reply of `queue_set`, `queue_pause` and `queue_resume`: the queue's settings now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The queue.
+    pub queue: String,
+    /// `due_in` (ms).
+    pub due_in_ms: u64,
+    /// `max_workers`.
+    pub max_workers: usize,
+    /// `reserved`.
+    pub reserved: usize,
+    /// `lend_limit` (ms).
+    pub lend_limit_ms: u64,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Paused until then (ms; 18446744073709551615: until resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<u64>,
+    /// The settings that override the config file's.
+    pub overridden: Vec<String>,
+}
+
 /// `alerts`' reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertList {

@@ -216,6 +216,43 @@ pub enum Request<'a> {
     CatalogRebuild,
     /// `alerts`: the alert rules and their state.
     Alerts,
+    /// `queue_set`: change a queue's settings while the daemon runs.
+    QueueSet(QueueChange<'a>),
+    /// `queue_pause`: hold a queue's jobs `ready` (for `for_ms`, or until resumed).
+    QueuePause {
+        /// The queue.
+        queue: Cow<'a, str>,
+        /// How long (ms); absent: until `queue_resume`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        for_ms: Option<u64>,
+    },
+    /// `queue_resume`: a paused queue's jobs start again.
+    QueueResume {
+        /// The queue.
+        queue: Cow<'a, str>,
+    },
+}
+
+/// A `queue_set` request: the settings to change (at least one, or `reset`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueChange<'a> {
+    /// The queue.
+    pub queue: Cow<'a, str>,
+    /// `due_in` (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_in_ms: Option<u64>,
+    /// `max_workers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_workers: Option<u64>,
+    /// `reserved`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u64>,
+    /// `lend_limit` (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lend_limit_ms: Option<u64>,
+    /// First put every setting back to the config file's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 /// Most jobs one `jobs` request lists.
@@ -370,6 +407,16 @@ struct Wire<'a> {
     limit: Option<usize>,
     #[serde(default)]
     dry_run: Option<bool>,
+    #[serde(default)]
+    max_workers: Option<u64>,
+    #[serde(default)]
+    reserved: Option<u64>,
+    #[serde(default)]
+    lend_limit_ms: Option<u64>,
+    #[serde(default)]
+    reset: Option<bool>,
+    #[serde(default)]
+    for_ms: Option<u64>,
     #[serde(borrow, default)]
     client: Option<&'a RawValue>,
 }
@@ -395,6 +442,11 @@ impl Wire<'_> {
             ("states", self.states.is_some()),
             ("limit", self.limit.is_some()),
             ("dry_run", self.dry_run.is_some()),
+            ("max_workers", self.max_workers.is_some()),
+            ("reserved", self.reserved.is_some()),
+            ("lend_limit_ms", self.lend_limit_ms.is_some()),
+            ("reset", self.reset.is_some()),
+            ("for_ms", self.for_ms.is_some()),
             ("client", self.client.is_some()),
         ]
         .into_iter()
@@ -419,7 +471,8 @@ fn missing(field: &str) -> Rejection {
 
 /// Every op, for the error about an unknown one.
 const OPS: &str = "hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, \
-                   dead_purge, checkpoint, jobs, replay, catalog_rebuild";
+                   dead_purge, checkpoint, jobs, replay, catalog_rebuild, alerts, queue_set, \
+                   queue_pause, queue_resume";
 
 const SUBMIT_FIELDS: &[&str] = &[
     "queue",
@@ -471,6 +524,37 @@ impl<'a> Request<'a> {
             "alerts" => {
                 w.only(&[])?;
                 Ok(Request::Alerts)
+            }
+            "queue_set" => {
+                w.only(&[
+                    "queue",
+                    "due_in_ms",
+                    "max_workers",
+                    "reserved",
+                    "lend_limit_ms",
+                    "reset",
+                ])?;
+                Ok(Request::QueueSet(QueueChange {
+                    queue: w.queue.ok_or_else(|| missing("queue"))?,
+                    due_in_ms: w.due_in_ms,
+                    max_workers: w.max_workers,
+                    reserved: w.reserved,
+                    lend_limit_ms: w.lend_limit_ms,
+                    reset: w.reset.unwrap_or(false),
+                }))
+            }
+            "queue_pause" => {
+                w.only(&["queue", "for_ms"])?;
+                Ok(Request::QueuePause {
+                    queue: w.queue.ok_or_else(|| missing("queue"))?,
+                    for_ms: w.for_ms,
+                })
+            }
+            "queue_resume" => {
+                w.only(&["queue"])?;
+                Ok(Request::QueueResume {
+                    queue: w.queue.ok_or_else(|| missing("queue"))?,
+                })
             }
             "jobs" => {
                 w.only(&["queue", "kind", "states", "since", "until", "limit"])?;
@@ -754,6 +838,29 @@ mod tests {
                 before: Some(7),
                 ..DeadSelect::all(None)
             }),
+            Request::Alerts,
+            Request::QueueSet(QueueChange {
+                queue: "bulk".into(),
+                max_workers: Some(2),
+                due_in_ms: Some(60_000),
+                ..QueueChange::default()
+            }),
+            Request::QueueSet(QueueChange {
+                queue: "bulk".into(),
+                reset: true,
+                ..QueueChange::default()
+            }),
+            Request::QueuePause {
+                queue: "bulk".into(),
+                for_ms: Some(1000),
+            },
+            Request::QueuePause {
+                queue: "bulk".into(),
+                for_ms: None,
+            },
+            Request::QueueResume {
+                queue: "bulk".into(),
+            },
         ];
         for r in &requests {
             let line = serde_json::to_string(r).unwrap();

@@ -54,6 +54,7 @@ fn record_json(r: &Record<'_>) -> serde_json::Value {
         Record::Revive(e) | Record::Purge(e) => serde_json::to_value(e),
         Record::Sync(m) => serde_json::to_value(m),
         Record::Replay(r) => serde_json::to_value(r),
+        Record::Queue(q) => serde_json::to_value(q),
     };
     v.unwrap_or(serde_json::Value::Null)
 }

@@ -111,6 +111,8 @@ pub struct Recovered {
     pub live: Vec<LiveJob>,
     /// Terminal jobs, oldest first.
     pub done: History,
+    /// Per queue (by index): paused until then (ms; `u64::MAX`: until resumed).
+    pub paused: Vec<Option<u64>>,
 }
 
 /// Finished jobs, oldest first, decoded when first needed: the dispatcher restores them after
@@ -198,6 +200,15 @@ impl QueueFigures {
     }
 }
 
+/// A queue's settings that an operator may change while the daemon runs.
+#[derive(Debug, Clone, Copy)]
+struct LiveQueue {
+    limits: Limits,
+    due_in: Duration,
+    /// Paused until then (ms; `u64::MAX`: until resumed).
+    paused_until: Option<u64>,
+}
+
 /// How often a queue's newly late jobs may be logged.
 const LATE_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -242,6 +253,8 @@ pub struct Dispatcher {
     wal: Sender<WalMsg>,
     records: RecordBatch,
     counts: Vec<Counts>,
+    /// Each queue's live settings (the config's, or the operator's changes).
+    live_queues: Vec<LiveQueue>,
     lateness: Lateness,
     figures: Vec<QueueFigures>,
     expected_ms: HashMap<(u16, u16), f64>,
@@ -276,7 +289,7 @@ pub fn spawn(
         worker_threads.push(h);
     }
     drop(tx);
-    let limits = cfg
+    let limits: Vec<Limits> = cfg
         .queues
         .iter()
         .map(|q| Limits {
@@ -285,6 +298,22 @@ pub fn spawn(
             lend_limit_ms: q.lend_limit.as_millis() as u64,
         })
         .collect();
+    let now = now_ms();
+    let live_queues: Vec<LiveQueue> = cfg
+        .queues
+        .iter()
+        .zip(&limits)
+        .enumerate()
+        .map(|(i, (q, &limits))| LiveQueue {
+            limits,
+            due_in: q.due_in,
+            paused_until: recovered.paused.get(i).copied().flatten().filter(|&t| t > now),
+        })
+        .collect();
+    let mut ready = ReadySet::new(cfg.order, limits);
+    for (i, q) in live_queues.iter().enumerate() {
+        ready.set_paused(i as u16, q.paused_until.is_some());
+    }
     let mut by_urgency: Vec<usize> = (0..cfg.queues.len()).collect();
     by_urgency.sort_by_key(|&i| cfg.queues[i].due_in);
     let mut priority_of = vec![0u64; cfg.queues.len()];
@@ -307,7 +336,8 @@ pub fn spawn(
         jobs: JobTable::with_capacity(recovered.live.len()),
         history: id_map(0),
         history_order: VecDeque::new(),
-        ready: ReadySet::new(cfg.order, limits),
+        ready,
+        live_queues,
         timers: BinaryHeap::new(),
         free: (0..workers.len()).rev().collect(),
         workers,
@@ -438,6 +468,7 @@ impl Dispatcher {
                     self.handle(m);
                 }
             }
+            self.resume_due();
             self.fire_timers();
             self.dispatch();
             self.flush_records();
@@ -476,7 +507,26 @@ impl Dispatcher {
         let sweep = self.lateness.next_sweep().map(|at| {
             Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
         });
-        [timer, drain, sweep].into_iter().flatten().min()
+        let resume = self
+            .live_queues
+            .iter()
+            .filter_map(|q| q.paused_until)
+            .filter(|&t| t != u64::MAX)
+            .min()
+            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
+        [timer, drain, sweep, resume].into_iter().flatten().min()
+    }
+
+    /// Resumes the queues whose pause (`queue pause --for`) has run out.
+    fn resume_due(&mut self) {
+        let now = now_ms();
+        for (i, q) in self.live_queues.iter_mut().enumerate() {
+            if q.paused_until.is_some_and(|t| t <= now) {
+                q.paused_until = None;
+                self.ready.set_paused(i as u16, false);
+                log::info!("queue {}: its pause ran out; resumed", self.queue_names[i]);
+            }
+        }
     }
 
     /// Counts the ready jobs whose deadline just passed as late, and says so in the log (at
@@ -523,6 +573,20 @@ impl Dispatcher {
             }
             Msg::States { ids, reply } => {
                 let _ = reply.send(ids.iter().map(|&id| self.state_of(id)).collect());
+            }
+            Msg::QueueSettings {
+                queue,
+                limits,
+                due_in,
+                paused_until,
+            } => {
+                let now = now_ms();
+                let q = &mut self.live_queues[queue as usize];
+                q.limits = limits;
+                q.due_in = due_in;
+                q.paused_until = paused_until.filter(|&t| t > now);
+                self.ready.set_limits(queue, limits);
+                self.ready.set_paused(queue, q.paused_until.is_some());
             }
             Msg::Ready { queue, reply } => {
                 let n = self

@@ -75,13 +75,17 @@ impl Dispatcher {
                 })
                 .and_then(|(_, id)| jobs.get(&id));
             let fig = &self.figures[q];
+            let live = &self.live_queues[q];
             queues.insert(
                 qc.name.clone(),
                 QueueStats {
                     states,
-                    max_workers: qc.max_workers,
-                    reserved: qc.reserved,
-                    due_in_ms: qc.due_in.as_millis() as u64,
+                    max_workers: live.limits.max_workers,
+                    reserved: live.limits.reserved,
+                    due_in_ms: live.due_in.as_millis() as u64,
+                    lend_limit_ms: live.limits.lend_limit_ms,
+                    paused_until: live.paused_until,
+                    overridden: Vec::new(),
                     oldest_ready_age_ms: head.map(|e| now_us.saturating_sub(e.ready_at_us) / 1000),
                     slack_ms: head.map(|e| e.job.deadline as i64 - now as i64),
                     late: self.lateness.late(q as u16),

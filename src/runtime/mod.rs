@@ -45,6 +45,9 @@ use crate::wire::{
 };
 use crossbeam_channel::{Receiver, Sender};
 
+mod queues;
+pub use queues::UNTIL_RESUMED;
+
 pub use crate::error::Error;
 
 /// Longest idempotency key, in bytes.
@@ -106,6 +109,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     /// What the alert thread shows.
     alerts: Arc<crate::alerts::Shared>,
+    /// The queues' live settings (`queue set|pause|resume`).
+    queues: queues::QueueControl,
 }
 
 type Rebuild = Box<dyn Fn() -> Result<crate::catalog::Rebuilt, String> + Send + Sync>;
@@ -280,7 +285,8 @@ impl Handle {
             ));
         }
         let run_at = delay.filter(|&d| d > 0).map(|d| now + d);
-        let deadline = run_at.unwrap_or(now) + due_in.unwrap_or(q.due_in.as_millis() as u64);
+        let deadline =
+            run_at.unwrap_or(now) + due_in.unwrap_or_else(|| self.inner.queues.due_in_ms(queue));
         Ok(Job {
             id: 0,
             queue,
@@ -442,7 +448,18 @@ impl Handle {
 
     /// Scheduler and WAL figures.
     pub fn stats(&self) -> Result<Stats, Rejection> {
-        let sched = self.ask(|reply| Msg::Stats { reply })?;
+        let mut sched = self.ask(|reply| Msg::Stats { reply })?;
+        for (q, o) in self
+            .inner
+            .cfg
+            .queues
+            .iter()
+            .zip(self.inner.queues.overridden())
+        {
+            if let Some(s) = sched.queues.get_mut(&q.name) {
+                s.overridden = o;
+            }
+        }
         Ok(Stats {
             sched,
             wal: self.wal_report(),
@@ -779,7 +796,12 @@ impl RuntimeBuilder {
         };
         let cfg = Arc::new(self.config);
         let kinds = Arc::new(self.kinds);
-        let rec = crate::recovery::recover(storage.as_ref(), &cfg, &kinds)?;
+        let mut rec = crate::recovery::recover(storage.as_ref(), &cfg, &kinds)?;
+        // The operator's live queue settings from the log, over the file's.
+        let (queue_ctl, effective, paused) =
+            queues::QueueControl::start(&cfg, std::mem::take(&mut rec.queues));
+        let cfg = Arc::new(effective);
+        rec.recovered.paused = paused;
         if let Some(c) = &rec.checkpoint {
             log::info!(
                 "checkpoint through LSN {} (segment {}): {} live jobs, {} keys",
@@ -940,6 +962,7 @@ impl RuntimeBuilder {
             catalog: catalog.as_ref().map(|c| c.shared.clone()),
             storage: wal_files,
             alerts: Arc::default(),
+            queues: queue_ctl,
         });
         let handle = Handle { inner };
         let source = handle.clone();

@@ -549,6 +549,12 @@ fn a_replay_of_many_chunks_selects_each_job_of_the_window_once_and_never_its_own
     let n = 2000; // eight chunks
     noops(&d, n);
     d.wait_idle(Duration::from_secs(60));
+    let caught_up = || {
+        wait_stats(&d, Duration::from_secs(60), |s| {
+            s["catalog"]["lag_records"] == 0
+        })
+    };
+    caught_up();
     // The window reaches into the future: the replay's own jobs, submitted while it reads the
     // window, are not part of it.
     let r = replay(&d, json!({}));
@@ -565,6 +571,7 @@ fn a_replay_of_many_chunks_selects_each_job_of_the_window_once_and_never_its_own
         .collect();
     assert_eq!(ids.len(), n);
     d.wait_idle(Duration::from_secs(60));
+    caught_up();
     // Oldest first: the replays' ids follow their originals' order.
     let jobs = all_jobs(&d);
     let mut of: Vec<(u64, u64)> = jobs

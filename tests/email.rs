@@ -834,3 +834,128 @@ fn starttls_and_implicit_tls_deliver_and_an_untrusted_certificate_is_refused() {
     );
     assert!(smtp.messages().is_empty());
 }
+
+/// The Kickserv incident, end to end: notification emails to an SMTP server that answers 451
+/// while a bulk flood holds the workers. The retrying alert fires with the queue's figures; the
+/// operator pauses bulk and the notifications get the workers; the outage ends, the alert
+/// resolves; every email is delivered once, before any bulk job that was held.
+#[test]
+fn the_incident_an_smtp_outage_under_a_bulk_flood_alerts_and_the_operators_pause_lets_mail_through()
+{
+    let dir = tempdir();
+    let fault = dir.path().join("smtp-outage");
+    std::fs::write(&fault, "").unwrap();
+    let smtp = Smtp::started(dir.path(), &["--fault-file", fault.to_str().unwrap()]);
+    let alerts = dir.path().join("alerts.jsonl");
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = 2\nalert_command = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\nalert_clear = \"1s\"\n\
+             [queues.notifications]\ndue_in = \"30s\"\nmax_attempts = 1000\nretry_past_deadline = true\n\
+             backoff = {{ base = \"100ms\", cap = \"200ms\" }}\n\
+             [queues.bulk]\ndue_in = \"1h\"\n\
+             [smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n",
+            alerts.display(),
+            smtp.port
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let mut c = d.conn();
+    // The flood: more bulk jobs than workers, each holding one for a while.
+    let flood: Vec<Value> = (0..60)
+        .map(|_| json!({"queue": "bulk", "kind": "exec", "payload": {"argv": ["sleep", "0.3"]}}))
+        .collect();
+    let r = c.call(&json!({"op": "submit_batch", "jobs": flood}).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    let mails: Vec<u64> = (0..5)
+        .map(|n| {
+            let r = c.call(
+                &json!({"op": "submit", "queue": "notifications", "kind": "email",
+                        "payload": simple(n)})
+                .to_string(),
+            );
+            r["id"].as_u64().unwrap_or_else(|| panic!("{r}"))
+        })
+        .collect();
+    // The alert fires, with what the operator needs.
+    let fired = wait_alert(&alerts, |v| {
+        v["alert"] == "retrying" && v["queue"] == "notifications" && v["state"] == "firing"
+    });
+    assert!(
+        fired["figures"]["retries"].as_u64().unwrap() >= 1,
+        "{fired}"
+    );
+    assert!(d
+        .log_text()
+        .contains("alert retrying firing for queue notifications"));
+    // The operator's fix: pause bulk (running bulk jobs finish; no other starts).
+    let r = c.call(r#"{"op":"queue_pause","queue":"bulk"}"#);
+    assert_eq!(r["paused"], true, "{r}");
+    let paused_at = crate::common::stats(&d)["queues"]["bulk"]["states"]["succeeded"]
+        .as_u64()
+        .unwrap();
+    // The outage ends: every email goes out, once; the alert resolves.
+    std::fs::remove_file(&fault).unwrap();
+    let mut last_mail = 0;
+    for &id in &mails {
+        let j = c.wait_state(id, "succeeded");
+        last_mail = last_mail.max(j["finished_at"].as_u64().unwrap());
+    }
+    let got = smtp.wait_for(mails.len(), Duration::from_secs(30));
+    let mut ids: Vec<&str> = got.iter().map(|m| m.message_id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((got.len(), ids.len()), (5, 5), "each mail once");
+    wait_alert(&alerts, |v| {
+        v["alert"] == "retrying" && v["queue"] == "notifications" && v["state"] == "resolved"
+    });
+    // The held bulk jobs start only after the resume, after every email.
+    let s = crate::common::stats(&d);
+    assert!(
+        s["queues"]["bulk"]["states"]["ready"].as_u64().unwrap() > 0,
+        "bulk jobs held while paused: {s}"
+    );
+    // At most the two that were running when the pause came finished since.
+    assert!(
+        s["queues"]["bulk"]["states"]["succeeded"].as_u64().unwrap() <= paused_at + 2,
+        "{s}"
+    );
+    let r = c.call(r#"{"op":"queue_resume","queue":"bulk"}"#);
+    assert_eq!(r["paused"], false, "{r}");
+    d.wait_idle(Duration::from_secs(120));
+    let jobs = c.call(r#"{"op":"jobs","queue":"bulk","limit":100}"#);
+    let started_after: Vec<u64> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["attempts"][0]["started_at"].as_u64())
+        .filter(|&t| t > last_mail)
+        .collect();
+    assert!(!started_after.is_empty(), "bulk went on after the mails");
+}
+
+/// The alert command's input so far (one JSON object per line).
+fn alert_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+fn wait_alert(path: &Path, f: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = alert_lines(path).into_iter().find(|v| f(v)) {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no such alert: {:?}",
+            alert_lines(path)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

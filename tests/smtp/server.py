@@ -4,6 +4,7 @@ Each accepted message is stored as NNNNNN.json (mail_from, rcpt_tos, data) in --
 temporary name first and renamed, so a reader never sees half a message. Behaviour on purpose:
 - a recipient whose local part starts with "reject" gets 550 (permanent);
 - one starting with "tempfail" gets 451 (temporary);
+- --fault-file PATH: while PATH exists, every recipient gets 451 (an outage that comes and goes);
 - --delay-ms N stores the message, then waits N ms before answering DATA (so that a sender
   killed in that window has had its mail accepted without hearing so: the at-least-once case);
 - --user/--password require AUTH PLAIN/LOGIN with those credentials;
@@ -27,15 +28,18 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Store:
-    def __init__(self, directory, delay_ms):
+    def __init__(self, directory, delay_ms, fault_file=None):
         self.dir = directory
         self.delay = delay_ms / 1000.0
+        self.fault_file = fault_file
         self.lock = threading.Lock()
         existing = [int(n[:-5]) for n in os.listdir(directory) if n.endswith(".json")]
         self.counter = itertools.count(max(existing, default=0) + 1)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0].lower()
+        if self.fault_file and os.path.exists(self.fault_file):
+            return "451 4.3.0 <%s>: try again later (test outage)" % address
         if local.startswith("reject"):
             return "550 5.1.1 <%s>: mailbox unavailable (test rejection)" % address
         if local.startswith("tempfail"):
@@ -70,6 +74,7 @@ def main():
     p.add_argument("--tls", choices=["starttls", "implicit"])
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument("--fault-file")
     a = p.parse_args()
     kwargs = {}
     if a.tls:
@@ -90,7 +95,7 @@ def main():
 
         kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=False)
     controller = Controller(
-        Store(a.dir, a.delay_ms), hostname="127.0.0.1", port=a.port, **kwargs
+        Store(a.dir, a.delay_ms, a.fault_file), hostname="127.0.0.1", port=a.port, **kwargs
     )
     controller.start()
     print("READY %d" % a.port, flush=True)

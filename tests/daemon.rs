@@ -241,6 +241,10 @@ fn cli_submit_status_stats_queue_list_and_errors() {
         &["wal", "inspect"],
         &["wal", "dump"],
         &["demo"],
+        &["alerts"],
+        &["queue", "set"],
+        &["queue", "pause"],
+        &["queue", "resume"],
     ] {
         let mut args = sub.to_vec();
         args.push("--help");
@@ -526,4 +530,26 @@ fn socket_group_leaves_a_socket_directory_outside_the_data_dir_alone() {
         d.log_text()
     );
     d.kill9();
+}
+
+#[test]
+fn the_demo_s_incident_fires_the_alert_the_operator_pauses_bulk_and_every_notification_goes_once() {
+    let (st, out, err) = cli(&["demo", "--incident-only", "--workers", "2"]);
+    assert!(st.success(), "{out}{err}");
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{out}"))
+    };
+    // In this order: the alert, the operator's pause, the gateway's return, the resolve.
+    let steps = [
+        at("ALERT retrying firing for queue notifications"),
+        at("operator: duejob queue pause bulk"),
+        at("the gateway is back"),
+        at("alert resolved: 20/20 notifications sent"),
+    ];
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{out}");
+    assert!(
+        out.contains("Every notification sent once: 20 of 20 (the gateway counted 20)"),
+        "{out}"
+    );
 }

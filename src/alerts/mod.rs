@@ -354,7 +354,7 @@ impl Evaluator {
                     _ => (key.1.clone(), None),
                 };
                 events.push(Event {
-                    message: message(key.0, &key.1, e.0, check),
+                    message: message(key.0, &key.1, e.0, check, self.cfg.alerts.clear),
                     alert: key.0.name(),
                     queue,
                     kind,
@@ -509,7 +509,7 @@ fn quantile_upper(counts: &[u64], q: f64) -> Option<u64> {
     Some(1u64 << (counts.len() - 1))
 }
 
-fn message(rule: Rule, who: &Option<String>, state: &str, c: Check) -> String {
+fn message(rule: Rule, who: &Option<String>, state: &str, c: Check, clear: Duration) -> String {
     let whose = match (rule, who) {
         (Rule::KindFailing, Some(k)) => format!("kind {k}"),
         (_, Some(q)) => format!("queue {q}"),
@@ -544,7 +544,11 @@ fn message(rule: Rule, who: &Option<String>, state: &str, c: Check) -> String {
     };
     match state {
         "firing" => format!("alert {} firing for {whose}: {what}", rule.name()),
-        _ => format!("alert {} resolved for {whose} (now: {what})", rule.name()),
+        _ => format!(
+            "alert {} resolved for {whose}: clear for {:.0} s",
+            rule.name(),
+            clear.as_secs_f64()
+        ),
     }
 }
 

@@ -15,27 +15,7 @@ use serde_json::{json, Value};
 
 /// A Python interpreter that has aiosmtpd.
 fn python() -> String {
-    let mut tried = Vec::new();
-    let candidates = std::env::var("DUEJOB_TEST_PYTHON")
-        .into_iter()
-        .chain(["python3".to_string(), "/usr/bin/python3".to_string()]);
-    for py in candidates {
-        let ok = Command::new(&py)
-            .args(["-c", "import aiosmtpd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return py;
-        }
-        tried.push(py);
-    }
-    panic!(
-        "the email tests need a Python with aiosmtpd (tried {tried:?}): \
-         `python3 -m pip install aiosmtpd`, or `apt-get install python3-aiosmtpd` \
-         and DUEJOB_TEST_PYTHON=/usr/bin/python3"
-    );
+    crate::common::python_with("aiosmtpd")
 }
 
 /// A port below the kernel's ephemeral range (32768 and up) that is free now: no `bind(0)` of

@@ -16,6 +16,7 @@ mod exec_containment;
 mod golden_wal;
 mod layering;
 mod lifecycle;
+mod metrics;
 mod model;
 mod observe;
 mod ordering;

@@ -30,6 +30,13 @@ pub struct ServeArgs {
     /// Socket path (default DATA/duejob.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0: any free
+    /// one, logged); loopback only unless --metrics-public.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on an address other than loopback.
+    #[arg(long, requires = "metrics")]
+    metrics_public: bool,
 }
 
 pub fn run(a: ServeArgs) -> CliResult {
@@ -64,6 +71,14 @@ pub fn run(a: ServeArgs) -> CliResult {
     let bound = duejob::server::bind(&cfg, &socket, Some(&a.data))?;
     let rt = Runtime::builder(&a.data).config(cfg).start()?;
     let server = bound.serve(rt.handle());
+    let metrics = match a.metrics {
+        Some(addr) => Some(duejob::server::metrics::serve(
+            rt.handle(),
+            addr,
+            a.metrics_public,
+        )?),
+        None => None,
+    };
     log::info!(
         "duejob serving: data {}, socket {}, sync {}, {} workers",
         a.data.display(),
@@ -80,6 +95,9 @@ pub fn run(a: ServeArgs) -> CliResult {
     // the connections a moment to write the replies of what they had read: a submit that is in
     // the log is answered ok, not cut off.
     let closing = server.stop();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     rt.shutdown();
     let left = closing.wait(std::time::Duration::from_secs(5));
     if left > 0 {

@@ -469,6 +469,17 @@ impl Handle {
         })
     }
 
+    /// What `/metrics` shows: the figures of `stats`, the dispatcher's counters and histograms,
+    /// and the WAL's fsync latency and group size buckets (powers of two: µs, records).
+    pub(crate) fn metrics(
+        &self,
+    ) -> Result<(Stats, crate::scheduler::Metrics, Vec<u64>, Vec<u64>), Rejection> {
+        let stats = self.stats()?;
+        let m = self.ask(|reply| Msg::Metrics { reply })?;
+        let w = &self.inner.wal_stats;
+        Ok((stats, m, w.fsync_buckets(), w.group_buckets()))
+    }
+
     /// The alert rules and their state (`duejob alerts`).
     pub fn alerts(&self) -> Vec<crate::wire::AlertInfo> {
         self.inner.alerts.list()

@@ -27,6 +27,44 @@ use crate::wal::WalError;
 
 use crate::wire::{JobInfo, SchedStats};
 
+/// Per (queue, kind) counters since start-up, indexed by [`KindCount`].
+pub type KindCounts = [u64; 4];
+
+/// What a [`KindCounts`] entry counts.
+#[derive(Debug, Clone, Copy)]
+pub enum KindCount {
+    /// Jobs accepted (durable).
+    Submitted = 0,
+    /// Jobs that ended `succeeded`.
+    Succeeded = 1,
+    /// Jobs that ended `dead`.
+    Dead = 2,
+    /// Retries scheduled.
+    Retries = 3,
+}
+
+/// A cumulative histogram: (upper bound, observations at most that), the count and the sum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets {
+    /// (upper bound, cumulative count), increasing.
+    pub le: Vec<(f64, u64)>,
+    /// Observations.
+    pub count: u64,
+    /// Their sum (from the histogram: to 3 significant digits).
+    pub sum: f64,
+}
+
+/// What the dispatcher gives `/metrics`: counters since start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// (queue, kind, counts).
+    pub kinds: Vec<(String, String, KindCounts)>,
+    /// Per queue: wait for a worker (seconds).
+    pub wait: Vec<(String, Buckets)>,
+    /// Per queue: run time (seconds).
+    pub run: Vec<(String, Buckets)>,
+}
+
 /// A finished attempt, from a worker.
 #[derive(Debug)]
 pub struct Done {
@@ -98,6 +136,11 @@ pub enum Msg {
     Stats {
         /// Reply.
         reply: Sender<SchedStats>,
+    },
+    /// Counters and histograms for `/metrics`.
+    Metrics {
+        /// Reply.
+        reply: Sender<Metrics>,
     },
     /// The states of jobs, from memory (a replay's freshest view).
     States {

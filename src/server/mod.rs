@@ -18,6 +18,7 @@ internal_mods! {
     mod conn;
     mod lines;
 }
+pub mod metrics;
 mod ops;
 
 use std::collections::HashMap;

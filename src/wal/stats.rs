@@ -32,6 +32,8 @@ pub struct WalStats {
     /// that tail the log (the catalog) read up to it. Stored with `Release` after the sync.
     pub durable_lsn: AtomicU64,
     fsync_us: [AtomicU64; BUCKETS],
+    /// Groups by size: bucket i holds groups of at most 2^i records.
+    group_sizes: [AtomicU64; BUCKETS],
 }
 
 impl Default for WalStats {
@@ -49,16 +51,21 @@ impl Default for WalStats {
             keys_evicted: AtomicU64::new(0),
             durable_lsn: AtomicU64::new(0),
             fsync_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            group_sizes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
+}
+
+/// The power-of-two bucket of `v`: the smallest i with v <= 2^i (0 and 1 in bucket 0).
+fn bucket_of(v: u64) -> usize {
+    (64 - v.saturating_sub(1).leading_zeros() as usize).min(BUCKETS - 1)
 }
 
 impl WalStats {
     /// Records one fdatasync that took `us` microseconds.
     pub fn record_fsync(&self, us: u64) {
         self.fsyncs.fetch_add(1, Relaxed);
-        let b = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
-        self.fsync_us[b].fetch_add(1, Relaxed);
+        self.fsync_us[bucket_of(us)].fetch_add(1, Relaxed);
     }
 
     /// Records one group of `n` records and `bytes` bytes.
@@ -67,6 +74,13 @@ impl WalStats {
         self.records.fetch_add(n, Relaxed);
         self.bytes.fetch_add(bytes, Relaxed);
         self.max_group.fetch_max(n, Relaxed);
+        let b = bucket_of(n);
+        self.group_sizes[b].fetch_add(1, Relaxed);
+    }
+
+    /// Groups by size: count per bucket, bucket i holding groups of at most 2^i records.
+    pub fn group_buckets(&self) -> Vec<u64> {
+        self.group_sizes.iter().map(|c| c.load(Relaxed)).collect()
     }
 
     /// The fsync latency histogram: count per bucket, bucket i holding fsyncs of at most 2^i µs

@@ -368,3 +368,28 @@ pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     }
     out
 }
+
+/// A Python 3 that can import `module` (`$DUEJOB_TEST_PYTHON`, `python3`, `/usr/bin/python3`);
+/// panics with how to install it (CI's `.ci/run` does).
+pub fn python_with(module: &str) -> String {
+    let mut tried = Vec::new();
+    let candidates = std::env::var("DUEJOB_TEST_PYTHON")
+        .into_iter()
+        .chain(["python3".to_string(), "/usr/bin/python3".to_string()]);
+    for py in candidates {
+        let ok = std::process::Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return py;
+        }
+        tried.push(py);
+    }
+    panic!(
+        "this test needs a Python with {module} (tried {tried:?}): `python3 -m pip install \
+         {module}` (or Debian's python3-{module} and DUEJOB_TEST_PYTHON=/usr/bin/python3)"
+    );
+}

@@ -34,8 +34,9 @@ impl Dispatcher {
         });
         self.record(id, rec);
         let now_us = self.now_us();
-        let q = self.jobs[&id].job.queue as usize;
-        self.figures[q].recent.done(now_us);
+        let (q, k) = (self.jobs[&id].job.queue, self.jobs[&id].job.kind);
+        self.figures[q as usize].recent.done(now_us);
+        self.count_kind(q, k, crate::scheduler::KindCount::Succeeded);
         self.retire(id);
     }
 
@@ -110,6 +111,8 @@ impl Dispatcher {
                     outcome,
                 };
                 self.record(id, Record::Finish(rec));
+                let (q, k) = (self.jobs[&id].job.queue, self.jobs[&id].job.kind);
+                self.count_kind(q, k, crate::scheduler::KindCount::Dead);
             }
             None => {
                 fig.retries += 1;
@@ -122,6 +125,8 @@ impl Dispatcher {
                     outcome: outcome(err.reason.clone()),
                 };
                 self.record(id, Record::Retry(rec));
+                let (q, k) = (self.jobs[&id].job.queue, self.jobs[&id].job.kind);
+                self.count_kind(q, k, crate::scheduler::KindCount::Retries);
                 self.timers
                     .push(std::cmp::Reverse((retry_at, id, super::Timer::Ready)));
             }

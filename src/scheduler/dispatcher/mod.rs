@@ -253,6 +253,8 @@ pub struct Dispatcher {
     wal: Sender<WalMsg>,
     records: RecordBatch,
     counts: Vec<Counts>,
+    /// Per (queue × kinds + kind): submitted, succeeded, dead, retries since start-up.
+    kind_counts: Vec<super::KindCounts>,
     /// Each queue's live settings (the config's, or the operator's changes).
     live_queues: Vec<LiveQueue>,
     lateness: Lateness,
@@ -348,6 +350,7 @@ pub fn spawn(
         wal,
         records: RecordBatch::new(),
         counts: vec![[0; State::ALL.len()]; n],
+        kind_counts: vec![[0; 4]; n * kinds.names().len()],
         lateness: Lateness::new(n, now_ms()),
         figures: (0..n).map(|_| QueueFigures::new()).collect(),
         expected_ms: HashMap::new(),
@@ -437,6 +440,14 @@ impl Dispatcher {
         if e.core.wake() {
             recount(&mut self.counts, &mut self.lateness, e, from);
             self.push_ready(id);
+        }
+    }
+
+    /// Counts one event of a job of `queue` and `kind`.
+    fn count_kind(&mut self, queue: u16, kind: u16, what: super::KindCount) {
+        let i = queue as usize * self.kind_names.len() + kind as usize;
+        if let Some(c) = self.kind_counts.get_mut(i) {
+            c[what as usize] += 1;
         }
     }
 
@@ -564,12 +575,16 @@ impl Dispatcher {
                 for job in jobs {
                     let core = JobCore::with_run_at(job.run_at);
                     self.live.add(&job, 1);
+                    self.count_kind(job.queue, job.kind, super::KindCount::Submitted);
                     self.insert(job, core, now);
                 }
             }
             Msg::Done(d) => self.finished(d),
             Msg::Status { id, reply } => {
                 let _ = reply.send(self.status(id));
+            }
+            Msg::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
             }
             Msg::States { ids, reply } => {
                 let _ = reply.send(ids.iter().map(|&id| self.state_of(id)).collect());

@@ -20,6 +20,23 @@ pub(crate) fn percentiles(h: &Histogram<u64>) -> Percentiles {
     }
 }
 
+/// Bucket bounds of the wait and run time histograms (seconds).
+const BOUNDS_S: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+
+/// `h` (µs) as cumulative buckets in seconds.
+fn buckets(h: &Histogram<u64>) -> crate::scheduler::Buckets {
+    crate::scheduler::Buckets {
+        le: BOUNDS_S
+            .iter()
+            .map(|&b| (b, h.count_between(0, (b * 1e6) as u64)))
+            .collect(),
+        count: h.len(),
+        sum: h.mean() * h.len() as f64 / 1e6,
+    }
+}
+
 impl Dispatcher {
     /// The state of job `id`, if memory holds it (cheaper than [`Self::status`]).
     pub(super) fn state_of(&self, id: u64) -> Option<State> {
@@ -52,6 +69,30 @@ impl Dispatcher {
             payload: serde_json::from_str(&j.payload).ok(),
             attempts: e.core.attempts.clone(),
         })
+    }
+
+    pub(super) fn metrics(&self) -> crate::scheduler::Metrics {
+        let mut kinds = Vec::new();
+        for (q, qn) in self.queue_names.iter().enumerate() {
+            for (k, kn) in self.kind_names.iter().enumerate() {
+                let c = self.kind_counts[q * self.kind_names.len() + k];
+                if c != [0; 4] {
+                    kinds.push((qn.to_string(), kn.to_string(), c));
+                }
+            }
+        }
+        let per_queue = |h: &dyn Fn(&super::QueueFigures) -> &Histogram<u64>| {
+            self.queue_names
+                .iter()
+                .zip(&self.figures)
+                .map(|(n, f)| (n.to_string(), buckets(h(f))))
+                .collect()
+        };
+        crate::scheduler::Metrics {
+            kinds,
+            wait: per_queue(&|f| &f.wait_us),
+            run: per_queue(&|f| &f.run_us),
+        }
     }
 
     pub(super) fn stats(&mut self) -> SchedStats {

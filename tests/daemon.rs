@@ -242,6 +242,7 @@ fn cli_submit_status_stats_queue_list_and_errors() {
         &["wal", "dump"],
         &["demo"],
         &["alerts"],
+        &["top"],
         &["queue", "set"],
         &["queue", "pause"],
         &["queue", "resume"],

@@ -24,5 +24,6 @@ mod power_cut;
 mod protocol_doc;
 mod queue_control;
 mod server;
+mod top;
 mod wal_damage;
 mod wal_faults;

@@ -7,6 +7,7 @@ mod client_cmds;
 mod demo;
 pub mod fmt;
 mod serve;
+mod top;
 mod wal;
 
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// A live view of the figures (per queue, the WAL, firing alerts), refreshed each second;
+    /// q quits.
+    Top(top::TopArgs),
     /// Show the alert rules and which fire (the daemon evaluates them once a second).
     Alerts {
         #[command(flatten)]
@@ -171,6 +175,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Status { id, opts } => client_cmds::status(id, &opts),
         Command::Stats { opts } => client_cmds::stats(&opts),
         Command::Alerts { opts } => alert_cmds::alerts(&opts),
+        Command::Top(a) => top::run(&a),
         Command::Cancel { id, opts } => client_cmds::cancel(id, &opts),
         Command::Dead(d) => client_cmds::dead(d),
         Command::Jobs(a) => catalog_cmds::jobs(a),

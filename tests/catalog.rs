@@ -12,10 +12,14 @@ const FAR: u64 = 4_102_444_800_000; // 2100-01-01
 
 /// Submits `n` noop jobs in batches; returns their ids.
 fn noops(d: &Daemon, n: usize) -> Vec<u64> {
+    noops_of(d, n, 10_000, json!({"queue": "default", "kind": "noop"}))
+}
+
+/// Submits `n` copies of `job` in batches of `per_batch`; returns their ids.
+fn noops_of(d: &Daemon, n: usize, per_batch: usize, job: Value) -> Vec<u64> {
     let mut c = d.conn();
     let mut ids = Vec::with_capacity(n);
-    let job = json!({"queue": "default", "kind": "noop"});
-    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(per_batch) {
         let jobs: Vec<Value> = chunk.iter().map(|_| job.clone()).collect();
         let r = c.call(&json!({"op": "submit_batch", "jobs": jobs}).to_string());
         assert_eq!(r["ok"], true, "{r}");
@@ -475,23 +479,13 @@ fn a_damaged_archived_segment_is_read_past_loudly_and_the_catalog_goes_on() {
     std::fs::write(&cfg, format!("{base}catalog = false\n")).unwrap();
     let mut d = Daemon::start_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
     // Several segments of finished jobs, released to the archive by checkpoints.
-    let mut c = d.conn();
     let pad = "x".repeat(400);
-    let mut ids = Vec::new();
-    for _ in 0..30 {
-        let jobs: Vec<Value> = (0..200)
-            .map(|_| json!({"queue": "default", "kind": "noop", "payload": {"pad": pad}}))
-            .collect();
-        let r = c.call(&json!({"op": "submit_batch", "jobs": jobs}).to_string());
-        assert_eq!(r["ok"], true, "{r}");
-        ids.extend(
-            r["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap()),
-        );
-    }
+    let ids = noops_of(
+        &d,
+        6000,
+        200,
+        json!({"queue": "default", "kind": "noop", "payload": {"pad": pad}}),
+    );
     d.wait_idle(Duration::from_secs(60));
     wait_stats(&d, Duration::from_secs(60), |s| {
         s["wal"]["checkpoint"]["released"].as_u64().unwrap() >= 2

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{cli, tempdir, Conn, Daemon};
+use crate::common::{cli, tempdir, wait_alert, Conn, Daemon};
 use serde_json::{json, Value};
 
 /// A Python interpreter that has aiosmtpd.
@@ -914,28 +914,4 @@ fn the_incident_an_smtp_outage_under_a_bulk_flood_alerts_and_the_operators_pause
         .filter(|&t| t > last_mail)
         .collect();
     assert!(!started_after.is_empty(), "bulk went on after the mails");
-}
-
-/// The alert command's input so far (one JSON object per line).
-fn alert_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect()
-}
-
-fn wait_alert(path: &Path, f: impl Fn(&Value) -> bool) -> Value {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = alert_lines(path).into_iter().find(|v| f(v)) {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no such alert: {:?}",
-            alert_lines(path)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

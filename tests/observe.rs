@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{cli, stats, tempdir, wait_stats, Daemon};
+use crate::common::{alert_lines, cli, stats, tempdir, wait_alert, wait_stats, Daemon};
 
 /// A daemon with one worker and a notifications queue due in 300 ms.
 fn one_worker(dir: &std::path::Path) -> Daemon {
@@ -127,31 +127,6 @@ fn a_cancelled_late_job_is_no_longer_late_and_a_retry_is_not_missed_twice() {
     assert_eq!(q["late"], 0, "{q}");
     assert_eq!(q["deadline_misses"], 2, "each job once: {q}");
     assert_eq!(q["recent"]["retries"], 1, "{q}");
-}
-
-/// The alert command's input so far: one JSON object per line.
-fn alert_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect()
-}
-
-/// Waits until the alert command has been given an event matching `f`.
-fn wait_alert(path: &std::path::Path, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let t = std::time::Instant::now();
-    loop {
-        if let Some(v) = alert_lines(path).into_iter().find(|v| f(v)) {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no such alert: {:?}",
-            alert_lines(path)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -393,3 +393,28 @@ pub fn python_with(module: &str) -> String {
          {module}` (or Debian's python3-{module} and DUEJOB_TEST_PYTHON=/usr/bin/python3)"
     );
 }
+
+/// What an alert command that appends its stdin to `path` was given: one JSON object per line.
+pub fn alert_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+/// Waits until the alert command has been given an event matching `f`; returns it.
+pub fn wait_alert(path: &Path, f: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = alert_lines(path).into_iter().find(|v| f(v)) {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no such alert: {:?}",
+            alert_lines(path)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

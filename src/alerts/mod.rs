@@ -201,7 +201,8 @@ impl Evaluator {
     /// Evaluates every rule at `now` (ms) over `s` (and the WAL's fsync latency bucket counts,
     /// cumulative, bucket i holding fsyncs of at most 2^i µs); returns what fired or resolved.
     pub fn tick(&mut self, now: u64, s: &Stats, fsync_buckets: &[u64]) -> Vec<Event> {
-        let mut checks: Vec<(Key, Check, Option<QueueStats>)> = Vec::new();
+        // The queue's figures are cloned only into the events that happen.
+        let mut checks: Vec<(Key, Check, Option<&QueueStats>)> = Vec::new();
         let prev = self.prev.take();
         for qc in &self.cfg.queues {
             let Some(q) = s.sched.queues.get(&qc.name) else {
@@ -232,7 +233,7 @@ impl Evaluator {
                     value: round1(rate),
                     threshold: t,
                 },
-                Some(q.clone()),
+                Some(q),
             ));
             // deadline_missed
             let new_misses = p.map_or(q.deadline_misses, |p| {
@@ -246,7 +247,7 @@ impl Evaluator {
                     value: (q.late.max(new_misses)) as f64,
                     threshold: 0.0,
                 },
-                Some(q.clone()),
+                Some(q),
             ));
             // slack
             // Defaults follow `due_in` as it is now (`queue set` may have changed it).
@@ -262,7 +263,7 @@ impl Evaluator {
                     value: slack.unwrap_or(0.0),
                     threshold: t,
                 },
-                Some(q.clone()),
+                Some(q),
             ));
             // wait
             let t = qc
@@ -280,7 +281,7 @@ impl Evaluator {
                     value: age.unwrap_or(0.0),
                     threshold: t,
                 },
-                Some(q.clone()),
+                Some(q),
             ));
             // stall
             let ended = p.is_none_or(|p| q.run_ms.count != p.run_ms.count);
@@ -298,7 +299,7 @@ impl Evaluator {
                     value: stalled as f64,
                     threshold: t,
                 },
-                Some(q.clone()),
+                Some(q),
             ));
         }
         // wal_sync: the p99 of the fsyncs of the last span.
@@ -364,7 +365,7 @@ impl Evaluator {
                     unit: key.0.unit(),
                     since: e.1,
                     at: now,
-                    figures,
+                    figures: figures.cloned(),
                     severe: key.0.severe(),
                 });
             }

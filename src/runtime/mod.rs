@@ -480,6 +480,11 @@ impl Handle {
         Ok((stats, m, w.fsync_buckets(), w.group_buckets()))
     }
 
+    /// The alert figures `stats` shows (without asking the dispatcher for the rest).
+    pub fn alert_summary(&self) -> crate::wire::AlertsReport {
+        self.inner.alerts.report()
+    }
+
     /// The alert rules and their state (`duejob alerts`).
     pub fn alerts(&self) -> Vec<crate::wire::AlertInfo> {
         self.inner.alerts.list()

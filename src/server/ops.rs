@@ -74,9 +74,9 @@ fn handle(req: Request<'_>, cx: &mut Cx<'_, '_>) -> Slot {
         Request::QueueSet(c) => ok_or_error(cx.handle.queue_set(&c)),
         Request::QueuePause { queue, for_ms } => ok_or_error(cx.handle.queue_pause(&queue, for_ms)),
         Request::QueueResume { queue } => ok_or_error(cx.handle.queue_resume(&queue)),
-        Request::Alerts => ok_or_error(cx.handle.stats().map(|s| AlertList {
+        Request::Alerts => ok_or_error(Ok::<_, Rejection>(AlertList {
             alerts: cx.handle.alerts(),
-            summary: s.alerts.unwrap_or_default(),
+            summary: cx.handle.alert_summary(),
         })),
         Request::CatalogRebuild => {
             ok_or_error(cx.handle.catalog_rebuild().map(|r| CatalogRebuilt {

@@ -438,7 +438,7 @@ impl Dispatcher {
         let e = self.jobs.get_mut(&id).expect("live job");
         let from = e.core.state;
         if e.core.wake() {
-            recount(&mut self.counts, &mut self.lateness, e, from);
+            recount(&mut self.counts, e, from);
             self.push_ready(id);
         }
     }
@@ -855,7 +855,9 @@ impl Dispatcher {
 /// One queue's jobs by state, indexed by [`State::index`].
 type Counts = [u64; State::ALL.len()];
 
-/// Applies `rec` to a job through the state machine and moves it between the counts by state.
+/// Applies `rec` to a job through the state machine and moves it between the counts by state;
+/// a job leaving `ready` (started, cancelled) leaves its deadline bucket at the record's time
+/// (`push_ready` puts a job entering it in; only records make a job leave it).
 fn apply_counted(
     counts: &mut [Counts],
     late: &mut Lateness,
@@ -864,20 +866,22 @@ fn apply_counted(
 ) -> Result<Transition, Stale> {
     let from = e.core.state;
     let t = machine::apply(&mut e.core, rec);
-    recount(counts, late, e, from);
+    recount(counts, e, from);
+    if from == State::Ready
+        && e.core.state != State::Ready
+        && late.left(e.job.queue, e.job.deadline, rec.time(), e.missed) == Left::Late
+    {
+        e.missed = true;
+    }
     t
 }
 
-/// Moves a job whose state was `from` to the count of its state now; a job leaving `ready`
-/// leaves its deadline bucket (the job entering it is put in by `push_ready`).
-fn recount(counts: &mut [Counts], late: &mut Lateness, e: &mut Entry, from: State) {
+/// Moves a job whose state was `from` to the count of its state now.
+fn recount(counts: &mut [Counts], e: &Entry, from: State) {
     let to = e.core.state;
     if to != from {
         let q = e.job.queue as usize;
         counts[q][from.index()] -= 1;
         counts[q][to.index()] += 1;
-        if from == State::Ready && late.left(q as u16, e.job.deadline, now_ms(), e.missed) == Left::Late {
-            e.missed = true;
-        }
     }
 }

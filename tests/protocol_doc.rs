@@ -80,6 +80,7 @@ fn documented_examples_work_as_documented() {
             if req.contains(r#""op":"status","id":1}"#)
                 || req.contains(r#""op":"stats""#)
                 || req.contains(r#""op":"dead_"#)
+                || req.contains(r#""op":"replay""#)
             {
                 // Let the earlier jobs finish so the documented states hold.
                 d.wait_until_none(&["ready", "running"], Duration::from_secs(60));

@@ -631,9 +631,13 @@ impl Worker {
         } else {
             None
         };
+        let mut archived = 0;
         for (seq, name) in &segs {
             let r = match archive {
-                Some(_) if keep_all || *seq >= pin => storage.move_to_archive(name),
+                Some(_) if keep_all || *seq >= pin => {
+                    archived += 1;
+                    storage.move_to_archive(name)
+                }
                 _ => super::remove_gradually(storage, name),
             };
             r.map_err(|e| WalError::io(storage.location(name), e))?;
@@ -648,6 +652,10 @@ impl Worker {
             .wal_stats
             .segments
             .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+        // The archive's figure counts them before `released` does, so no reader sees a
+        // segment released and the archive empty while the file is still there (the sweep
+        // below recounts).
+        self.stats.archive_segments.fetch_add(archived, Relaxed);
         self.stats.released.fetch_add(n, Relaxed);
         // A segment preallocated to its full size and sealed early holds mostly zeros: the
         // archive keeps only its records.

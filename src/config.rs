@@ -3,7 +3,7 @@
 //! Immutable once the runtime starts; every thread reads it through an `Arc`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -75,6 +75,28 @@ pub struct QueueConfig {
     pub alert_wait: Option<Duration>,
     /// Alert `stall` when jobs are ready but no attempt ended for this long.
     pub alert_stall: Duration,
+    /// What this queue's `exec` jobs start with: environment and working directory.
+    pub exec: ExecDefaults,
+}
+
+/// A queue's `env`, `env_file` and `cwd`: the environment and working directory its `exec`
+/// jobs start with (a job's payload adds to them and overrides them).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ExecDefaults {
+    /// Variables: `env_file`'s, then the `env` table's (which wins).
+    pub env: BTreeMap<String, String>,
+    /// Absolute working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+/// Names only: the values may be secrets (an `env_file`'s are meant to be).
+impl std::fmt::Debug for ExecDefaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecDefaults")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .finish()
+    }
 }
 
 impl QueueConfig {
@@ -95,6 +117,7 @@ impl QueueConfig {
             alert_slack: None,
             alert_wait: None,
             alert_stall: Duration::from_secs(60),
+            exec: ExecDefaults::default(),
         }
     }
 }
@@ -346,14 +369,26 @@ impl Config {
 
     /// Reads a TOML config file (see `docs/config.md`).
     pub fn from_file(path: &Path, workers_override: Option<usize>) -> Result<Config, String> {
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        Config::from_toml(&text, workers_override)
+        Config::from_toml_in(&text, workers_override, base.unwrap_or(Path::new(".")))
             .map_err(|e| format!("config {}: {e}", path.display()))
     }
 
-    /// Parses TOML config text.
+    /// Parses TOML config text; relative paths in it (a queue's `env_file` and `cwd`) are taken
+    /// from the current directory.
     pub fn from_toml(text: &str, workers_override: Option<usize>) -> Result<Config, String> {
+        Config::from_toml_in(text, workers_override, Path::new("."))
+    }
+
+    /// Parses TOML config text; relative paths in it are taken from `base` (the config file's
+    /// directory).
+    pub fn from_toml_in(
+        text: &str,
+        workers_override: Option<usize>,
+        base: &Path,
+    ) -> Result<Config, String> {
         let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let workers = workers_override
             .or(f.workers)
@@ -494,6 +529,7 @@ impl Config {
                 if let Some(d) = qdur(&q.alert_stall, "alert_stall")? {
                     qc.alert_stall = d;
                 }
+                qc.exec = exec_defaults(&name, &q, base)?;
                 c.queues.push(qc);
             }
         }
@@ -799,6 +835,104 @@ struct FileQueue {
     alert_slack: Option<String>,
     alert_wait: Option<String>,
     alert_stall: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    env_file: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+}
+
+/// A queue's `env_file`, `env` and `cwd`, paths taken from `base`. Errors name the file, the
+/// line and the variable, never a value.
+fn exec_defaults(queue: &str, q: &FileQueue, base: &Path) -> Result<ExecDefaults, String> {
+    let abs = |p: &Path| -> Result<PathBuf, String> {
+        let p = base.join(p);
+        std::path::absolute(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut d = ExecDefaults::default();
+    if let Some(file) = &q.env_file {
+        let path = abs(file).map_err(|e| format!("queue {queue}: env_file {e}"))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("queue {queue}: env_file {}: {e}", path.display()))?;
+        d.env = parse_env_file(&text)
+            .map_err(|e| format!("queue {queue}: env_file {}: {e}", path.display()))?;
+    }
+    for (k, v) in q.env.iter().flatten() {
+        d.env.insert(k.clone(), v.clone());
+    }
+    for (k, v) in &d.env {
+        if let Err(e) = check_env_var(k, v) {
+            return Err(format!("queue {queue}: env: {e}"));
+        }
+    }
+    if let Some(cwd) = &q.cwd {
+        let path = abs(cwd).map_err(|e| format!("queue {queue}: cwd {e}"))?;
+        if !path.is_dir() {
+            return Err(format!(
+                "queue {queue}: cwd {} is not a directory",
+                path.display()
+            ));
+        }
+        d.cwd = Some(path);
+    }
+    Ok(d)
+}
+
+/// Checks one environment variable of an exec job: a name without `=` or NUL, a value without
+/// NUL. The message names the variable, never its value.
+pub fn check_env_var(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(format!("invalid environment variable name {name:?}"));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of {name} contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Parses an `env_file`: `NAME=value` lines (an `export ` before the name is allowed), blank
+/// lines and `#` comments skipped; a value in single quotes is taken as it is, one in double
+/// quotes with `\"`, `\\`, `\n` unescaped; otherwise the value is the rest of the line, trimmed.
+pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut vars = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected NAME=value", i + 1));
+        };
+        let name = name.trim();
+        let value = value.trim();
+        let value = if let Some(v) = value.strip_prefix('\'') {
+            v.strip_suffix('\'')
+                .ok_or_else(|| format!("line {}: {name}: unclosed single quote", i + 1))?
+                .to_string()
+        } else if let Some(v) = value.strip_prefix('"') {
+            let v = v
+                .strip_suffix('"')
+                .ok_or_else(|| format!("line {}: {name}: unclosed double quote", i + 1))?;
+            let mut out = String::with_capacity(v.len());
+            let mut chars = v.chars();
+            while let Some(c) = chars.next() {
+                if c != '\\' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some(c) => out.push(c),
+                    None => out.push('\\'),
+                }
+            }
+            out
+        } else {
+            value.to_string()
+        };
+        check_env_var(name, &value).map_err(|e| format!("line {}: {e}", i + 1))?;
+        vars.insert(name.to_string(), value);
+    }
+    Ok(vars)
 }
 
 #[derive(Deserialize)]
@@ -1024,5 +1158,40 @@ mod tests {
         assert!(parse_duration("5").unwrap_err().contains("add a unit"));
         assert!(parse_duration("99999999999999999999d").is_err());
         assert!(parse_duration("4000d").unwrap_err().contains("10 years"));
+    }
+
+    #[test]
+    fn env_files_parse_like_a_shell_would_read_them_and_errors_name_no_value() {
+        let v = parse_env_file(
+            "# c\n\nA=1\nexport B = two words \nC='x \"y\" $z'\nD=\"a\\\"b\\nc\"\nE=\nF=g=h\n",
+        )
+        .unwrap();
+        let want: BTreeMap<String, String> = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "x \"y\" $z"),
+            ("D", "a\"b\nc"),
+            ("E", ""),
+            ("F", "g=h"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(v, want);
+        for (text, err) in [
+            ("A=1\nnoequals\n", "line 2: expected NAME=value"),
+            ("K='open\n", "line 1: K: unclosed single quote"),
+            ("K=\"open\n", "line 1: K: unclosed double quote"),
+            ("=secret\n", "line 1: invalid environment variable name \"\""),
+        ] {
+            let e = parse_env_file(text).unwrap_err();
+            assert_eq!(e, err);
+            assert!(!e.contains("secret") && !e.contains("open"));
+        }
+        // The values stay out of the config's Debug form (it may be logged).
+        let mut d = ExecDefaults::default();
+        d.env.insert("TOKEN".into(), "hunter2".into());
+        let dbg = format!("{d:?}");
+        assert!(dbg.contains("TOKEN") && !dbg.contains("hunter2"), "{dbg}");
     }
 }

@@ -13,6 +13,7 @@ mod daemon;
 mod email;
 mod embedded;
 mod exec_containment;
+mod exec_env;
 mod golden_wal;
 mod layering;
 mod lifecycle;

@@ -39,7 +39,15 @@ pub struct SubmitArgs {
     /// Payload as JSON.
     #[arg(long, conflicts_with = "program")]
     payload: Option<String>,
-    /// Program and arguments for an exec job (after `--`).
+    /// An environment variable of the exec job, NAME=VALUE (repeatable; on top of the queue's
+    /// env; nothing else of this shell's environment goes with the job).
+    #[arg(long = "env", value_name = "NAME=VALUE", conflicts_with = "payload")]
+    env: Vec<String>,
+    /// Working directory of the exec job (a relative one is taken from here).
+    #[arg(long, value_name = "DIR", conflicts_with = "payload")]
+    cwd: Option<std::path::PathBuf>,
+    /// Program and arguments for an exec job (after `--`); a relative program path with a `/`
+    /// (`./bill.sh`) is taken from here.
     #[arg(last = true, id = "program")]
     program: Vec<String>,
     #[command(flatten)]
@@ -74,6 +82,32 @@ pub(super) fn print_reply(v: &impl Serialize) -> CliResult {
     print_json(&v)
 }
 
+/// The exec payload of `submit -- PROGRAM ARGS`: relative paths made absolute from here (the
+/// daemon runs elsewhere).
+fn exec_payload(a: &SubmitArgs) -> Result<Value, String> {
+    let here = || std::env::current_dir().map_err(|e| format!("the current directory: {e}"));
+    let mut argv = a.program.clone();
+    if argv[0].contains('/') && !std::path::Path::new(&argv[0]).is_absolute() {
+        argv[0] = here()?.join(&argv[0]).to_string_lossy().into_owned();
+    }
+    let mut p = serde_json::json!({ "argv": argv });
+    if !a.env.is_empty() {
+        let mut env = serde_json::Map::new();
+        for kv in &a.env {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--env {kv:?}: expected NAME=VALUE"))?;
+            duejob::config::check_env_var(k, v).map_err(|e| format!("--env: {e}"))?;
+            env.insert(k.to_string(), v.into());
+        }
+        p["env"] = env.into();
+    }
+    if let Some(cwd) = &a.cwd {
+        p["cwd"] = here()?.join(cwd).to_string_lossy().into_owned().into();
+    }
+    Ok(p)
+}
+
 pub fn submit(a: SubmitArgs) -> CliResult {
     let kind = match (&a.kind, a.program.is_empty()) {
         (Some(k), _) => k.clone(),
@@ -84,7 +118,10 @@ pub fn submit(a: SubmitArgs) -> CliResult {
         (Some(p), _) => {
             serde_json::from_str(p).map_err(|e| format!("--payload is not valid JSON: {e}"))?
         }
-        (None, false) => serde_json::json!({ "argv": a.program }),
+        (None, false) => exec_payload(&a)?,
+        (None, true) if !a.env.is_empty() || a.cwd.is_some() => {
+            return Err("--env and --cwd go with a program after `--`".into())
+        }
         (None, true) => serde_json::json!({}),
     };
     let mut job = Submit::new(&a.queue, &kind).payload(payload);

@@ -189,6 +189,11 @@ pub trait Handler: Send + Sync + 'static {
     fn admit(&self, payload: &str) -> Result<Admitted, String> {
         self.validate(payload).map(|()| Admitted::default())
     }
+    /// [`Handler::admit`] for a job of `queue` (`exec` puts the queue's `env` and `cwd` under
+    /// the payload). The default ignores the queue.
+    fn admit_in(&self, _queue: &str, payload: &str) -> Result<Admitted, String> {
+        self.admit(payload)
+    }
     /// How the outside service this kind depends on is faring, if it has one.
     fn health(&self) -> Option<KindHealth> {
         None
@@ -244,6 +249,11 @@ impl Kinds {
         k.register("exec", Arc::new(exec::Exec::default()));
         k.register("email", Arc::new(email::Email::unconfigured()));
         k
+    }
+
+    /// Gives the built-in `exec` kind the queues' `env`, `env_file` and `cwd`.
+    pub fn configure_exec(&mut self, queues: &[crate::config::QueueConfig]) {
+        self.register("exec", Arc::new(exec::Exec::with_queues(queues)));
     }
 
     /// Points the built-in `email` kind at an SMTP server.

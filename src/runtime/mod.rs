@@ -239,7 +239,7 @@ impl Handle {
             .inner
             .kinds
             .handler(kind)
-            .admit(spec.payload)
+            .admit_in(&q.name, spec.payload)
             .map_err(|m| Rejection::new(ErrorCode::InvalidPayload, m))?;
         let key: Option<Box<str>> = match (spec.key, admitted.default_key) {
             (Some(k), _) => Some(k.into()),
@@ -756,6 +756,7 @@ pub struct RuntimeBuilder {
     storage: Option<Arc<dyn Storage>>,
     /// The application registered its own `email` kind: `[smtp]` does not replace it.
     own_email: bool,
+    own_exec: bool,
 }
 
 impl RuntimeBuilder {
@@ -779,6 +780,7 @@ impl RuntimeBuilder {
     /// Registers a kind.
     pub fn register(mut self, name: &str, handler: impl Handler) -> Self {
         self.own_email |= name == "email";
+        self.own_exec |= name == "exec";
         self.kinds.register(name, Arc::new(handler));
         self
     }
@@ -791,6 +793,9 @@ impl RuntimeBuilder {
     /// Recovers the WAL and starts the threads.
     pub fn start(mut self) -> Result<Runtime, Error> {
         self.config.validate().map_err(Error::Config)?;
+        if !self.own_exec {
+            self.kinds.configure_exec(&self.config.queues);
+        }
         if let (Some(smtp), false) = (&self.config.smtp, self.own_email) {
             self.kinds.configure_email(smtp).map_err(Error::Config)?;
             log::info!(
@@ -1032,6 +1037,7 @@ impl Runtime {
             kinds: Kinds::builtin(),
             storage: None,
             own_email: false,
+            own_exec: false,
         }
     }
 

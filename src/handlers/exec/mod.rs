@@ -1,8 +1,13 @@
 //! The `exec` kind: runs an argv (never through a shell) with an explicit environment.
 //!
-//! Payload: `{"argv": ["prog", "arg"], "env": {"K": "V"}, "cwd": "/dir"}`. The child gets only the
-//! given environment, plus `PATH=/usr/local/bin:/usr/bin:/bin` unless the payload sets `PATH`.
-//! It runs in its own process group with stdin from /dev/null. Exit status 0 is success. On
+//! Payload: `{"argv": ["prog", "arg"], "env": {"K": "V"}, "cwd": "/dir"}`, on top of the queue's
+//! `env`, `env_file` and `cwd` ([`ExecDefaults`]; the payload's variables win). The child gets only
+//! that environment, plus `PATH=/usr/local/bin:/usr/bin:/bin` unless it sets `PATH`, and
+//! `DUEJOB_JOB_ID`, `DUEJOB_ATTEMPT`, `DUEJOB_QUEUE` (and `DUEJOB_REPLAY_OF` for a replay); nothing
+//! of the daemon's own environment. A relative `cwd` is taken from the queue's `cwd`, a relative
+//! program path (`./bill.sh`, one with a `/`) from the job's working directory; with neither
+//! to take it from, the job is refused at submit (the daemon's own directory is nobody's
+//! business). It runs in its own process group with stdin from /dev/null. Exit status 0 is success. On
 //! timeout (or cancel) the whole group gets SIGTERM, then SIGKILL after [`KILL_GRACE`]. When the
 //! program exits, whatever it left running in its group is killed too, and the attempt ends: output
 //! still held open by a process that left the group is not waited for (beyond [`OUTPUT_DRAIN`]).
@@ -19,14 +24,15 @@
 pub mod child;
 pub mod journal;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Handler, JobContext, JobError};
+use super::{Admitted, Handler, JobContext, JobError};
+use crate::config::{ExecDefaults, QueueConfig};
 use journal::Journal;
 
 /// Bytes of stdout and of stderr kept.
@@ -63,9 +69,7 @@ impl ExecPayload {
             return Err("exec payload: argv must not contain NUL bytes".into());
         }
         for (k, v) in &p.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Err(format!("exec payload: invalid environment variable {k:?}"));
-            }
+            crate::config::check_env_var(k, v).map_err(|e| format!("exec payload: {e}"))?;
         }
         if p.cwd
             .as_deref()
@@ -74,6 +78,38 @@ impl ExecPayload {
             return Err("exec payload: cwd must be a non-empty path".into());
         }
         Ok(p)
+    }
+
+    /// Puts the queue's defaults under the payload (see the module doc): the environment
+    /// merged, `cwd` and a relative program path made absolute.
+    pub fn resolve(&mut self, defaults: Option<&ExecDefaults>) -> Result<(), String> {
+        if let Some(d) = defaults {
+            for (k, v) in &d.env {
+                self.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let base = defaults.and_then(|d| d.cwd.as_deref());
+        let cwd: Option<std::path::PathBuf> = match self.cwd.as_deref().map(Path::new) {
+            Some(c) if c.is_absolute() => Some(c.to_path_buf()),
+            Some(c) => Some(base.map(|b| b.join(c)).ok_or_else(|| {
+                format!(
+                    "exec payload: cwd {c:?} is relative and the queue has no cwd to take it                      from: give an absolute path (`duejob submit --cwd` sends one)"
+                )
+            })?),
+            None => base.map(Path::to_path_buf),
+        };
+        let prog = Path::new(&self.argv[0]);
+        if !prog.is_absolute() && self.argv[0].contains('/') {
+            let dir = cwd.as_deref().ok_or_else(|| {
+                format!(
+                    "exec payload: program {:?} is a relative path and the job has no working                      directory to take it from: give an absolute path, a cwd, or the queue a cwd                      (`duejob submit` sends absolute paths)",
+                    self.argv[0]
+                )
+            })?;
+            self.argv[0] = dir.join(prog).to_string_lossy().into_owned();
+        }
+        self.cwd = cwd.map(|c| c.to_string_lossy().into_owned());
+        Ok(())
     }
 }
 
@@ -84,11 +120,38 @@ impl ExecPayload {
 pub struct Exec {
     running: Mutex<HashSet<i32>>,
     journal: OnceLock<Journal>,
+    /// Each queue's `env`, `env_file` and `cwd`, by queue name.
+    queues: HashMap<String, ExecDefaults>,
+}
+
+impl Exec {
+    /// The handler with the queues' exec defaults.
+    pub fn with_queues(queues: &[QueueConfig]) -> Exec {
+        Exec {
+            queues: queues
+                .iter()
+                .filter(|q| q.exec != ExecDefaults::default())
+                .map(|q| (q.name.clone(), q.exec.clone()))
+                .collect(),
+            ..Exec::default()
+        }
+    }
+
+    /// The payload with its queue's defaults under it.
+    fn resolved(&self, queue: &str, payload: &str) -> Result<ExecPayload, String> {
+        let mut p = ExecPayload::parse(payload)?;
+        p.resolve(self.queues.get(queue))?;
+        Ok(p)
+    }
 }
 
 impl Handler for Exec {
     fn validate(&self, payload: &str) -> Result<(), String> {
         ExecPayload::parse(payload).map(|_| ())
+    }
+
+    fn admit_in(&self, queue: &str, payload: &str) -> Result<Admitted, String> {
+        self.resolved(queue, payload).map(|_| Admitted::default())
     }
 
     fn start(&self, data_dir: Option<&Path>) -> Result<(), String> {
@@ -103,7 +166,12 @@ impl Handler for Exec {
     }
 
     fn run(&self, ctx: &JobContext<'_>) -> Result<(), JobError> {
-        let mut p = ExecPayload::parse(ctx.payload)?;
+        let mut p = self
+            .resolved(ctx.queue, ctx.payload)
+            .map_err(JobError::permanent)?;
+        p.env.insert("DUEJOB_JOB_ID".into(), ctx.id.to_string());
+        p.env.insert("DUEJOB_ATTEMPT".into(), ctx.attempt.to_string());
+        p.env.insert("DUEJOB_QUEUE".into(), ctx.queue.to_string());
         if let Some(of) = ctx.replay_of {
             p.env.insert("DUEJOB_REPLAY_OF".into(), of.to_string());
         }
@@ -204,6 +272,35 @@ mod tests {
         assert_eq!(run(&p, None), Ok(()), "explicit environment only");
         let e = run(&payload(&["/nonexistent/prog"]), None).unwrap_err();
         assert!(e.reason.contains("cannot start"), "{}", e.reason);
+    }
+
+    #[test]
+    fn the_queue_defaults_go_under_the_payload_and_relative_paths_need_a_base() {
+        let q = ExecDefaults {
+            env: [("A", "queue"), ("B", "queue")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: Some("/srv/app".into()),
+        };
+        let mut p =
+            ExecPayload::parse(r#"{"argv":["./bin/x","./arg"],"env":{"B":"job"},"cwd":"tmp"}"#)
+                .unwrap();
+        p.resolve(Some(&q)).unwrap();
+        assert_eq!(p.argv, ["/srv/app/tmp/./bin/x", "./arg"], "only the program is resolved");
+        assert_eq!(p.cwd.as_deref(), Some("/srv/app/tmp"));
+        assert_eq!(p.env["A"], "queue");
+        assert_eq!(p.env["B"], "job", "the payload wins");
+        let mut p = ExecPayload::parse(r#"{"argv":["bin/x"],"cwd":"/abs"}"#).unwrap();
+        p.resolve(Some(&q)).unwrap();
+        assert_eq!((p.argv[0].as_str(), p.cwd.as_deref()), ("/abs/bin/x", Some("/abs")));
+        let mut p = ExecPayload::parse(r#"{"argv":["sh"]}"#).unwrap();
+        p.resolve(None).unwrap();
+        assert_eq!((p.argv[0].as_str(), p.cwd.as_deref()), ("sh", None), "PATH lookup");
+        let mut p = ExecPayload::parse(r#"{"argv":["./x"]}"#).unwrap();
+        assert!(p.resolve(None).unwrap_err().contains("relative path"));
+        let mut p = ExecPayload::parse(r#"{"argv":["x"],"cwd":"rel"}"#).unwrap();
+        assert!(p.resolve(None).unwrap_err().contains("no cwd"));
     }
 
     #[test]

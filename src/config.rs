@@ -1182,7 +1182,10 @@ mod tests {
             ("A=1\nnoequals\n", "line 2: expected NAME=value"),
             ("K='open\n", "line 1: K: unclosed single quote"),
             ("K=\"open\n", "line 1: K: unclosed double quote"),
-            ("=secret\n", "line 1: invalid environment variable name \"\""),
+            (
+                "=secret\n",
+                "line 1: invalid environment variable name \"\"",
+            ),
         ] {
             let e = parse_env_file(text).unwrap_err();
             assert_eq!(e, err);

@@ -134,7 +134,11 @@ fn cli_submit_status_stats_queue_list_and_errors() {
     let (st, out, _) = cli(&["status", "--socket", s, "--json", &id.to_string()]);
     assert!(st.success());
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["kind"], "exec");
+    assert_eq!(
+        (&v["ok"], &v["job"]["kind"]),
+        (&true.into(), &"exec".into()),
+        "{v}"
+    );
 
     // A failing program ends dead with its exit status and output tail.
     let (_, out, _) = cli(&[
@@ -152,6 +156,7 @@ fn cli_submit_status_stats_queue_list_and_errors() {
     d.wait_idle(Duration::from_secs(30));
     let (_, out, _) = cli(&["status", "--socket", s, "--json", &bad.to_string()]);
     let v: Value = serde_json::from_str(&out).unwrap();
+    let v = &v["job"];
     assert_eq!(v["state"], "dead");
     assert_eq!(v["attempts"][0]["exit_code"], 4);
     assert_eq!(v["attempts"][0]["output_tail"], "--- stderr ---\noops\n");
@@ -174,11 +179,13 @@ fn cli_submit_status_stats_queue_list_and_errors() {
     let (st, out, _) = cli(&["cancel", "--socket", s, &v["id"].to_string()]);
     assert!(st.success() && out.contains("cancelled"), "{out}");
 
-    // Errors: one clear line on stderr, non-zero exit.
-    for (args, needle) in [
+    // Errors: one clear line on stderr (and a hint line for the common mistakes), each cause its
+    // documented exit code.
+    for (args, needle, code) in [
         (
             vec!["submit", "--socket", s, "--queue", "nope", "--kind", "noop"],
             "unknown queue",
+            1,
         ),
         (
             vec![
@@ -193,6 +200,7 @@ fn cli_submit_status_stats_queue_list_and_errors() {
                 "5 parsecs",
             ],
             "--delay",
+            2,
         ),
         (
             vec![
@@ -207,19 +215,22 @@ fn cli_submit_status_stats_queue_list_and_errors() {
                 "{oops",
             ],
             "--payload",
+            2,
         ),
-        (vec!["status", "--socket", s, "99999"], "no job 99999"),
+        (vec!["status", "--socket", s, "99999"], "no job 99999", 3),
         (
             vec!["stats", "--socket", "/nonexistent/duejob.sock"],
             "cannot connect",
+            4,
         ),
     ] {
         let (st, _, err) = cli(&args);
-        assert!(!st.success(), "{args:?}");
+        assert_eq!(st.code(), Some(code), "{args:?}");
         assert!(
             err.starts_with("duejob: error: ")
                 && err.contains(needle)
-                && err.trim().lines().count() == 1,
+                && (err.trim().lines().count() == 1
+                    || err.trim().lines().nth(1).unwrap().starts_with("  hint: ")),
             "{args:?}: {err}"
         );
     }

@@ -8,6 +8,7 @@ mod common;
 mod bad_input;
 mod catalog;
 mod checkpoint;
+mod cli;
 mod crash;
 mod daemon;
 mod email;

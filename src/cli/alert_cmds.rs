@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::client_cmds::print_reply;
 use super::fmt::{millis, time};
-use super::{CliResult, ClientOpts};
+use super::{CliError, CliResult, ClientOpts};
 use duejob::client::Client;
 use duejob::config::parse_duration;
 use duejob::wire::{QueueChange, QueueInfo};
@@ -82,12 +82,12 @@ pub struct QueueSetArgs {
     opts: ClientOpts,
 }
 
-fn ms(s: &Option<String>, what: &str) -> Result<Option<u64>, String> {
+fn ms(s: &Option<String>, what: &str) -> Result<Option<u64>, CliError> {
     s.as_deref()
         .map(|d| {
             parse_duration(d)
                 .map(|d| d.as_millis() as u64)
-                .map_err(|e| format!("--{what}: {e}"))
+                .map_err(|e| CliError::usage(format!("--{what}: {e}")))
         })
         .transpose()
 }
@@ -133,7 +133,8 @@ fn print_queue(q: &QueueInfo, json: bool) -> CliResult {
     } else {
         format!("changed from the config file: {}", q.overridden.join(", "))
     };
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "queue {}: due_in {}, max_workers {}, reserved {}, lend_limit {}{paused} ({changed})",
         q.queue,
         millis(q.due_in_ms as f64),

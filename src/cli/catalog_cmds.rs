@@ -8,9 +8,9 @@ use duejob::client::{JobsQuery, ReplaySpec};
 use duejob::wire::State;
 use duejob::Client;
 
-use super::client_cmds::{print_json, print_reply};
+use super::client_cmds::print_reply;
 use super::fmt::{parse_time, time};
-use super::{CliResult, ClientOpts};
+use super::{CliError, CliResult, ClientOpts};
 
 /// States given as `dead,cancelled`.
 #[derive(Debug, Clone)]
@@ -133,12 +133,11 @@ pub struct ReplayArgs {
 
 pub fn replay(a: ReplayArgs) -> CliResult {
     if a.since >= a.until {
-        return Err(format!(
+        return Err(CliError::usage(format!(
             "--since ({}) must be before --until ({})",
             time(a.since),
             time(a.until)
-        )
-        .into());
+        )));
     }
     let mut c = Client::connect(&a.opts.socket)?;
     let r = c.replay(&ReplaySpec {
@@ -239,7 +238,7 @@ pub fn catalog(cmd: CatalogCommand) -> CliResult {
         Err(e) => return Err(e.into()),
     };
     if opts.json {
-        return print_json(&r);
+        return print_reply(&r);
     }
     writeln!(
         std::io::stdout().lock(),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::fmt::{millis, parse_time, time};
-use super::{CliResult, ClientOpts};
+use super::{CliError, CliResult, ClientOpts};
 use duejob::client::{Client, DeadSelect, Submit};
 use duejob::config::parse_duration;
 use duejob::wire::State;
@@ -54,12 +54,12 @@ pub struct SubmitArgs {
     opts: ClientOpts,
 }
 
-fn ms(arg: &Option<String>, name: &str) -> Result<Option<u64>, String> {
+fn ms(arg: &Option<String>, name: &str) -> Result<Option<u64>, CliError> {
     arg.as_deref()
         .map(|s| {
             parse_duration(s)
                 .map(|d| d.as_millis() as u64)
-                .map_err(|e| format!("--{name}: {e}"))
+                .map_err(|e| CliError::usage(format!("--{name}: {e}")))
         })
         .transpose()
 }
@@ -84,7 +84,7 @@ pub(super) fn print_reply(v: &impl Serialize) -> CliResult {
 
 /// The exec payload of `submit -- PROGRAM ARGS`: relative paths made absolute from here (the
 /// daemon runs elsewhere).
-fn exec_payload(a: &SubmitArgs) -> Result<Value, String> {
+fn exec_payload(a: &SubmitArgs) -> Result<Value, CliError> {
     let here = || std::env::current_dir().map_err(|e| format!("the current directory: {e}"));
     let mut argv = a.program.clone();
     if argv[0].contains('/') && !std::path::Path::new(&argv[0]).is_absolute() {
@@ -96,8 +96,9 @@ fn exec_payload(a: &SubmitArgs) -> Result<Value, String> {
         for kv in &a.env {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| format!("--env {kv:?}: expected NAME=VALUE"))?;
-            duejob::config::check_env_var(k, v).map_err(|e| format!("--env: {e}"))?;
+                .ok_or_else(|| CliError::usage(format!("--env {kv:?}: expected NAME=VALUE")))?;
+            duejob::config::check_env_var(k, v)
+                .map_err(|e| CliError::usage(format!("--env: {e}")))?;
             env.insert(k.to_string(), v.into());
         }
         p["env"] = env.into();
@@ -112,15 +113,20 @@ pub fn submit(a: SubmitArgs) -> CliResult {
     let kind = match (&a.kind, a.program.is_empty()) {
         (Some(k), _) => k.clone(),
         (None, false) => "exec".into(),
-        (None, true) => return Err("give --kind, or a program after `--` for an exec job".into()),
+        (None, true) => {
+            return Err(CliError::usage(
+                "give --kind, or a program after `--` for an exec job",
+            ))
+        }
     };
     let payload: Value = match (&a.payload, a.program.is_empty()) {
-        (Some(p), _) => {
-            serde_json::from_str(p).map_err(|e| format!("--payload is not valid JSON: {e}"))?
-        }
+        (Some(p), _) => serde_json::from_str(p)
+            .map_err(|e| CliError::usage(format!("--payload is not valid JSON: {e}")))?,
         (None, false) => exec_payload(&a)?,
         (None, true) if !a.env.is_empty() || a.cwd.is_some() => {
-            return Err("--env and --cwd go with a program after `--`".into())
+            return Err(CliError::usage(
+                "--env and --cwd go with a program after `--`",
+            ))
         }
         (None, true) => serde_json::json!({}),
     };
@@ -148,7 +154,7 @@ pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     let mut c = Client::connect(&opts.socket)?;
     let j = c.status(id)?;
     if opts.json {
-        return print_json(&j);
+        return print_reply(&serde_json::json!({ "job": j }));
     }
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -392,7 +398,7 @@ pub fn queue_list(opts: &ClientOpts) -> CliResult {
             })
             .collect::<serde_json::Map<_, _>>()
             .into();
-        return print_json(&v);
+        return print_reply(&serde_json::json!({ "queues": v }));
     }
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -481,7 +487,7 @@ pub fn dead(cmd: DeadCommand) -> CliResult {
             let mut c = Client::connect(&opts.socket)?;
             let jobs = c.dead_list(queue.as_deref(), since)?;
             if opts.json {
-                return print_json(&jobs);
+                return print_reply(&serde_json::json!({ "jobs": jobs }));
             }
             let mut out = std::io::stdout().lock();
             writeln!(

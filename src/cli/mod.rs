@@ -5,6 +5,7 @@ mod alert_cmds;
 mod catalog_cmds;
 mod client_cmds;
 mod demo;
+pub mod error;
 pub mod fmt;
 mod serve;
 mod top;
@@ -14,8 +15,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Boxed error for the command line.
-pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+pub use error::{exit, CliError};
+
+/// What a subcommand returns.
+pub type CliResult = Result<(), CliError>;
 
 /// duejob: a durable, deadline-ordered job runner for one box.
 #[derive(Debug, Parser)]
@@ -93,6 +96,14 @@ enum Command {
     Wal(WalCommand),
     /// Demo: a bulk flood with notifications overtaking it, against plain FIFO.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (e.g. `duejob completions bash >
+    /// ~/.local/share/bash-completion/completions/duejob`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; `duejob man | man -l -`, or save it as duejob.1).
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,13 +163,36 @@ enum WalCommand {
     },
 }
 
-/// Parses `args` and runs the subcommand. Returns the process exit code.
+/// Parses `args` and runs the subcommand. Returns the process exit code ([`exit`]).
 pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    // Before `--` (what follows is a program's arguments).
+    let json = args
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return exit::OK;
+        }
+        Err(e) if json => {
+            let msg = e.kind().to_string();
+            let detail = e.to_string();
+            let first = detail
+                .lines()
+                .next()
+                .unwrap_or(&msg)
+                .trim_start_matches("error: ");
+            let err = CliError::usage(first.to_string())
+                .hint("`duejob help` lists the commands; `duejob COMMAND --help` the options");
+            return report(&err, true);
+        }
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return exit::USAGE;
         }
     };
     let default_log = match cli.command {
@@ -195,24 +229,94 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Wal(WalCommand::Salvage(a)) => wal::salvage(&a),
         Command::Wal(WalCommand::Checkpoint { opts }) => client_cmds::checkpoint(&opts),
         Command::Demo(a) => demo::run(&a),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man_page(),
     };
     match result {
-        Ok(()) => 0,
-        Err(e) if is_broken_pipe(e.as_ref()) => 0,
-        Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("duejob: error: {msg}");
-            1
-        }
+        Ok(()) => exit::OK,
+        Err(e) => report(&e, json),
     }
 }
 
-fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+/// `duejob completions SHELL`: from the same definitions as the parser.
+fn completions(shell: clap_complete::Shell) -> CliResult {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // Into memory first: the generator panics on a write error (a closed pipe).
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "duejob", &mut buf);
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, &buf)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
+/// `duejob man`: the man page, from the same definitions as the parser; one section per
+/// subcommand.
+fn man_page() -> CliResult {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    man.render_subcommands_section(&mut out)?;
+    let mut roff = clap_mangen::roff::Roff::new();
+    roff.control("SH", ["EXIT STATUS"]);
+    for (code, what) in [
+        (exit::OK, "done"),
+        (
+            exit::FAILED,
+            "the daemon refused the request, or the command failed",
+        ),
+        (exit::USAGE, "the command line is wrong"),
+        (exit::NOT_FOUND, "no such job"),
+        (
+            exit::UNREACHABLE,
+            "the daemon cannot be reached (not running, wrong socket, no permission, busy, \
+             stopping)",
+        ),
+    ] {
+        roff.control("TP", []);
+        roff.text([clap_mangen::roff::bold(code.to_string())]);
+        roff.text([clap_mangen::roff::roman(what)]);
+    }
+    roff.control("SH", ["ENVIRONMENT"]);
+    roff.control("TP", []);
+    roff.text([clap_mangen::roff::bold("DUEJOB_SOCKET")]);
+    roff.text([clap_mangen::roff::roman(
+        "the daemon's socket for the client commands (default ./duejob-data/duejob.sock)",
+    )]);
+    roff.control("TP", []);
+    roff.text([clap_mangen::roff::bold("RUST_LOG")]);
+    roff.text([clap_mangen::roff::roman(
+        "log level of the daemon (info by default) and the commands (warn)",
+    )]);
+    roff.to_writer(&mut out)?;
+    man.render_version_section(&mut out)?;
+    man.render_authors_section(&mut out)?;
+    Ok(())
+}
+
+/// Prints an error (stderr, or the JSON envelope on stdout) and returns its exit code; a broken
+/// pipe ends quietly.
+fn report(e: &CliError, json: bool) -> i32 {
+    if e.broken_pipe {
+        return exit::OK;
+    }
+    if json {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &e.envelope());
+        let _ = writeln!(out);
+    } else {
+        eprintln!("duejob: error: {}", e.message);
+        if let Some(h) = &e.hint {
+            eprintln!("  hint: {h}");
+        }
+    }
+    e.exit
 }

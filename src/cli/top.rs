@@ -14,7 +14,7 @@ use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::Frame;
 
 use super::fmt::millis;
-use super::{CliResult, ClientOpts};
+use super::{CliError, CliResult, ClientOpts};
 use duejob::client::Client;
 use duejob::wire::{AlertInfo, State, Stats};
 
@@ -38,11 +38,15 @@ struct Sample {
 /// `duejob top`.
 pub fn run(a: &TopArgs) -> CliResult {
     if !(0.1..=60.0).contains(&a.interval) {
-        return Err("--interval must be between 0.1 and 60 seconds".into());
+        return Err(CliError::usage(
+            "--interval must be between 0.1 and 60 seconds",
+        ));
     }
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() {
-        return Err("duejob top needs a terminal; for scripts, `duejob stats --json`".into());
+        return Err(CliError::usage(
+            "duejob top needs a terminal; for scripts, `duejob stats --json`",
+        ));
     }
     let every = Duration::from_secs_f64(a.interval);
     let mut terminal = ratatui::try_init()?;

@@ -362,10 +362,13 @@ impl prometheus_client::collector::Collector for Collected {
             "WAL bytes written since start-up.",
             [(vec![], w.bytes)],
         )?;
+        // From the histogram read in the same moment, so that one scrape's count and
+        // histogram agree (`stats` reads its own counter a little earlier).
+        let fsyncs: u64 = self.fsync.iter().sum();
         o.counter(
             "duejob_wal_fsyncs",
             "WAL fdatasyncs since start-up.",
-            [(vec![], w.fsyncs)],
+            [(vec![], fsyncs)],
         )?;
         o.gauge(
             "duejob_wal_segments",

@@ -158,7 +158,9 @@ pub fn inspect(data: &Path, json: bool) -> CliResult {
     }
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &ins)?;
+        let mut v = serde_json::to_value(&ins)?;
+        v["ok"] = true.into();
+        serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
         return Ok(());
     }

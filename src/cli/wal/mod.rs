@@ -11,6 +11,7 @@ pub mod dump;
 pub mod inspect;
 pub mod salvage;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use duejob::checkpoint::Summary;
@@ -138,13 +139,19 @@ pub fn verify(data: &Path) -> i32 {
         }
     }
     if let Some(s) = &summary {
-        println!(
+        let _ =
+            writeln!(std::io::stdout(),
             "checkpoint: through LSN {} (segment {}): {} live jobs, {} finished, {} keys, {} bytes",
             s.covered_lsn, s.covered_seq, s.jobs, s.done, s.keys, s.bytes
         );
     }
     if archived.0 > 0 {
-        println!("archive: {} segments, {} records", archived.0, archived.1);
+        let _ = writeln!(
+            std::io::stdout(),
+            "archive: {} segments, {} records",
+            archived.0,
+            archived.1
+        );
     }
     for p in &problems {
         eprintln!("duejob: {p}");
@@ -169,7 +176,8 @@ pub fn verify(data: &Path) -> i32 {
         );
     }
     let last = scan.last_lsn().unwrap_or(0);
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "{}: {} segments, {} records, last LSN {last}, {} problem(s)",
         dir.display(),
         scan.segments.len(),

@@ -17,6 +17,7 @@
 //! source's marks speak for the source's writes, not the copy's. The copying itself is the
 //! library's ([`duejob::wal::salvage`]); this is its command line and its report.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -112,15 +113,20 @@ pub fn salvage(a: &SalvageArgs) -> CliResult {
         .iter()
         .filter(|s| matches!(s.tail, Tail::Damaged { .. }))
         .count();
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "salvaged {copied} job record(s) from {} into {} (with LSNs and sync marks of its own)",
         src.display(),
         dst.display()
     );
     if problems.is_empty() {
-        println!("the log had no damage: the copy is complete");
+        let _ = writeln!(
+            std::io::stdout(),
+            "the log had no damage: the copy is complete"
+        );
     } else {
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "{} problem(s) in {damaged} damaged segment(s); check the copy with `duejob wal \
              inspect {}`, then run it with `duejob serve --data {}` (or stop the daemon, move \
              {} aside and move {} in its place)",

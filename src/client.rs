@@ -152,6 +152,21 @@ impl Client {
         self.call(&Request::Status { id }).map(|s: JobStatus| s.job)
     }
 
+    /// A piece of an attempt's output: attempt `attempt` (default: the latest) of job `id`, from
+    /// byte `offset`. Follow a running attempt by asking again from the reply's `next`.
+    pub fn log(
+        &mut self,
+        id: u64,
+        attempt: Option<u32>,
+        offset: u64,
+    ) -> Result<crate::wire::JobLog, ClientError> {
+        self.call(&Request::Log {
+            id,
+            attempt,
+            offset: Some(offset),
+        })
+    }
+
     /// Figures per queue, for the WAL and for kinds with an outside service.
     pub fn stats(&mut self) -> Result<Stats, ClientError> {
         self.call(&Request::Stats)

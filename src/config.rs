@@ -281,6 +281,8 @@ pub struct Config {
     pub history_retention: Duration,
     /// Alerts: the command run on each, and the daemon-wide thresholds.
     pub alerts: AlertConfig,
+    /// Most bytes of exec job output kept in `DATA/output/` (`output_max_mib`; 0: none).
+    pub output_max_bytes: u64,
 }
 
 /// When checkpoints are taken, and how long released segments are kept (`docs/config.md`).
@@ -323,6 +325,9 @@ pub const MAX_CONNECTIONS: usize = 65_536;
 /// Largest WAL segment (`segment_size_mib`), in MiB.
 pub const MAX_SEGMENT_MIB: u64 = 1024;
 
+/// Default `output_max_mib`: exec job output kept in `DATA/output/`.
+pub const DEFAULT_OUTPUT_MAX_MIB: u64 = 1024;
+
 /// Longest request line (`max_line_bytes`): keeps every WAL record well under the format's limit
 /// (16 MiB) whatever a line holds.
 pub const MAX_LINE_LIMIT: usize = 8 << 20;
@@ -364,6 +369,7 @@ impl Config {
             catalog: true,
             history_retention: Duration::from_secs(30 * 86_400),
             alerts: AlertConfig::default(),
+            output_max_bytes: DEFAULT_OUTPUT_MAX_MIB << 20,
         }
     }
 
@@ -470,6 +476,9 @@ impl Config {
                      partitions), not {d}"
                 ));
             }
+        }
+        if let Some(m) = f.output_max_mib {
+            c.output_max_bytes = m.saturating_mul(1 << 20);
         }
         if let Some(smtp) = f.smtp {
             c.smtp = Some(smtp.build(&|name| std::env::var(name).ok())?);
@@ -716,6 +725,7 @@ struct FileConfig {
     alert_timeout: Option<String>,
     alert_clear: Option<String>,
     alert_fsync: Option<String>,
+    output_max_mib: Option<u64>,
     #[serde(default)]
     queues: BTreeMap<String, FileQueue>,
     smtp: Option<FileSmtp>,

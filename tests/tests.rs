@@ -22,6 +22,7 @@ mod metrics;
 mod model;
 mod observe;
 mod ordering;
+mod output;
 mod power_cut;
 mod protocol_doc;
 mod queue_control;

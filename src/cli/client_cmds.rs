@@ -150,6 +150,79 @@ pub fn submit(a: SubmitArgs) -> CliResult {
     Ok(())
 }
 
+/// `log` arguments.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Job id.
+    id: u64,
+    /// This attempt (default: the latest).
+    #[arg(long)]
+    attempt: Option<u32>,
+    /// Follow: print output as it comes, through the job's retries, until it ends.
+    #[arg(short, long, conflicts_with = "json")]
+    follow: bool,
+    #[command(flatten)]
+    opts: ClientOpts,
+}
+
+/// How often `log -f` asks for more.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub fn log(a: &LogArgs) -> CliResult {
+    let mut c = Client::connect(&a.opts.socket)?;
+    let mut attempt = a.attempt;
+    let mut offset = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let r = c.log(a.id, attempt, offset)?;
+        if a.opts.json {
+            return print_reply(&r);
+        }
+        if r.skipped > 0 {
+            eprintln!(
+                "duejob: ({} earlier bytes of attempt {} are no longer kept)",
+                r.skipped,
+                r.attempt.unwrap_or(0)
+            );
+        }
+        out.write_all(r.output.as_bytes())?;
+        out.flush()?;
+        offset = r.next;
+        if attempt.is_none() && r.attempt.is_some() {
+            attempt = r.attempt;
+        }
+        if !r.output.is_empty() {
+            continue; // more may be there already
+        }
+        if !a.follow {
+            if r.attempt.is_none() {
+                eprintln!("duejob: job {} has not started yet ({})", a.id, r.state);
+            }
+            return Ok(());
+        }
+        if r.running {
+            std::thread::sleep(FOLLOW_POLL);
+            continue;
+        }
+        // This attempt has ended and is read to its end: on to the next, if there is one
+        // (the job may have ended since, with more attempts than this follower saw).
+        if a.attempt.is_some() {
+            return Ok(());
+        }
+        let current = attempt.unwrap_or(0);
+        if r.attempts > current {
+            attempt = Some(current + 1);
+            offset = 0;
+            eprintln!("duejob: --- attempt {} ---", current + 1);
+            continue;
+        }
+        if r.state.is_terminal() {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
 pub fn status(id: u64, opts: &ClientOpts) -> CliResult {
     let mut c = Client::connect(&opts.socket)?;
     let j = c.status(id)?;

@@ -56,6 +56,9 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Show an exec job's output (stdout and stderr as they came; the last 32-64 KiB of each
+    /// attempt); -f follows it while it runs, through its retries, until the job ends.
+    Log(client_cmds::LogArgs),
     /// Show per-queue and WAL figures.
     Stats {
         #[command(flatten)]
@@ -208,6 +211,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Submit(a) => client_cmds::submit(a),
         Command::Status { id, opts } => client_cmds::status(id, &opts),
         Command::Stats { opts } => client_cmds::stats(&opts),
+        Command::Log(a) => client_cmds::log(&a),
         Command::Alerts { opts } => alert_cmds::alerts(&opts),
         Command::Top(a) => top::run(&a),
         Command::Cancel { id, opts } => client_cmds::cancel(id, &opts),

@@ -251,9 +251,10 @@ impl Kinds {
         k
     }
 
-    /// Gives the built-in `exec` kind the queues' `env`, `env_file` and `cwd`.
-    pub fn configure_exec(&mut self, queues: &[crate::config::QueueConfig]) {
-        self.register("exec", Arc::new(exec::Exec::with_queues(queues)));
+    /// Gives the built-in `exec` kind the queues' `env`, `env_file` and `cwd`, and its output
+    /// budget.
+    pub fn configure_exec(&mut self, cfg: &crate::config::Config) {
+        self.register("exec", Arc::new(exec::Exec::configured(cfg)));
     }
 
     /// Points the built-in `email` kind at an SMTP server.

@@ -480,6 +480,61 @@ impl Handle {
         Ok((stats, m, w.fsync_buckets(), w.group_buckets()))
     }
 
+    /// A piece of an attempt's output (`duejob log`): attempt `attempt` (default: the latest)
+    /// of job `id`, from byte `offset` of its output, at most 64 KiB. While the attempt runs,
+    /// the piece ends before an incomplete UTF-8 sequence (it comes whole in the next read).
+    pub fn log(
+        &self,
+        id: u64,
+        attempt: Option<u32>,
+        offset: u64,
+    ) -> Result<crate::wire::JobLog, Rejection> {
+        use crate::handlers::exec::output;
+        let job = self
+            .status(id)?
+            .ok_or_else(|| Rejection::new(ErrorCode::NotFound, format!("no job {id}")))?;
+        let attempts = job.attempts.len() as u32;
+        let latest = job.attempts.last().map(|a| a.number);
+        let attempt = match attempt {
+            Some(n) if !job.attempts.iter().any(|a| a.number == n) => {
+                return Err(Rejection::new(
+                    ErrorCode::NotFound,
+                    format!("job {id} has no attempt {n} (it has had {attempts})"),
+                ))
+            }
+            Some(n) => Some(n),
+            None => latest,
+        };
+        let running =
+            job.state == crate::wire::State::Running && attempt.is_some() && attempt == latest;
+        let mut piece = match (attempt, &self.inner.data_dir) {
+            (Some(n), Some(dir)) => {
+                output::read(&dir.join("output"), id, n, offset, output::MAX_READ)
+            }
+            _ => output::Chunked {
+                start: offset,
+                next: offset,
+                ..output::Chunked::default()
+            },
+        };
+        if running {
+            let whole = utf8_prefix(&piece.data);
+            piece.data.truncate(whole);
+            piece.next = piece.start + whole as u64;
+        }
+        Ok(crate::wire::JobLog {
+            id,
+            attempt,
+            attempts,
+            state: job.state,
+            running,
+            start: piece.start,
+            next: piece.next,
+            skipped: piece.skipped,
+            output: String::from_utf8_lossy(&piece.data).into_owned(),
+        })
+    }
+
     /// The alert figures `stats` shows (without asking the dispatcher for the rest).
     pub fn alert_summary(&self) -> crate::wire::AlertsReport {
         self.inner.alerts.report()
@@ -794,7 +849,7 @@ impl RuntimeBuilder {
     pub fn start(mut self) -> Result<Runtime, Error> {
         self.config.validate().map_err(Error::Config)?;
         if !self.own_exec {
-            self.kinds.configure_exec(&self.config.queues);
+            self.kinds.configure_exec(&self.config);
         }
         if let (Some(smtp), false) = (&self.config.smtp, self.own_email) {
             self.kinds.configure_email(smtp).map_err(Error::Config)?;
@@ -1116,5 +1171,28 @@ mod tests {
         assert_eq!(json_depth("7"), 0);
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert_eq!(json_depth(&deep), 200);
+    }
+}
+
+/// Length of `b` without an incomplete UTF-8 sequence at its end (one cut by the read, whose
+/// rest comes with the next).
+fn utf8_prefix(b: &[u8]) -> usize {
+    // The last lead byte, within the last 4 bytes.
+    let Some(lead) = (b.len().saturating_sub(4)..b.len())
+        .rev()
+        .find(|&i| b[i] & 0xC0 != 0x80)
+    else {
+        return b.len();
+    };
+    let need = match b[lead] {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => 1,
+    };
+    if b.len() - lead < need {
+        lead
+    } else {
+        b.len()
     }
 }

@@ -45,6 +45,11 @@ fn handle(req: Request<'_>, cx: &mut Cx<'_, '_>) -> Slot {
         Request::Submit(job) => submit(&job, cx),
         Request::SubmitBatch { jobs } => submit_batch(&jobs, cx),
         Request::Status { id } => status(id, cx),
+        Request::Log {
+            id,
+            attempt,
+            offset,
+        } => ok_or_error(cx.handle.log(id, attempt, offset.unwrap_or(0))),
         Request::Stats => ok_or_error(cx.handle.stats()),
         Request::Cancel { id } => cancel(id, cx),
         Request::DeadList { queue, since } => ok_or_error(

@@ -16,7 +16,7 @@ pub use info::{
 };
 pub use reply::{
     AlertList, BatchSubmitted, Cancelled, CatalogRebuilt, CheckpointTaken, DeadJobs, Hello, Ids,
-    JobList, JobStatus, QueueInfo, Replayed, Submitted,
+    JobList, JobLog, JobStatus, QueueInfo, Replayed, Submitted,
 };
 pub use request::{
     DeadSelect, JobSpec, JobsQuery, QueueChange, ReplaySpec, Request, Submit, DEFAULT_JOBS_LIMIT,

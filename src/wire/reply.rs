@@ -122,6 +122,29 @@ pub struct JobStatus {
     pub job: JobInfo,
 }
 
+/// `log`'s reply: a piece of one attempt's output (stdout and stderr as they came).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLog {
+    /// The job.
+    pub id: u64,
+    /// The attempt read (`None`: it has none yet).
+    pub attempt: Option<u32>,
+    /// Attempts the job has had so far.
+    pub attempts: u32,
+    /// The job's state.
+    pub state: State,
+    /// Whether this attempt is still running (more output may come).
+    pub running: bool,
+    /// Offset in the attempt's output of the first byte of `output`.
+    pub start: u64,
+    /// Offset to ask for next (`offset`).
+    pub next: u64,
+    /// Bytes before `start` (from the offset asked for) that are no longer kept.
+    pub skipped: u64,
+    /// The output (invalid UTF-8 replaced).
+    pub output: String,
+}
+
 /// `cancel`'s reply: the job is cancelled (durably).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancelled {

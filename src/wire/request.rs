@@ -186,6 +186,17 @@ pub enum Request<'a> {
         /// Job id.
         id: u64,
     },
+    /// `log`: a piece of an attempt's output.
+    Log {
+        /// Job id.
+        id: u64,
+        /// The attempt (default: the latest).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        /// From this offset in its output (default 0).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
     /// `stats`
     Stats,
     /// `cancel`
@@ -394,6 +405,10 @@ struct Wire<'a> {
     #[serde(default)]
     id: Option<u64>,
     #[serde(default)]
+    attempt: Option<u32>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
     all: Option<bool>,
     #[serde(default)]
     since: Option<u64>,
@@ -435,6 +450,8 @@ impl Wire<'_> {
             ("timeout_ms", self.timeout_ms.is_some()),
             ("jobs", self.jobs.is_some()),
             ("id", self.id.is_some()),
+            ("attempt", self.attempt.is_some()),
+            ("offset", self.offset.is_some()),
             ("all", self.all.is_some()),
             ("since", self.since.is_some()),
             ("before", self.before.is_some()),
@@ -470,9 +487,9 @@ fn missing(field: &str) -> Rejection {
 }
 
 /// Every op, for the error about an unknown one.
-const OPS: &str = "hello, submit, submit_batch, status, stats, cancel, dead_list, dead_retry, \
-                   dead_purge, checkpoint, jobs, replay, catalog_rebuild, alerts, queue_set, \
-                   queue_pause, queue_resume";
+const OPS: &str = "hello, submit, submit_batch, status, log, stats, cancel, dead_list, \
+                   dead_retry, dead_purge, checkpoint, jobs, replay, catalog_rebuild, alerts, \
+                   queue_set, queue_pause, queue_resume";
 
 const SUBMIT_FIELDS: &[&str] = &[
     "queue",
@@ -591,6 +608,21 @@ impl<'a> Request<'a> {
                     states: w.states.unwrap_or_default(),
                     dry_run: w.dry_run.unwrap_or(false),
                 }))
+            }
+            "log" => {
+                w.only(&["id", "attempt", "offset"])?;
+                let id = w.id.ok_or_else(|| missing("id"))?;
+                if w.attempt == Some(0) {
+                    return Err(Rejection::new(
+                        ErrorCode::BadRequest,
+                        "attempt numbers start at 1",
+                    ));
+                }
+                Ok(Request::Log {
+                    id,
+                    attempt: w.attempt,
+                    offset: w.offset,
+                })
             }
             "status" | "cancel" => {
                 w.only(&["id"])?;

@@ -45,6 +45,9 @@ pub struct Run<'a> {
     pub journal: Option<&'a Journal>,
     /// Written to the program's stdin (then closed); without it, stdin is `/dev/null`.
     pub stdin: Option<&'a [u8]>,
+    /// Where the output goes as it comes (`duejob log`), besides the tails kept with the
+    /// attempt.
+    pub output: Option<&'a mut dyn FnMut(&[u8])>,
 }
 
 /// Sends `sig` to process group `pgid`.
@@ -108,7 +111,7 @@ fn spawn(p: &ExecPayload, stdin: bool) -> std::io::Result<Child> {
 }
 
 /// Runs one attempt; see the module doc.
-pub fn run(r: Run<'_>) -> Result<(), JobError> {
+pub fn run(mut r: Run<'_>) -> Result<(), JobError> {
     let mut child = spawn(r.payload, r.stdin.is_some())
         .map_err(|e| JobError::new(format!("cannot start {:?}: {e}", r.payload.argv[0])))?;
     let pgid = child.id() as i32;
@@ -129,7 +132,7 @@ pub fn run(r: Run<'_>) -> Result<(), JobError> {
     let entry = r.journal.and_then(|j| j.record(pgid, r.ctx));
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let waited = wait(&mut child, pgid, stdout, stderr, &r);
+    let waited = wait(&mut child, pgid, stdout, stderr, &mut r);
     // Whatever the program left behind in its group goes with it.
     signal_group(pgid, Signal::KILL);
     if let Some(Ok(mut set)) = r.running.map(|m| m.lock()) {
@@ -157,7 +160,7 @@ fn wait(
     pgid: i32,
     stdout: ChildStdout,
     stderr: ChildStderr,
-    r: &Run<'_>,
+    r: &mut Run<'_>,
 ) -> Waited {
     let started = Instant::now();
     let deadline = r.timeout.map(|t| started + t);
@@ -246,7 +249,12 @@ fn wait(
             let Some(p) = pipes[i].as_mut() else { continue };
             match p.read(&mut buf) {
                 Ok(0) => pipes[i] = None,
-                Ok(n) => tails[i].push(&buf[..n]),
+                Ok(n) => {
+                    tails[i].push(&buf[..n]);
+                    if let Some(out) = r.output.as_mut() {
+                        out(&buf[..n]);
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => pipes[i] = None,
             }

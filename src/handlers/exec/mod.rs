@@ -23,6 +23,7 @@
 
 pub mod child;
 pub mod journal;
+pub mod output;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -32,7 +33,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Admitted, Handler, JobContext, JobError};
-use crate::config::{ExecDefaults, QueueConfig};
+use crate::config::{Config, ExecDefaults};
+use output::OutputStore;
 use journal::Journal;
 
 /// Bytes of stdout and of stderr kept.
@@ -122,17 +124,23 @@ pub struct Exec {
     journal: OnceLock<Journal>,
     /// Each queue's `env`, `env_file` and `cwd`, by queue name.
     queues: HashMap<String, ExecDefaults>,
+    /// Where every attempt's output goes (`DATA/output/`), once started with a data directory.
+    output: OnceLock<OutputStore>,
+    /// Its budget (bytes) and retention.
+    output_limits: (u64, Duration),
 }
 
 impl Exec {
-    /// The handler with the queues' exec defaults.
-    pub fn with_queues(queues: &[QueueConfig]) -> Exec {
+    /// The handler with the queues' exec defaults and the output budget of `cfg`.
+    pub fn configured(cfg: &Config) -> Exec {
         Exec {
-            queues: queues
+            queues: cfg
+                .queues
                 .iter()
                 .filter(|q| q.exec != ExecDefaults::default())
                 .map(|q| (q.name.clone(), q.exec.clone()))
                 .collect(),
+            output_limits: (cfg.output_max_bytes, cfg.history_retention),
             ..Exec::default()
         }
     }
@@ -162,6 +170,14 @@ impl Handler for Exec {
             Journal::open(&dir.join("run")).map_err(|e| format!("exec: run journal: {e}"))?;
         journal.kill_leftovers();
         let _ = self.journal.set(journal);
+        let (budget, retention) = self.output_limits;
+        match OutputStore::open(&dir.join("output"), budget, retention) {
+            Ok(s) => {
+                let _ = self.output.set(s);
+            }
+            // Jobs run all the same, without `duejob log` (G6).
+            Err(e) => log::error!("exec: cannot keep job output in {}: {e}", dir.display()),
+        }
         Ok(())
     }
 
@@ -175,6 +191,12 @@ impl Handler for Exec {
         if let Some(of) = ctx.replay_of {
             p.env.insert("DUEJOB_REPLAY_OF".into(), of.to_string());
         }
+        let mut log = self.output.get().and_then(|s| s.attempt(ctx.id, ctx.attempt));
+        let mut write = |b: &[u8]| {
+            if let Some(l) = log.as_mut() {
+                l.write(b);
+            }
+        };
         child::run(child::Run {
             payload: &p,
             timeout: ctx.timeout,
@@ -182,6 +204,7 @@ impl Handler for Exec {
             running: Some(&self.running),
             journal: self.journal.get(),
             stdin: None,
+            output: Some(&mut write),
         })
     }
 
@@ -208,6 +231,7 @@ fn run(p: &ExecPayload, timeout: Option<Duration>) -> Result<(), JobError> {
         running: None,
         journal: None,
         stdin: None,
+        output: None,
     })
 }
 
@@ -226,6 +250,7 @@ pub fn run_command(argv: &[String], input: &[u8], timeout: Duration) -> Result<(
         running: None,
         journal: None,
         stdin: Some(input),
+        output: None,
     })
 }
 

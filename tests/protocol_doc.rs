@@ -81,6 +81,7 @@ fn documented_examples_work_as_documented() {
                 || req.contains(r#""op":"stats""#)
                 || req.contains(r#""op":"dead_"#)
                 || req.contains(r#""op":"replay""#)
+                || req.contains(r#""op":"log""#)
             {
                 // Let the earlier jobs finish so the documented states hold.
                 d.wait_until_none(&["ready", "running"], Duration::from_secs(60));

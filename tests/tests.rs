@@ -26,6 +26,7 @@ mod output;
 mod power_cut;
 mod protocol_doc;
 mod queue_control;
+mod readme;
 mod server;
 mod top;
 mod wal_damage;

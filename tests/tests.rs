@@ -11,6 +11,7 @@ mod checkpoint;
 mod cli;
 mod crash;
 mod daemon;
+mod deploy;
 mod email;
 mod embedded;
 mod exec_containment;

@@ -230,7 +230,27 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Whether it was still running, and its log, tell why a failed test failed.
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
         self.kill9();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- the daemon {} ({}); the last lines of its log:",
+                self.dir.display(),
+                match exited {
+                    Some(st) => format!("had exited: {st}"),
+                    None => "was running".into(),
+                }
+            );
+            for l in tail.iter().rev() {
+                eprintln!("    {l}");
+            }
+        }
     }
 }
 

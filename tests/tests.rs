@@ -9,6 +9,7 @@ mod bad_input;
 mod catalog;
 mod checkpoint;
 mod cli;
+mod clients;
 mod crash;
 mod daemon;
 mod deploy;

@@ -12,6 +12,27 @@
 //! println!("{} attempts so far; {}", job.attempts.len(), job.state);
 //! # Ok::<(), duejob::client::ClientError>(())
 //! ```
+//!
+//! Every submit option has a builder method; a job with a `key` can be resubmitted safely after
+//! a lost reply (the daemon answers with the first job's id, `duplicate: true`):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use duejob::client::{Client, Submit};
+//!
+//! let job = Submit::new("bulk", "exec")
+//!     .payload(serde_json::json!({"argv": ["./sync.sh", "acct-42"], "cwd": "/srv/app"}))
+//!     .key("sync-acct-42-2026-12-07")
+//!     .max_attempts(5)
+//!     .timeout(Duration::from_secs(300))
+//!     .delay(Duration::from_secs(10))
+//!     .due_in(Duration::from_secs(3600));
+//! let mut c = Client::connect("./duejob-data/duejob.sock")?;
+//! let first = c.submit(&job)?;
+//! let again = c.submit(&job)?;
+//! assert!(again.duplicate && again.id == first.id);
+//! # Ok::<(), duejob::client::ClientError>(())
+//! ```
 
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Write};

@@ -60,6 +60,11 @@ fn borrowed_raw<'de: 'a, 'a, D: Deserializer<'de>>(
     Option::<&'de RawValue>::deserialize(d).map(|p| p.map(Cow::Borrowed))
 }
 
+/// Whole milliseconds of `d` (saturating).
+fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Submit<'static> {
     /// A job for `queue` and `kind`, with an empty object payload and the queue's defaults.
     pub fn new(queue: &str, kind: &str) -> Submit<'static> {
@@ -113,6 +118,21 @@ impl Submit<'_> {
     pub fn timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = Some(ms);
         self
+    }
+
+    /// Runs no earlier than `d` from now.
+    pub fn delay(self, d: std::time::Duration) -> Self {
+        self.delay_ms(duration_ms(d))
+    }
+
+    /// Sets the deadline to `d` after the job becomes ready.
+    pub fn due_in(self, d: std::time::Duration) -> Self {
+        self.due_in_ms(duration_ms(d))
+    }
+
+    /// Sets the per-attempt timeout (at least 1 ms).
+    pub fn timeout(self, d: std::time::Duration) -> Self {
+        self.timeout_ms(duration_ms(d))
     }
 
     /// As the runtime takes it.
@@ -699,6 +719,32 @@ mod tests {
 
     fn code_of(line: &str) -> ErrorCode {
         Request::parse(line.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn the_submit_builder_sets_every_option_as_the_protocol_names_it() {
+        use std::time::Duration;
+        let s = Submit::new("bulk", "exec")
+            .payload(serde_json::json!({"argv": ["true"]}))
+            .key("k-1")
+            .max_attempts(5)
+            .timeout(Duration::from_millis(1500))
+            .delay(Duration::from_secs(10))
+            .due_in(Duration::from_secs(3600));
+        let v = serde_json::to_value(Request::Submit(s)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op": "submit", "queue": "bulk", "kind": "exec",
+                "payload": {"argv": ["true"]}, "key": "k-1", "max_attempts": 5,
+                "timeout_ms": 1500, "delay_ms": 10000, "due_in_ms": 3600000})
+        );
+        // What it sends parses back as the same request.
+        let line = serde_json::to_vec(&v).unwrap();
+        let Ok(Request::Submit(back)) = Request::parse(&line) else {
+            panic!("parses")
+        };
+        assert_eq!(back.timeout_ms, Some(1500));
+        assert_eq!(back.key.as_deref(), Some("k-1"));
     }
 
     #[test]

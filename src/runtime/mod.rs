@@ -1159,21 +1159,6 @@ impl Drop for Runtime {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_depth_counts_nesting_outside_strings() {
-        assert_eq!(json_depth("{}"), 1);
-        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
-        assert_eq!(json_depth(r#"{"s":"[[[{{{ \" ]]]"}"#), 1);
-        assert_eq!(json_depth("7"), 0);
-        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(json_depth(&deep), 200);
-    }
-}
-
 /// Length of `b` without an incomplete UTF-8 sequence at its end (one cut by the read, whose
 /// rest comes with the next).
 fn utf8_prefix(b: &[u8]) -> usize {
@@ -1194,5 +1179,39 @@ fn utf8_prefix(b: &[u8]) -> usize {
         lead
     } else {
         b.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("{}"), 1);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"{"s":"[[[{{{ \" ]]]"}"#), 1);
+        assert_eq!(json_depth("7"), 0);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(json_depth(&deep), 200);
+    }
+
+    #[test]
+    fn a_cut_utf8_sequence_at_the_end_is_held_back_and_nothing_else() {
+        let s = "añ€😀".as_bytes();
+        assert_eq!(super::utf8_prefix(s), s.len());
+        for cut in 1..s.len() {
+            let whole = super::utf8_prefix(&s[..cut]);
+            assert!(std::str::from_utf8(&s[..whole]).is_ok(), "cut {cut}");
+            assert!(cut - whole < 4 && whole <= cut, "cut {cut}: {whole}");
+        }
+        assert_eq!(
+            super::utf8_prefix(&s[..s.len() - 1]),
+            s.len() - 4,
+            "the emoji waits"
+        );
+        // Invalid bytes are not held back (nothing would ever complete them).
+        assert_eq!(super::utf8_prefix(b"ab\xff"), 3);
+        assert_eq!(super::utf8_prefix(b""), 0);
     }
 }

@@ -31,6 +31,9 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// Without a pidfd (kernels before 5.3) the exit is noticed by polling this often.
 const EXIT_POLL: Duration = Duration::from_millis(5);
 
+/// Takes the program's output as it comes.
+pub type OutputSink<'a> = dyn FnMut(&[u8]) + 'a;
+
 /// What one attempt needs.
 pub struct Run<'a> {
     /// The program.
@@ -47,7 +50,7 @@ pub struct Run<'a> {
     pub stdin: Option<&'a [u8]>,
     /// Where the output goes as it comes (`duejob log`), besides the tails kept with the
     /// attempt.
-    pub output: Option<&'a mut dyn FnMut(&[u8])>,
+    pub output: Option<&'a mut OutputSink<'a>>,
 }
 
 /// Sends `sig` to process group `pgid`.

@@ -187,49 +187,40 @@ fn the_cli_sends_relative_paths_from_where_it_runs_with_env_and_cwd() {
     );
 }
 
+/// Starts `serve` with the config `text`; returns its stderr once it has refused to start.
+fn refused_start(dir: &Path, text: &str) -> String {
+    let cfg = dir.join("duejob.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let data = dir.join("d");
+    let (st, _, err) = cli(&[
+        "serve",
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(!st.success(), "started with {text:?}");
+    err
+}
+
 #[test]
 fn a_bad_env_file_or_cwd_stops_the_start_naming_the_line_not_the_value() {
     let dir = tempdir();
-    let cfg = dir.path().join("duejob.toml");
     std::fs::write(
         dir.path().join("bad.env"),
         format!("OK=1\nTOKEN {SECRET}\n"),
     )
     .unwrap();
-    std::fs::write(&cfg, "[queues.q]\nenv_file = \"bad.env\"\n").unwrap();
-    let (st, _, err) = cli(&[
-        "serve",
-        "--data",
-        dir.path().join("d").to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    assert!(!st.success());
+    let err = refused_start(dir.path(), "[queues.q]\nenv_file = \"bad.env\"\n");
     assert!(err.contains("queue q: env_file"), "{err}");
     assert!(
         err.contains("bad.env: line 2: expected NAME=value"),
         "{err}"
     );
     assert!(!err.contains(SECRET), "{err}");
-    std::fs::write(&cfg, "[queues.q]\nenv_file = \"missing.env\"\n").unwrap();
-    let (st, _, err) = cli(&[
-        "serve",
-        "--data",
-        dir.path().join("d").to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    assert!(!st.success());
+    let err = refused_start(dir.path(), "[queues.q]\nenv_file = \"missing.env\"\n");
     assert!(err.contains("missing.env: No such file"), "{err}");
-    std::fs::write(&cfg, "[queues.q]\ncwd = \"/nonexistent/dir\"\n").unwrap();
-    let (st, _, err) = cli(&[
-        "serve",
-        "--data",
-        dir.path().join("d").to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    assert!(!st.success());
+    let err = refused_start(dir.path(), "[queues.q]\ncwd = \"/nonexistent/dir\"\n");
     assert!(
         err.contains("queue q: cwd /nonexistent/dir is not a directory"),
         "{err}"

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use serde_json::Value;
 
@@ -29,6 +29,33 @@ fn submit_sh(d: &Daemon, script: &str) -> u64 {
     ))
 }
 
+/// `duejob log -f ID`, started.
+fn follow(d: &Daemon, id: u64) -> (Child, ChildStdout) {
+    let mut f = Command::new(BIN)
+        .args(["log", "-f", &id.to_string(), "--socket"])
+        .arg(d.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = f.stdout.take().unwrap();
+    (f, out)
+}
+
+/// Reads `out` into `seen` until `seen` ends with `end`.
+fn read_until(out: &mut ChildStdout, seen: &mut Vec<u8>, end: &str) {
+    let mut buf = [0u8; 256];
+    while !seen.ends_with(end.as_bytes()) {
+        let n = out.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "log -f ended early: {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 fn log(d: &Daemon, args: &[&str]) -> (i32, String, String) {
     let s = d.socket();
     let mut all = vec!["log", "--socket", s.to_str().unwrap()];
@@ -50,25 +77,9 @@ fn log_follows_a_running_job_as_its_output_comes() {
             go.display()
         ),
     );
-    let mut f = Command::new(BIN)
-        .args(["log", "-f", &id.to_string(), "--socket"])
-        .arg(d.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = f.stdout.take().unwrap();
+    let (f, mut stdout) = follow(&d, id);
     let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("to-stderr\n") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "log -f ended early: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut stdout, &mut seen, "to-stderr\n");
     // Still running: the follower saw the output while the job ran.
     assert_eq!(d.conn().status(id)["state"], "running");
     std::fs::write(&go, "").unwrap();
@@ -112,25 +123,9 @@ fn each_attempt_keeps_its_own_output_and_follow_goes_through_the_retries() {
             go.display()
         ),
     );
-    let mut f = Command::new(BIN)
-        .args(["log", "-f", &id.to_string(), "--socket"])
-        .arg(d.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = f.stdout.take().unwrap();
+    let (f, mut stdout) = follow(&d, id);
     let mut seen = Vec::new();
-    let mut buf = [0u8; 64];
-    while !seen.ends_with(b"try 1\n") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "log -f ended early: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut stdout, &mut seen, "try 1\n");
     std::fs::write(&go, "").unwrap();
     stdout.read_to_end(&mut seen).unwrap();
     let out = f.wait_with_output().unwrap();

@@ -72,7 +72,7 @@ impl OutputStore {
             active: Mutex::new(HashSet::new()),
             last_sweep: Mutex::new(None),
         };
-        let total = s.jobs().iter().map(|(_, p)| dir_size(p)).sum();
+        let total = s.jobs().iter().map(|(_, p)| disk_use(p)).sum();
         s.total.store(total, Relaxed);
         Ok(s)
     }
@@ -88,36 +88,31 @@ impl OutputStore {
 
     /// Starts writing attempt `attempt` of job `id` (`None` with no budget, or when the
     /// directory cannot be made: logged).
+    /// The directory and the first chunk are made with the first byte: a job that prints
+    /// nothing costs nothing on disk.
     pub fn attempt(&self, id: u64, attempt: u32) -> Option<AttemptLog<'_>> {
         if self.budget == 0 {
-            return None;
-        }
-        let dir = self.job_dir(id);
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            log::warn!("exec job {id}: cannot keep its output in {}: {e}", dir.display());
             return None;
         }
         if let Ok(mut a) = self.active.lock() {
             a.insert(id);
         }
-        let mut log = AttemptLog {
+        Some(AttemptLog {
             store: self,
             id,
             attempt,
-            dir,
+            dir: self.job_dir(id),
             file: None,
             chunk: 0,
             written: 0,
             failed: false,
-        };
-        log.open_chunk(0);
-        Some(log)
+        })
     }
 
     /// Deletes job `id`'s output.
     pub fn remove(&self, id: u64) {
         let dir = self.job_dir(id);
-        let size = dir_size(&dir);
+        let size = disk_use(&dir);
         if std::fs::remove_dir_all(&dir).is_ok() {
             self.sub(size);
         }
@@ -251,14 +246,24 @@ fn chunks_of(dir: &Path, attempt: u32) -> Vec<u64> {
     v
 }
 
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+/// What the budget charges for a file of `len` bytes: whole blocks, as the disk spends them.
+fn charged(len: u64) -> u64 {
+    len.div_ceil(BLOCK) * BLOCK
+}
+
+/// The file system's block, and what a job's directory costs.
+const BLOCK: u64 = 4096;
+
+/// A job directory's use as the budget counts it: the directory and its files' blocks.
+fn disk_use(dir: &Path) -> u64 {
+    BLOCK
+        + std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| charged(m.len()))
+            .sum::<u64>()
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -291,6 +296,15 @@ pub struct AttemptLog<'a> {
 impl AttemptLog<'_> {
     fn open_chunk(&mut self, k: u64) {
         self.chunk = k;
+        if k == 0 {
+            match std::fs::create_dir(&self.dir) {
+                Ok(()) => {
+                    self.store.total.fetch_add(BLOCK, Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return self.fail(&e),
+            }
+        }
         let path = self.dir.join(format!("{}.{k}", self.attempt));
         match File::create(&path) {
             Ok(f) => self.file = Some(f),
@@ -300,7 +314,7 @@ impl AttemptLog<'_> {
             let old = self.dir.join(format!("{}.{}", self.attempt, k - 2));
             let size = std::fs::metadata(&old).map(|m| m.len()).unwrap_or(0);
             if std::fs::remove_file(&old).is_ok() {
-                self.store.sub(size);
+                self.store.sub(charged(size));
             }
         }
     }
@@ -320,10 +334,13 @@ impl AttemptLog<'_> {
     /// Appends output as it comes.
     pub fn write(&mut self, mut b: &[u8]) {
         while !b.is_empty() && !self.failed {
-            // The next chunk opens with its first byte: a stream that ends on a chunk's
-            // boundary keeps two full chunks.
-            if self.written / CHUNK != self.chunk {
+            // A chunk opens with its first byte: a stream that ends on a chunk's boundary keeps
+            // two full chunks, and one that is empty has no file.
+            if self.file.is_none() || self.written / CHUNK != self.chunk {
                 self.open_chunk(self.written / CHUNK);
+                if self.failed {
+                    return;
+                }
             }
             let room = (CHUNK - self.written % CHUNK) as usize;
             let (now, rest) = b.split_at(room.min(b.len()));
@@ -332,8 +349,10 @@ impl AttemptLog<'_> {
                 self.fail(&e);
                 return;
             }
+            let in_chunk = self.written % CHUNK;
             self.written += now.len() as u64;
-            self.store.total.fetch_add(now.len() as u64, Relaxed);
+            let grown = charged(in_chunk + now.len() as u64) - charged(in_chunk);
+            self.store.total.fetch_add(grown, Relaxed);
             b = rest;
         }
     }
@@ -378,8 +397,8 @@ mod tests {
         assert_eq!((r.start, r.next), (4 * CHUNK + 10, 4 * CHUNK + 15));
         assert_eq!(&r.data[..], &big[(4 * CHUNK + 10) as usize..(4 * CHUNK + 15) as usize]);
         drop(w);
-        // Kept: the last two chunks.
-        assert_eq!(s.bytes(), 2 * CHUNK);
+        // Kept: the last two chunks, and the directory.
+        assert_eq!(s.bytes(), 2 * CHUNK + BLOCK);
         // Another attempt is its own stream; unknown ones read empty.
         let mut w = s.attempt(7, 2).unwrap();
         w.write(b"second");
@@ -389,13 +408,17 @@ mod tests {
         assert_eq!(read(dir.path(), 8, 1, 0, MAX_READ), Chunked::default());
         // Reopened, the store counts what is there.
         let again = OutputStore::open(dir.path(), 1 << 30, Duration::from_secs(3600)).unwrap();
-        assert_eq!(again.bytes(), 2 * CHUNK + 6);
+        assert_eq!(again.bytes(), BLOCK + 2 * CHUNK + BLOCK, "6 bytes take a block");
+        // An attempt that prints nothing leaves nothing.
+        drop(s.attempt(9, 1));
+        assert!(!dir.path().join("9").exists());
     }
 
     #[test]
     fn over_budget_the_oldest_jobs_output_goes_first_but_not_a_running_one() {
         let dir = tempfile::tempdir().unwrap();
-        let s = OutputStore::open(dir.path(), 3 * 1000, Duration::from_secs(3600)).unwrap();
+        // Each job's 1000 bytes cost a block, and its directory another: 8 KiB.
+        let s = OutputStore::open(dir.path(), 3 * 8192, Duration::from_secs(3600)).unwrap();
         let running = s.attempt(1, 1);
         let mut running = running.unwrap();
         running.write(&[b'x'; 1000]);
@@ -403,8 +426,8 @@ mod tests {
             let mut w = s.attempt(id, 1).unwrap();
             w.write(&[b'y'; 1000]);
         }
-        // Over 3000 after job 4: the oldest not running (2, then 3) went.
-        assert!(s.bytes() <= 3000, "{}", s.bytes());
+        // Over budget after job 4: the oldest not running (2, then 3) went.
+        assert!(s.bytes() <= 3 * 8192, "{}", s.bytes());
         assert_eq!(read(dir.path(), 1, 1, 0, MAX_READ).data.len(), 1000, "the running job's output stays");
         assert!(read(dir.path(), 2, 1, 0, MAX_READ).data.is_empty());
         assert_eq!(read(dir.path(), 5, 1, 0, MAX_READ).data.len(), 1000, "the newest stays");

@@ -282,6 +282,20 @@ fn completions_and_the_man_page_come_from_the_same_definitions() {
         "{}",
         &man[..200.min(man.len())]
     );
+    let pages = tempdir();
+    let (st, _, err) = cli(&["man", "--dir", pages.path().to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    for page in [
+        "duejob.1",
+        "duejob-submit.1",
+        "duejob-queue-set.1",
+        "duejob-wal-verify.1",
+    ] {
+        let text = std::fs::read_to_string(pages.path().join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let top = std::fs::read_to_string(pages.path().join("duejob.1")).unwrap();
+    assert_eq!(top, man, "the top page is the one `duejob man` prints");
     for s in [
         ".SH SUBCOMMANDS",
         ".SH \"EXIT STATUS\"",

@@ -105,8 +105,13 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff; `duejob man | man -l -`, or save it as duejob.1).
-    Man,
+    /// Print the man page (roff; `duejob man | man -l -`), or write it with one page per
+    /// subcommand into a directory (`duejob man --dir /usr/local/share/man/man1`).
+    Man {
+        /// Write duejob.1, duejob-submit.1, ... into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,7 +239,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Wal(WalCommand::Checkpoint { opts }) => client_cmds::checkpoint(&opts),
         Command::Demo(a) => demo::run(&a),
         Command::Completions { shell } => completions(shell),
-        Command::Man => man_page(),
+        Command::Man { dir } => match dir {
+            Some(d) => man_pages(&d),
+            None => man_page(&mut std::io::stdout().lock()),
+        },
     };
     match result {
         Ok(()) => exit::OK,
@@ -257,10 +265,10 @@ fn completions(shell: clap_complete::Shell) -> CliResult {
 
 /// `duejob man`: the man page, from the same definitions as the parser; one section per
 /// subcommand.
-fn man_page() -> CliResult {
+fn man_page(out: &mut dyn std::io::Write) -> CliResult {
     use clap::CommandFactory;
     let cmd = Cli::command();
-    let mut out = std::io::stdout().lock();
+    let mut out = out;
     let man = clap_mangen::Man::new(cmd.clone());
     man.render_title(&mut out)?;
     man.render_name_section(&mut out)?;
@@ -303,6 +311,20 @@ fn man_page() -> CliResult {
     man.render_version_section(&mut out)?;
     man.render_authors_section(&mut out)?;
     Ok(())
+}
+
+/// `duejob man --dir DIR`: a page per subcommand (`duejob-queue-set.1`), and `duejob.1` with
+/// the exit codes.
+fn man_pages(dir: &std::path::Path) -> CliResult {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .map_err(|e| CliError::failed(format!("writing man pages into {}: {e}", dir.display())))?;
+    let top = dir.join("duejob.1");
+    let mut f = std::fs::File::create(&top)
+        .map_err(|e| CliError::failed(format!("{}: {e}", top.display())))?;
+    man_page(&mut f)
 }
 
 /// Prints an error (stderr, or the JSON envelope on stdout) and returns its exit code; a broken

@@ -3,24 +3,38 @@
 //! (fork and exec, the process group, the output pipes, the run journal).
 //!
 //! `cargo run --release --example exec_bench -- 3000`
+//!
+//! `-- 3000 --echo`: each job prints a line (kept under `DATA/output/` for `duejob log`);
+//! `--no-output` keeps no output (`output_max_mib = 0`): the two side by side give what keeping
+//! the output costs.
 
 use std::time::{Duration, Instant};
 
 use duejob::{Config, JobSpec, Runtime};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: u64 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: u64 = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3000);
+    let echo = args.iter().any(|a| a == "--echo");
+    let mut cfg = Config::with_workers(4);
+    if args.iter().any(|a| a == "--no-output") {
+        cfg.output_max_bytes = 0;
+    }
     let dir = tempfile::Builder::new()
         .prefix("duejob-execbench-")
         .tempdir()?;
-    let rt = Runtime::builder(dir.path())
-        .config(Config::with_workers(4))
-        .start()?;
-    let spec = JobSpec::new("default", "exec", r#"{"argv":["true"]}"#);
+    let rt = Runtime::builder(dir.path()).config(cfg).start()?;
+    let argv = if echo {
+        r#"{"argv":["echo","a line of output from a job"]}"#
+    } else {
+        r#"{"argv":["true"]}"#
+    };
+    let spec = JobSpec::new("default", "exec", argv);
     let t = Instant::now();
     // Submitted from 4 threads at once, so that groups form as they would from clients.
     std::thread::scope(|s| {
@@ -40,7 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if done + dead >= total {
             let secs = t.elapsed().as_secs_f64();
             println!(
-                "{total} exec jobs (`true`, 4 workers): {:.0} jobs/s ({done} succeeded, {dead} dead) in {secs:.2} s",
+                "{total} exec jobs ({}, 4 workers, output {}): {:.0} jobs/s ({done} succeeded, {dead} dead) in {secs:.2} s",
+                if echo { "`echo`" } else { "`true`" },
+                if args.iter().any(|a| a == "--no-output") { "off" } else { "kept" },
                 total as f64 / secs
             );
             break;

@@ -8,17 +8,21 @@
 //! that follows by offset learns how many bytes went before it could read them (`skipped`).
 //!
 //! The whole directory is bounded by `output_max_mib` (the oldest jobs' output goes first) and
-//! by `history_retention` (a job's output goes with its history). Both are checked when an
-//! attempt ends, never on the dispatch path. A write that fails (a full disk) stops that
-//! attempt's output with a warning; the job runs on (G6).
+//! by `history_retention` (a job's output goes with its history), on a thread of the store's
+//! own (`duejob-output`), woken when an attempt ends over budget and every [`SWEEP_EVERY`]:
+//! never on a worker (a slow sweep must not hold an attempt's result past its timeout) nor on
+//! the dispatch path. A write that fails (a full disk) stops that attempt's output with a
+//! warning; the job runs on (G6).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 /// Bytes per chunk file.
 pub const CHUNK: u64 = 32 << 10;
@@ -29,17 +33,27 @@ pub const MAX_READ: usize = KEEP as usize;
 /// How often the retention sweep runs at most.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
-/// `DATA/output/`: where the attempts write, and what `log` reads.
+/// `DATA/output/`: where the attempts write, and what `log` reads. Dropping it stops its
+/// sweeping thread.
 #[derive(Debug)]
 pub struct OutputStore {
+    shared: Arc<Shared>,
+    /// Wakes the sweeper (bounded 1: one pending wake-up is enough).
+    wake: Sender<()>,
+}
+
+/// What the attempts and the sweeper share.
+#[derive(Debug)]
+struct Shared {
     dir: PathBuf,
     budget: u64,
     retention: Duration,
     /// Bytes in the directory (as far as this daemon knows: counted at start, then kept up).
     total: AtomicU64,
-    /// Jobs with an attempt writing now: the budget sweep leaves them alone.
-    active: Mutex<HashSet<u64>>,
-    last_sweep: Mutex<Option<Instant>>,
+    /// Jobs with attempts writing now, and how many (a timed-out attempt may still be dying
+    /// when the next starts): the sweep leaves them alone, and it holds this lock while it
+    /// removes a job's output, so no attempt can start in it meanwhile.
+    active: Mutex<HashMap<u64, u32>>,
 }
 
 /// A read of one attempt's output.
@@ -64,26 +78,33 @@ impl OutputStore {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
-        let s = OutputStore {
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             budget,
             retention,
             total: AtomicU64::new(0),
-            active: Mutex::new(HashSet::new()),
-            last_sweep: Mutex::new(None),
-        };
-        let total = s.jobs().iter().map(|(_, p)| disk_use(p)).sum();
-        s.total.store(total, Relaxed);
-        Ok(s)
+            active: Mutex::new(HashMap::new()),
+        });
+        let total = shared.jobs().iter().map(|(_, p)| disk_use(p)).sum();
+        shared.total.store(total, Relaxed);
+        let (wake, rx) = crossbeam_channel::bounded(1);
+        let sweeper = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("duejob-output".into())
+            .spawn(move || sweeper.sweep_loop(&rx))?;
+        Ok(OutputStore { shared, wake })
     }
 
     /// Bytes kept now.
-    pub fn bytes(&self) -> u64 {
-        self.total.load(Relaxed)
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
+        self.shared.total.load(Relaxed)
     }
 
-    fn job_dir(&self, id: u64) -> PathBuf {
-        self.dir.join(id.to_string())
+    /// Sweeps now, on the caller's thread (tests).
+    #[cfg(test)]
+    fn sweep_now(&self, retention_too: bool) {
+        self.shared.tidy(retention_too);
     }
 
     /// Starts writing attempt `attempt` of job `id` (`None` with no budget, or when the
@@ -91,17 +112,18 @@ impl OutputStore {
     /// The directory and the first chunk are made with the first byte: a job that prints
     /// nothing costs nothing on disk.
     pub fn attempt(&self, id: u64, attempt: u32) -> Option<AttemptLog<'_>> {
-        if self.budget == 0 {
+        if self.shared.budget == 0 {
             return None;
         }
-        if let Ok(mut a) = self.active.lock() {
-            a.insert(id);
+        if let Ok(mut a) = self.shared.active.lock() {
+            *a.entry(id).or_default() += 1;
         }
         Some(AttemptLog {
-            store: self,
+            store: &self.shared,
+            wake: &self.wake,
             id,
             attempt,
-            dir: self.job_dir(id),
+            dir: self.shared.job_dir(id),
             file: None,
             chunk: 0,
             written: 0,
@@ -109,8 +131,15 @@ impl OutputStore {
         })
     }
 
-    /// Deletes job `id`'s output.
-    pub fn remove(&self, id: u64) {
+}
+
+impl Shared {
+    fn job_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    /// Deletes job `id`'s output (with `active` locked by the caller, `id` not in it).
+    fn remove(&self, id: u64) {
         let dir = self.job_dir(id);
         let size = disk_use(&dir);
         if std::fs::remove_dir_all(&dir).is_ok() {
@@ -136,42 +165,49 @@ impl OutputStore {
         v
     }
 
-    /// After an attempt: the oldest jobs' output goes while over the budget (down to 90% of
-    /// it), and, every [`SWEEP_EVERY`], the output of jobs whose last attempt is older than the
-    /// retention.
-    fn tidy(&self) {
+    fn bytes(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
+
+    /// The sweeper: a retention sweep at start and every [`SWEEP_EVERY`], a budget sweep when
+    /// woken; ends when the store is dropped.
+    fn sweep_loop(&self, wake: &Receiver<()>) {
+        self.tidy(true);
+        loop {
+            match wake.recv_timeout(SWEEP_EVERY) {
+                Ok(()) => self.tidy(false),
+                Err(RecvTimeoutError::Timeout) => self.tidy(true),
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// The oldest jobs' output goes while over the budget (down to 90% of it), and with
+    /// `retention_too`, the output of jobs whose last attempt is older than the retention.
+    fn tidy(&self, retention_too: bool) {
         let over = self.bytes() > self.budget;
-        let due = self
-            .last_sweep
-            .lock()
-            .map(|mut l| {
-                let due = l.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
-                if due {
-                    *l = Some(Instant::now());
-                }
-                due
-            })
-            .unwrap_or(false);
-        if !over && !due {
+        if !over && !retention_too {
             return;
         }
-        let active: HashSet<u64> = self.active.lock().map(|a| a.clone()).unwrap_or_default();
         let now = SystemTime::now();
         let mut removed = 0;
         for (id, dir) in self.jobs() {
-            if active.contains(&id) {
-                continue;
-            }
-            let old = due
+            let old = retention_too
                 && std::fs::metadata(&dir)
                     .and_then(|m| m.modified())
                     .is_ok_and(|m| now.duration_since(m).unwrap_or_default() > self.retention);
-            let squeeze = self.bytes() > self.budget / 10 * 9 && over;
-            if old || squeeze {
+            let squeeze = over && self.bytes() > self.budget / 10 * 9;
+            if !old && !squeeze {
+                if !retention_too {
+                    break; // over budget no more
+                }
+                continue;
+            }
+            // Under the lock: no attempt of this job starts while its output goes.
+            let Ok(active) = self.active.lock() else { return };
+            if !active.contains_key(&id) {
                 self.remove(id);
                 removed += 1;
-            } else if !due {
-                break;
             }
         }
         if removed > 0 {
@@ -282,7 +318,8 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// One attempt's output being written.
 #[derive(Debug)]
 pub struct AttemptLog<'a> {
-    store: &'a OutputStore,
+    store: &'a Shared,
+    wake: &'a Sender<()>,
     id: u64,
     attempt: u32,
     dir: PathBuf,
@@ -301,7 +338,18 @@ impl AttemptLog<'_> {
                 Ok(()) => {
                     self.store.total.fetch_add(BLOCK, Relaxed);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // The same attempt number again (the daemon died before the attempt's
+                    // start was durable): what the earlier run wrote goes, or a reader would
+                    // mix the two.
+                    for c in chunks_of(&self.dir, self.attempt) {
+                        let old = self.dir.join(format!("{}.{c}", self.attempt));
+                        let size = std::fs::metadata(&old).map(|m| m.len()).unwrap_or(0);
+                        if std::fs::remove_file(&old).is_ok() {
+                            self.store.sub(charged(size));
+                        }
+                    }
+                }
                 Err(e) => return self.fail(&e),
             }
         }
@@ -362,9 +410,16 @@ impl Drop for AttemptLog<'_> {
     fn drop(&mut self) {
         self.file = None;
         if let Ok(mut a) = self.store.active.lock() {
-            a.remove(&self.id);
+            if let Some(n) = a.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    a.remove(&self.id);
+                }
+            }
         }
-        self.store.tidy();
+        if self.store.bytes() > self.store.budget {
+            let _ = self.wake.try_send(());
+        }
     }
 }
 
@@ -425,6 +480,9 @@ mod tests {
         for id in 2..=5 {
             let mut w = s.attempt(id, 1).unwrap();
             w.write(&[b'y'; 1000]);
+            drop(w);
+            // What the sweeper does when woken (here on this thread, to look at once).
+            s.sweep_now(false);
         }
         // Over budget after job 4: the oldest not running (2, then 3) went.
         assert!(s.bytes() <= 3 * 8192, "{}", s.bytes());
@@ -432,9 +490,33 @@ mod tests {
         assert!(read(dir.path(), 2, 1, 0, MAX_READ).data.is_empty());
         assert_eq!(read(dir.path(), 5, 1, 0, MAX_READ).data.len(), 1000, "the newest stays");
         drop(running);
+        // Past the retention, every job's output goes but a running one's.
+        let s = OutputStore::open(&dir.path().join("r"), 1 << 30, Duration::ZERO).unwrap();
+        let mut busy = s.attempt(1, 2).unwrap();
+        busy.write(b"still running");
+        drop(s.attempt(2, 1).map(|mut w| w.write(b"done")));
+        s.sweep_now(true);
+        assert!(read(&dir.path().join("r"), 2, 1, 0, MAX_READ).data.is_empty());
+        assert_eq!(read(&dir.path().join("r"), 1, 2, 0, MAX_READ).data, b"still running");
+        drop(busy);
         // No budget: nothing is written at all.
         let none = OutputStore::open(&dir.path().join("none"), 0, Duration::ZERO).unwrap();
         assert!(none.attempt(1, 1).is_none());
+    }
+
+    #[test]
+    fn an_attempt_number_run_again_after_a_crash_does_not_read_the_earlier_run_s_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OutputStore::open(dir.path(), 1 << 30, Duration::from_secs(3600)).unwrap();
+        let mut w = s.attempt(1, 1).unwrap();
+        w.write(&vec![b'o'; 2 * CHUNK as usize + 10]);
+        drop(w); // chunks 1 and 2 of the first run stay
+        let mut w = s.attempt(1, 1).unwrap();
+        w.write(b"new");
+        drop(w);
+        let r = read(dir.path(), 1, 1, 0, MAX_READ);
+        assert_eq!((r.start, r.skipped, &r.data[..]), (0, 0, &b"new"[..]));
+        assert_eq!(s.bytes(), BLOCK + BLOCK, "the earlier chunks are no longer counted");
     }
 
     #[test]

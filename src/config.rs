@@ -395,7 +395,7 @@ impl Config {
         workers_override: Option<usize>,
         base: &Path,
     ) -> Result<Config, String> {
-        let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let f: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let workers = workers_override
             .or(f.workers)
             .unwrap_or_else(default_workers);
@@ -850,6 +850,20 @@ struct FileQueue {
     cwd: Option<PathBuf>,
 }
 
+/// A TOML error as `line L, column C: what`, without the quoted source line toml would add: that
+/// line may hold a secret (an `env` value, a password).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {}", e.message())
+        }
+        None => e.message().to_string(),
+    }
+}
+
 /// A queue's `env_file`, `env` and `cwd`, paths taken from `base`. Errors name the file, the
 /// line and the variable, never a value.
 fn exec_defaults(queue: &str, q: &FileQueue, base: &Path) -> Result<ExecDefaults, String> {
@@ -898,51 +912,78 @@ pub fn check_env_var(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses an `env_file`: `NAME=value` lines (an `export ` before the name is allowed), blank
-/// lines and `#` comments skipped; a value in single quotes is taken as it is, one in double
-/// quotes with `\"`, `\\`, `\n` unescaped; otherwise the value is the rest of the line, trimmed.
+/// Parses an `env_file`: `NAME=value` lines (an `export ` before the name is allowed; a name of
+/// letters, digits and `_`, not starting with a digit), blank lines and `#` comments skipped; a
+/// value in single quotes is taken as it is, one in double quotes with `\"`, `\\`, `\n`
+/// unescaped; otherwise the value is the rest of the line, trimmed, up to a ` #` comment.
 pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut vars = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
         let Some((name, value)) = line.split_once('=') else {
-            return Err(format!("line {}: expected NAME=value", i + 1));
+            return Err(format!("line {n}: expected NAME=value"));
         };
         let name = name.trim();
-        let value = value.trim();
-        let value = if let Some(v) = value.strip_prefix('\'') {
-            v.strip_suffix('\'')
-                .ok_or_else(|| format!("line {}: {name}: unclosed single quote", i + 1))?
-                .to_string()
-        } else if let Some(v) = value.strip_prefix('"') {
-            let v = v
-                .strip_suffix('"')
-                .ok_or_else(|| format!("line {}: {name}: unclosed double quote", i + 1))?;
-            let mut out = String::with_capacity(v.len());
-            let mut chars = v.chars();
-            while let Some(c) = chars.next() {
-                if c != '\\' {
-                    out.push(c);
-                    continue;
-                }
-                match chars.next() {
-                    Some('n') => out.push('\n'),
-                    Some(c) => out.push(c),
-                    None => out.push('\\'),
-                }
-            }
-            out
-        } else {
-            value.to_string()
-        };
-        check_env_var(name, &value).map_err(|e| format!("line {}: {e}", i + 1))?;
+        let good_name = name
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+        if name.is_empty() || !good_name {
+            return Err(format!(
+                "line {n}: invalid variable name (letters, digits and _, not starting with a \
+                 digit)"
+            ));
+        }
+        let value = env_value(value.trim()).map_err(|e| format!("line {n}: {name}: {e}"))?;
+        check_env_var(name, &value).map_err(|e| format!("line {n}: {e}"))?;
         vars.insert(name.to_string(), value);
     }
     Ok(vars)
+}
+
+/// One `env_file` value (see [`parse_env_file`]). Errors say what is wrong, never the value.
+fn env_value(v: &str) -> Result<String, String> {
+    let (value, rest) = if let Some(body) = v.strip_prefix('\'') {
+        let end = body.find('\'').ok_or("unclosed single quote")?;
+        (body[..end].to_string(), &body[end + 1..])
+    } else if let Some(body) = v.strip_prefix('"') {
+        let mut out = String::with_capacity(body.len());
+        let mut chars = body.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => out.push('\n'),
+                    Some((_, c)) => out.push(c),
+                    None => out.push('\\'),
+                },
+                c => out.push(c),
+            }
+        }
+        let end = end.ok_or("unclosed double quote")?;
+        (out, &body[end + 1..])
+    } else {
+        // Unquoted: up to a comment that follows whitespace.
+        let cut = v
+            .char_indices()
+            .find(|&(i, c)| c == '#' && i > 0 && v[..i].ends_with([' ', '\t']))
+            .map_or(v.len(), |(i, _)| i);
+        return Ok(v[..cut].trim_end().to_string());
+    };
+    let rest = rest.trim_start();
+    if !rest.is_empty() && !rest.starts_with('#') {
+        return Err("text after the closing quote (quote the whole value)".into());
+    }
+    Ok(value)
 }
 
 #[derive(Deserialize)]
@@ -1173,7 +1214,8 @@ mod tests {
     #[test]
     fn env_files_parse_like_a_shell_would_read_them_and_errors_name_no_value() {
         let v = parse_env_file(
-            "# c\n\nA=1\nexport B = two words \nC='x \"y\" $z'\nD=\"a\\\"b\\nc\"\nE=\nF=g=h\n",
+            "# c\n\nA=1\nexport B = two words \nC='x \"y\" $z'\nD=\"a\\\"b\\nc\"\nE=\nF=g=h\n\
+             G=1 # a note\nH=\"#x\" # note\nI='a#b'\nJ=a#b\n",
         )
         .unwrap();
         let want: BTreeMap<String, String> = [
@@ -1183,6 +1225,10 @@ mod tests {
             ("D", "a\"b\nc"),
             ("E", ""),
             ("F", "g=h"),
+            ("G", "1"),
+            ("H", "#x"),
+            ("I", "a#b"),
+            ("J", "a#b"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1194,13 +1240,25 @@ mod tests {
             ("K=\"open\n", "line 1: K: unclosed double quote"),
             (
                 "=secret\n",
-                "line 1: invalid environment variable name \"\"",
+                "line 1: invalid variable name (letters, digits and _, not starting with a digit)",
+            ),
+            (
+                "TOK secret=1\n",
+                "line 1: invalid variable name (letters, digits and _, not starting with a digit)",
+            ),
+            (
+                "K=\"open\" secret\n",
+                "line 1: K: text after the closing quote (quote the whole value)",
             ),
         ] {
             let e = parse_env_file(text).unwrap_err();
             assert_eq!(e, err);
             assert!(!e.contains("secret") && !e.contains("open"));
         }
+        // A TOML mistake on a line with a secret names the line, not the secret.
+        let e = Config::from_toml("[queues.q]\nenv = { TOKEN = hunter2 }\n", None).unwrap_err();
+        assert!(e.starts_with("line 2, column "), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
         // The values stay out of the config's Debug form (it may be logged).
         let mut d = ExecDefaults::default();
         d.env.insert("TOKEN".into(), "hunter2".into());

@@ -156,7 +156,7 @@ pub struct LogArgs {
     /// Job id.
     id: u64,
     /// This attempt (default: the latest).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     attempt: Option<u32>,
     /// Follow: print output as it comes, through the job's retries, until it ends.
     #[arg(short, long, conflicts_with = "json")]
@@ -167,11 +167,15 @@ pub struct LogArgs {
 
 /// How often `log -f` asks for more.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a cancelled exec job may still write: its kill grace (500 ms) and the output
+/// drain (100 ms), with room.
+const CANCEL_DRAIN: std::time::Duration = std::time::Duration::from_millis(1000);
 
 pub fn log(a: &LogArgs) -> CliResult {
     let mut c = Client::connect(&a.opts.socket)?;
     let mut attempt = a.attempt;
     let mut offset = 0;
+    let mut cancel_drained = false;
     let mut out = std::io::stdout().lock();
     loop {
         let r = c.log(a.id, attempt, offset)?;
@@ -191,14 +195,15 @@ pub fn log(a: &LogArgs) -> CliResult {
         if attempt.is_none() && r.attempt.is_some() {
             attempt = r.attempt;
         }
-        if !r.output.is_empty() {
-            continue; // more may be there already
-        }
         if !a.follow {
+            // One read holds all that is kept (at most 64 KiB); what comes after is for -f.
             if r.attempt.is_none() {
                 eprintln!("duejob: job {} has not started yet ({})", a.id, r.state);
             }
             return Ok(());
+        }
+        if !r.output.is_empty() {
+            continue; // more may be there already
         }
         if r.running {
             std::thread::sleep(FOLLOW_POLL);
@@ -217,6 +222,13 @@ pub fn log(a: &LogArgs) -> CliResult {
             continue;
         }
         if r.state.is_terminal() {
+            if r.state == State::Cancelled && !cancel_drained {
+                // A cancelled job is terminal at once, while its process gets SIGTERM and
+                // up to KILL_GRACE to write its last words: read once more after that.
+                cancel_drained = true;
+                std::thread::sleep(CANCEL_DRAIN);
+                continue;
+            }
             return Ok(());
         }
         std::thread::sleep(FOLLOW_POLL);

@@ -46,8 +46,9 @@ pub const KILL_GRACE: Duration = Duration::from_millis(500);
 /// pipe open).
 pub const OUTPUT_DRAIN: Duration = Duration::from_millis(100);
 
-/// Parsed `exec` payload.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
+/// Parsed `exec` payload. Its `Debug` names the environment's variables, not their values
+/// (after [`ExecPayload::resolve`] they include the queue's `env_file`).
+#[derive(Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ExecPayload {
     /// Program and arguments.
@@ -57,6 +58,16 @@ pub struct ExecPayload {
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub cwd: Option<String>,
+}
+
+impl std::fmt::Debug for ExecPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecPayload")
+            .field("argv", &self.argv)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .finish()
+    }
 }
 
 impl ExecPayload {
@@ -95,7 +106,8 @@ impl ExecPayload {
             Some(c) if c.is_absolute() => Some(c.to_path_buf()),
             Some(c) => Some(base.map(|b| b.join(c)).ok_or_else(|| {
                 format!(
-                    "exec payload: cwd {c:?} is relative and the queue has no cwd to take it                      from: give an absolute path (`duejob submit --cwd` sends one)"
+                    "exec payload: cwd {c:?} is relative and the queue has no cwd to take it \
+                     from: give an absolute path (`duejob submit --cwd` sends one)"
                 )
             })?),
             None => base.map(Path::to_path_buf),
@@ -104,7 +116,9 @@ impl ExecPayload {
         if !prog.is_absolute() && self.argv[0].contains('/') {
             let dir = cwd.as_deref().ok_or_else(|| {
                 format!(
-                    "exec payload: program {:?} is a relative path and the job has no working                      directory to take it from: give an absolute path, a cwd, or the queue a cwd                      (`duejob submit` sends absolute paths)",
+                    "exec payload: program {:?} is a relative path and the job has no working \
+                     directory to take it from: give an absolute path, a cwd, or the queue a cwd \
+                     (`duejob submit` sends absolute paths)",
                     self.argv[0]
                 )
             })?;

@@ -66,6 +66,8 @@ fn a_rails_style_job_runs_from_the_queue_config_alone() {
     let j = c.wait_state(id, "succeeded");
     assert_eq!(j["state"], "succeeded", "{j}");
     let seen = std::fs::read_to_string(app.join("seen")).unwrap();
+    // The job's `pwd` is the real path (the temp dir may sit behind a symlink).
+    let app = std::fs::canonicalize(&app).unwrap();
     assert_eq!(
         seen,
         format!(
@@ -106,6 +108,7 @@ fn relative_paths_with_nothing_to_take_them_from_are_refused_at_submit() {
     assert_eq!(r["error"]["code"], "invalid_payload", "{r}");
     let m = r["error"]["message"].as_str().unwrap();
     assert!(m.contains("\"./bill.sh\" is a relative path"), "{m}");
+    assert!(!m.contains("  "), "one space between words: {m}");
     let r = c.call(
         r#"{"op":"submit","queue":"default","kind":"exec","payload":{"argv":["true"],"cwd":"sub"}}"#,
     );

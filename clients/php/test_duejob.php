@@ -87,6 +87,9 @@ expect(Duejob\Timeout::class, fn () => $c->wait($many[2]['id'], 0.1));
 // The daemon restarts (SIGKILL): the next requests reconnect by themselves.
 echo "restart\n";
 check(trim((string) fgets(STDIN)) === 'go', 'go');
+// The first request finds the connection dead before a byte went out: sent again, keyless.
+$keyless = $c->submit('default', 'noop');
+check($c->wait($keyless['id'])['state'] === 'succeeded', 'keyless after restart');
 $r = $c->submit('default', 'noop', null, ['key' => 'php-after-restart']);
 $again = $c->submit('default', 'noop', null, ['key' => 'php-after-restart']);
 check($again['duplicate'] === true && $again['id'] === $r['id'], [$r, $again]);

@@ -106,6 +106,9 @@ def main():
     # The daemon restarts (SIGKILL): the next requests reconnect by themselves.
     print("restart", flush=True)
     assert sys.stdin.readline().strip() == "go"
+    # The first request finds the connection dead before a byte went out: sent again, keyless.
+    keyless = c.submit("default", "noop")
+    assert c.wait(keyless["id"])["state"] == "succeeded"
     r = c.submit("default", "noop", key="py-after-restart")
     again = c.submit("default", "noop", key="py-after-restart")
     assert again["duplicate"] is True and again["id"] == r["id"], (r, again)

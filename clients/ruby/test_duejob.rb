@@ -86,6 +86,9 @@ expect(Duejob::Timeout) { c.wait(many[2]["id"], timeout: 0.1) }
 # The daemon restarts (SIGKILL): the next requests reconnect by themselves.
 puts "restart"
 check($stdin.gets&.strip == "go", "go")
+# The first request finds the connection dead before a byte went out: sent again, keyless.
+keyless = c.submit("default", "noop")
+check(c.wait(keyless["id"])["state"] == "succeeded", "keyless after restart")
 r = c.submit("default", "noop", key: "rb-after-restart")
 again = c.submit("default", "noop", key: "rb-after-restart")
 check(again["duplicate"] == true && again["id"] == r["id"], [r, again])

@@ -9,7 +9,7 @@
 //!
 //! The whole directory is bounded by `output_max_mib` (the oldest jobs' output goes first) and
 //! by `history_retention` (a job's output goes with its history), on a thread of the store's
-//! own (`duejob-output`), woken when an attempt ends over budget and every [`SWEEP_EVERY`]:
+//! own (`duejob-output`), woken when an attempt ends over budget and every 10 minutes:
 //! never on a worker (a slow sweep must not hold an attempt's result past its timeout) nor on
 //! the dispatch path. A write that fails (a full disk) stops that attempt's output with a
 //! warning; the job runs on (G6).

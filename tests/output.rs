@@ -94,6 +94,31 @@ fn log_follows_a_running_job_as_its_output_comes() {
 }
 
 #[test]
+fn log_follow_prints_what_a_cancelled_job_says_while_it_is_killed() {
+    let dir = tempdir();
+    let d = daemon(dir.path(), "");
+    // On SIGTERM (the cancel) it says goodbye: the job is already `cancelled` by then.
+    let id = submit_sh(
+        &d,
+        "trap 'echo bye; exit 0' TERM; echo start; while :; do sleep 0.02; done",
+    );
+    let (f, mut stdout) = follow(&d, id);
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, "start\n");
+    let r = d.conn().call(&format!(r#"{{"op":"cancel","id":{id}}}"#));
+    assert_eq!(r["ok"], true, "{r}");
+    stdout.read_to_end(&mut seen).unwrap();
+    let out = f.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // (The shell may also report its killed `sleep` on stderr, before or after.)
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.starts_with("start\n") && seen.contains("bye\n"),
+        "{seen:?}"
+    );
+}
+
+#[test]
 fn each_attempt_keeps_its_own_output_and_follow_goes_through_the_retries() {
     let dir = tempdir();
     let d = daemon(dir.path(), "");

@@ -113,10 +113,21 @@ fn spawn(p: &ExecPayload, stdin: bool) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
+/// Why the program did not start: the working directory, when that is what is missing (the
+/// error of a failed `chdir` in the child reads like a missing program).
+fn spawn_error(p: &ExecPayload, e: &std::io::Error) -> String {
+    match p.cwd.as_deref() {
+        Some(cwd) if !std::path::Path::new(cwd).is_dir() => {
+            format!("cannot start {:?}: its working directory {cwd:?} is not a directory", p.argv[0])
+        }
+        _ => format!("cannot start {:?}: {e}", p.argv[0]),
+    }
+}
+
 /// Runs one attempt; see the module doc.
 pub fn run(mut r: Run<'_>) -> Result<(), JobError> {
     let mut child = spawn(r.payload, r.stdin.is_some())
-        .map_err(|e| JobError::new(format!("cannot start {:?}: {e}", r.payload.argv[0])))?;
+        .map_err(|e| JobError::new(spawn_error(r.payload, &e)))?;
     let pgid = child.id() as i32;
     if let (Some(data), Some(mut pipe)) = (r.stdin, child.stdin.take()) {
         // On a thread of its own: a program that never reads its stdin cannot hold the attempt

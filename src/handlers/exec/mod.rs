@@ -311,6 +311,13 @@ mod tests {
         assert_eq!(run(&p, None), Ok(()), "explicit environment only");
         let e = run(&payload(&["/nonexistent/prog"]), None).unwrap_err();
         assert!(e.reason.contains("cannot start"), "{}", e.reason);
+        let mut p = payload(&["true"]);
+        p.cwd = Some("/nonexistent/dir".into());
+        let e = run(&p, None).unwrap_err();
+        assert_eq!(
+            e.reason,
+            "cannot start \"true\": its working directory \"/nonexistent/dir\" is not a directory"
+        );
     }
 
     #[test]

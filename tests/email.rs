@@ -510,8 +510,10 @@ fn a_sigkill_mid_send_delivers_every_mail_at_least_once_and_counts_the_duplicate
         mails.len()
     );
     // Every duplicate is a mail the server took while its attempt was never recorded as ended:
-    // the job's timeline shows that attempt `interrupted` by the restart. A mail whose success
-    // was recorded is never sent again.
+    // the job's timeline shows that attempt `interrupted` by the restart, or, when the kill came
+    // before the attempt's `start` record reached the log (docs/guarantees.md, G3), the run is
+    // not in it and the job has a single attempt. A mail whose success was recorded is never
+    // sent again, and one kill sends a mail at most twice.
     let mut c = d.conn();
     for (n, id) in ids.iter().enumerate() {
         let sent = counts[&format!("<mail-{n}@example.com>")];
@@ -525,8 +527,8 @@ fn a_sigkill_mid_send_delivers_every_mail_at_least_once_and_counts_the_duplicate
         assert_eq!(outcomes.last(), Some(&"succeeded"), "{j}");
         if sent > 1 {
             assert!(
-                outcomes.contains(&"interrupted"),
-                "mail {n} sent {sent} times without an interrupted attempt: {j}"
+                sent == 2 && (outcomes.contains(&"interrupted") || outcomes.len() == 1),
+                "mail {n} sent {sent} times, timeline {outcomes:?}: {j}"
             );
         }
     }

@@ -318,7 +318,8 @@ impl Shared {
             damage_skipped: s.damage_skipped.load(Ordering::Relaxed),
             partitions: s.partitions.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
-            failing: s.failing.load(Ordering::Relaxed),
+            // Acquire: the error set before `failing` comes with it.
+            failing: s.failing.load(Ordering::Acquire),
             failures: s.failures.load(Ordering::Relaxed),
             last_error: s.last_error.lock().expect("catalog error").clone(),
         }

@@ -660,7 +660,9 @@ impl Worker {
         let s = &self.shared.stats;
         s.failures.fetch_add(1, Relaxed);
         let msg = e.to_string();
-        let first = !s.failing.swap(true, Relaxed);
+        // The error first: a reader that sees `failing` (Acquire) sees it too.
+        *s.last_error.lock().expect("catalog error") = Some(msg.clone());
+        let first = !s.failing.swap(true, std::sync::atomic::Ordering::AcqRel);
         if first {
             s.failing_since.store(crate::clock::now_ms(), Relaxed);
             log::error!(
@@ -670,7 +672,6 @@ impl Worker {
         } else {
             log::warn!("catalog: still failing: {msg}");
         }
-        *s.last_error.lock().expect("catalog error") = Some(msg.clone());
         self.store = None;
         *self.shared.store.lock().expect("catalog store") = None;
         self.pending.clear();

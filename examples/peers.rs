@@ -34,6 +34,19 @@ struct Args {
     /// report time to serve, RSS and binlog bytes per job (duejob's: `examples/recovery.rs`).
     #[arg(long)]
     recovery: Option<u64>,
+    /// A second duejob binary (an earlier build) measured in the same run, right after the
+    /// first in every cell, for before/after ratios on equal terms.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Only these workloads (comma-separated: put, cycle, latency).
+    #[arg(long, default_value = "put,cycle,latency")]
+    workloads: String,
+    /// Only durable (`durable`) or only weak (`weak`) cells; both by default.
+    #[arg(long)]
+    durability: Option<String>,
+    /// Measure every cell this many times, the rounds one after another.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -258,6 +271,9 @@ fn cpu_secs(pid: &str) -> f64 {
 
 struct Row {
     sys: System,
+    /// Set on the rows of the `--baseline` binary.
+    base: bool,
+    round: usize,
     durable: bool,
     mode: &'static str,
     rate: f64,
@@ -268,8 +284,8 @@ struct Row {
     errors: u64,
 }
 
-fn measure(sys: System, durable: bool, mode: &'static str, a: &Args) -> Row {
-    let server = start(sys, durable, &a.duejob);
+fn measure(sys: System, durable: bool, mode: &'static str, a: &Args, bin: &Path) -> Row {
+    let server = start(sys, durable, bin);
     let pid = server.child.id().to_string();
     let (conns, window) = if mode == "latency" { (1, 1) } else { (4, 100) };
     let (s0, c0) = (cpu_secs(&pid), cpu_secs("self"));
@@ -325,6 +341,8 @@ fn measure(sys: System, durable: bool, mode: &'static str, a: &Args) -> Row {
     }
     Row {
         sys,
+        base: false,
+        round: 0,
         durable,
         mode,
         rate,
@@ -457,31 +475,62 @@ fn main() {
         "build duejob first: cargo build --release"
     );
     let mut rows = Vec::new();
-    for durable in [true, false] {
-        for mode in ["put", "cycle", "latency"] {
-            for sys in [System::Duejob, System::Beanstalkd, System::Redis] {
-                let r = measure(sys, durable, mode, &a);
-                eprintln!(
-                    "  {:?} {} {}: {:.0}/s",
-                    r.sys,
-                    if durable { "durable" } else { "weak" },
-                    r.mode,
-                    r.rate
-                );
-                rows.push(r);
+    let modes: Vec<&'static str> = ["put", "cycle", "latency"]
+        .into_iter()
+        .filter(|m| a.workloads.split(',').any(|w| w.trim() == *m))
+        .collect();
+    let durabilities: Vec<bool> = [true, false]
+        .into_iter()
+        .filter(|d| match a.durability.as_deref() {
+            Some("durable") => *d,
+            Some("weak") => !*d,
+            _ => true,
+        })
+        .collect();
+    for round in 1..=a.rounds {
+        for &durable in &durabilities {
+            for &mode in &modes {
+                let mut runs = vec![(System::Duejob, false, a.duejob.clone())];
+                if let Some(b) = &a.baseline {
+                    runs.push((System::Duejob, true, b.clone()));
+                }
+                runs.push((System::Beanstalkd, false, a.duejob.clone()));
+                runs.push((System::Redis, false, a.duejob.clone()));
+                for (sys, base, bin) in runs {
+                    let mut r = measure(sys, durable, mode, &a, &bin);
+                    r.base = base;
+                    r.round = round;
+                    eprintln!(
+                        "  round {round} {:?}{} {} {}: {:.0}/s",
+                        r.sys,
+                        if base { " (baseline)" } else { "" },
+                        if durable { "durable" } else { "weak" },
+                        r.mode,
+                        r.rate
+                    );
+                    rows.push(r);
+                }
             }
         }
     }
     println!(
-        "| durability | workload | system | jobs/s | p50 µs | p99 µs | duejob ÷ this | server CPU | client CPU |"
+        "| round | durability | workload | system | jobs/s | p50 µs | p99 µs | duejob ÷ this | server CPU | client CPU |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let dj = rows
             .iter()
-            .find(|o| o.sys == System::Duejob && o.durable == r.durable && o.mode == r.mode)
+            .find(|o| {
+                o.sys == System::Duejob
+                    && !o.base
+                    && o.round == r.round
+                    && o.durable == r.durable
+                    && o.mode == r.mode
+            })
             .unwrap();
         let name = match (r.sys, r.durable) {
+            (System::Duejob, true) if r.base => "duejob baseline (sync always)",
+            (System::Duejob, false) if r.base => "duejob baseline (sync never)",
             (System::Duejob, true) => "duejob (sync always)",
             (System::Duejob, false) => "duejob (sync never)",
             (System::Beanstalkd, true) => "beanstalkd 1.12 (-b -f 0)",
@@ -490,7 +539,8 @@ fn main() {
             (System::Redis, false) => "Redis 7 (no AOF)",
         };
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.0}% | {:.0}%{} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.0}% | {:.0}%{} |",
+            r.round,
             if r.durable { "durable" } else { "weak" },
             r.mode,
             name,

@@ -91,6 +91,8 @@ struct Inner {
     kinds: Arc<Kinds>,
     next_id: AtomicU64,
     wal_tx: Sender<WalMsg>,
+    /// The log itself, for connections that commit their own lone appends.
+    wal: commit::Wal<JobRef>,
     sched_tx: Sender<Msg>,
     wal_stats: Arc<WalStats>,
     closing: AtomicBool,
@@ -326,6 +328,27 @@ impl Handle {
                 ack: Some(ack),
             }))
             .map_err(|_| closed())
+    }
+
+    /// Commits records and their jobs on the calling thread when the log is idle (see
+    /// [`commit::Wal::append_now`]: the caller must have no earlier append unanswered), and
+    /// returns what became of each record; gives them back when the log is busy or closing.
+    pub(crate) fn append_now(
+        &self,
+        records: RecordBatch,
+        jobs: Vec<JobRef>,
+    ) -> Result<Ack, (RecordBatch, Vec<JobRef>)> {
+        if self.is_closing() {
+            return Err((records, jobs));
+        }
+        self.inner
+            .wal
+            .append_now(Append {
+                records,
+                jobs,
+                ack: None,
+            })
+            .map_err(|a| (a.records, a.jobs))
     }
 
     /// Validates `specs`, numbers them and sends their `submit` records to the WAL as one group
@@ -961,7 +984,7 @@ impl RuntimeBuilder {
         );
         let to_sched = sched_tx.clone();
         let to_ckpt = checkpointer.sender();
-        let wal_thread = commit::spawn(
+        let (wal, wal_thread) = commit::spawn(
             appender,
             commit::Options {
                 mode: cfg.sync,
@@ -1027,6 +1050,7 @@ impl RuntimeBuilder {
             cfg,
             kinds,
             wal_tx,
+            wal,
             sched_tx,
             wal_stats,
             closing: AtomicBool::new(false),

@@ -59,6 +59,9 @@ struct ReplyBudget {
     writer_gone: std::sync::atomic::AtomicBool,
     /// The writer's "I wrote something" signal.
     wake: (Sender<()>, Receiver<()>),
+    /// Groups handed to the writer and not yet written out by it (written and flushed): while
+    /// none is, the reader may write replies itself without passing one.
+    groups: std::sync::atomic::AtomicUsize,
 }
 
 impl ReplyBudget {
@@ -67,6 +70,7 @@ impl ReplyBudget {
             bytes: Default::default(),
             writer_gone: Default::default(),
             wake: crossbeam_channel::bounded(1),
+            groups: Default::default(),
         }
     }
 
@@ -172,6 +176,7 @@ impl Write for SharedStream {
 fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
     let mut lines = LineReader::new(handle.config().max_line);
     let mut burst = Burst::default();
+    let mut reply = Vec::new();
     loop {
         match lines.next_line() {
             Line::Complete(range) => {
@@ -205,7 +210,10 @@ fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
                 )));
             }
             Line::NeedMore => {
-                flush(&mut burst, handle, out);
+                if !answer_now(&mut burst, handle, out, &stream, &mut reply) {
+                    log::debug!("connection write error: the client is gone");
+                    return;
+                }
                 match lines.fill(&mut &*stream) {
                     Ok(0) => {
                         if lines.pending() > 0 {
@@ -257,12 +265,70 @@ pub(super) fn flush(burst: &mut Burst, handle: &Handle, out: &Out<'_>) {
     out.budget
         .bytes
         .fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+    out.budget
+        .groups
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let _ = out.groups.send(Group {
         slots,
         awaits_wal,
         bytes,
     });
     out.budget.wait_for_room();
+}
+
+/// Answers the burst the reader has when it has read everything the client sent: when the writer
+/// holds nothing, the reader commits the burst's records itself (when the log is idle, see
+/// [`Handle::append_now`]) and writes the replies itself, so that a lone request wakes no other
+/// thread of the daemon on its way. Otherwise (the writer has replies to send first, or the log
+/// is busy) the burst goes the usual way ([`flush`]). Returns false when the client is gone.
+fn answer_now(
+    burst: &mut Burst,
+    handle: &Handle,
+    out: &Out<'_>,
+    stream: &UnixStream,
+    buf: &mut Vec<u8>,
+) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    if burst.slots.is_empty() {
+        return true;
+    }
+    // The writer has written out every group handed to it (only this thread hands it more):
+    // what is written here follows all of them, and no append of this connection is unanswered.
+    if out.budget.groups.load(SeqCst) != 0 {
+        flush(burst, handle, out);
+        return true;
+    }
+    let b = std::mem::take(burst);
+    let ack = if b.records.is_empty() {
+        None
+    } else {
+        match handle.append_now(b.records, b.jobs) {
+            Ok(ack) => Some(ack),
+            Err((records, jobs)) => {
+                *burst = Burst {
+                    slots: b.slots,
+                    records,
+                    jobs,
+                    ready_bytes: b.ready_bytes,
+                };
+                flush(burst, handle, out);
+                return true;
+            }
+        }
+    };
+    buf.clear();
+    let g = Group {
+        slots: b.slots,
+        awaits_wal: false,
+        bytes: 0,
+    };
+    write_group(buf, g, ack).expect("writing to memory");
+    let ok = (&*stream).write_all(buf).is_ok();
+    if buf.capacity() > 64 << 10 {
+        // One large reply (a status with a big payload) is not held on to.
+        *buf = Vec::new();
+    }
+    ok
 }
 
 /// How often a writer waiting for acknowledgements looks whether the WAL has stopped (an append
@@ -286,6 +352,7 @@ fn write_replies(
     let mut acks_open = true;
     loop {
         // Send every complete group at the front.
+        let mut written = 0;
         while let Some(g) = waiting.front() {
             let ack = if g.awaits_wal {
                 match ready_acks.pop_front() {
@@ -305,9 +372,16 @@ fn write_replies(
                 broken = write_group(&mut out, g, ack).is_err();
             }
             budget.release(bytes);
+            written += 1;
         }
         if !broken && out.flush().is_err() {
             broken = true;
+        }
+        if written > 0 {
+            // Out on the socket (or the client is gone): the reader may write after them.
+            budget
+                .groups
+                .fetch_sub(written, std::sync::atomic::Ordering::SeqCst);
         }
         if !groups_open && waiting.is_empty() {
             return;
@@ -365,7 +439,7 @@ fn write_replies(
 }
 
 fn write_group(
-    out: &mut BufWriter<SharedStream>,
+    out: &mut impl Write,
     g: Group,
     ack: Option<Ack>,
 ) -> std::io::Result<()> {

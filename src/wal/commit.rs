@@ -22,11 +22,12 @@
 //! (written, not synced: it rides with the next sync), and shutdown writes and syncs a last one.
 //! Recovery uses them to tell a torn write from damage to synced data.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::appender::{Appender, Sealed};
 use super::durable::{self, Keeper};
@@ -274,36 +275,120 @@ pub struct Options {
     pub seal_after: Option<Duration>,
 }
 
+/// The log, shared by the commit thread and the threads that commit their own appends
+/// ([`Wal::append_now`]). Whoever holds `log` is the one writer: the "single writer" of the log is
+/// one leader at a time, not one thread.
+struct Shared<J> {
+    log: Mutex<CommitLoop<J>>,
+    /// Origin of `sleeping_until`.
+    epoch: Instant,
+    /// When the commit thread next wakes without a message, in ns after `epoch` (`u64::MAX`: not
+    /// before one comes). Written under `log`; read under `log` by a thread that committed and
+    /// may have moved a timer earlier.
+    sleeping_until: AtomicU64,
+    /// Wakes the commit thread to look at its timers again.
+    wake: Sender<()>,
+}
+
+/// A handle on the log for threads that commit their own appends; see [`Wal::append_now`].
+pub struct Wal<J> {
+    shared: Arc<Shared<J>>,
+}
+
+impl<J> Clone for Wal<J> {
+    fn clone(&self) -> Self {
+        Wal {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<J: Keyed> Wal<J> {
+    /// Commits `append` on the calling thread when no other writer holds the log: writes its
+    /// records as a group of their own, syncs them as the mode says, hands its jobs on and
+    /// returns the answer, all before returning; no other thread is woken on the way. When the
+    /// log is busy (the commit thread or another caller is writing), or it has stopped, gives the
+    /// append back untouched: send it to the commit thread instead.
+    ///
+    /// The caller must have no earlier append of its own still unanswered (sent to the commit
+    /// thread and not yet acknowledged): this one would be written first. Appends of different
+    /// callers have no order until one has been answered, and an answered append is in the log
+    /// before any append sent after the answer, whichever way either went.
+    pub fn append_now(&self, append: Append<J>) -> Result<Ack, Append<J>> {
+        let Ok(mut log) = self.shared.log.try_lock() else {
+            return Err(append);
+        };
+        if log.stopped {
+            return Err(append);
+        }
+        let mut group = std::mem::take(&mut log.spare);
+        group.push(append);
+        let failure = log.commit(&group, false);
+        log.durable.note(log.appender.durable_lsn());
+        let ack = log.finish_group(&mut group, failure);
+        log.spare = group;
+        log.report_sealed();
+        // The commit thread sleeps on timers computed before this group (a sync mark is now
+        // due, a segment now has an age, batch mode has unsynced data): tell it when one moved
+        // earlier.
+        let next = log.next_timer().map_or(u64::MAX, |t| self.shared.ns(t));
+        if next < self.shared.sleeping_until.load(Ordering::Acquire) {
+            self.shared.sleeping_until.store(next, Ordering::Release);
+            drop(log);
+            let _ = self.shared.wake.try_send(());
+        }
+        Ok(ack.unwrap_or_default())
+    }
+}
+
+impl<J> Shared<J> {
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitLoop<J>> {
+        // A writer that panicked left the log in an unknown state: go no further.
+        self.log.lock().expect("WAL writer panicked")
+    }
+}
+
 /// Starts the commit thread. `events` hears of the jobs of each group once they are durable (in
-/// the group's order), and of a failure.
+/// log order), and of a failure. Returns the handle for threads that commit their own appends.
 pub fn spawn<J: Keyed>(
     appender: Appender,
     opts: Options,
     keys: KeyIndex,
     rx: Receiver<WalMsg<J>>,
     events: Box<dyn FnMut(WalEvent<J>) + Send>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
+) -> (Wal<J>, JoinHandle<()>) {
+    let durable = Keeper::spawn(durable::Writer::new(appender.storage().clone()));
+    let (wake, wake_rx) = crossbeam_channel::bounded(1);
+    let shared = Arc::new(Shared {
+        log: Mutex::new(CommitLoop {
+            durable,
+            appender,
+            mode: opts.mode,
+            seal_after: opts.seal_after,
+            keys,
+            events,
+            last_sync: Instant::now(),
+            unsynced_since: None,
+            results: Vec::new(),
+            failed: false,
+            after_failure: None,
+            stopped: false,
+            spare: Vec::new(),
+        }),
+        epoch: Instant::now(),
+        sleeping_until: AtomicU64::new(u64::MAX),
+        wake,
+    });
+    let s = shared.clone();
+    let thread = std::thread::Builder::new()
         .name("duejob-wal".into())
-        .spawn(move || {
-            let durable = Keeper::spawn(durable::Writer::new(appender.storage().clone()));
-            CommitLoop {
-                durable,
-                appender,
-                mode: opts.mode,
-                seal_after: opts.seal_after,
-                keys,
-                rx,
-                events,
-                last_sync: Instant::now(),
-                unsynced_since: None,
-                results: Vec::new(),
-                failed: false,
-                after_failure: None,
-            }
-            .run()
-        })
-        .expect("spawn WAL thread")
+        .spawn(move || run(&s, &rx, &wake_rx))
+        .expect("spawn WAL thread");
+    (Wal { shared }, thread)
 }
 
 /// How a group failed (see [`Failure`]).
@@ -313,6 +398,7 @@ struct GroupFailure {
     certain: bool,
 }
 
+/// The writer's state: the appender and everything about what it has written.
 struct CommitLoop<J> {
     /// Keeps `wal/durable` up to date (its own thread; told the durable LSN after each group).
     durable: Keeper,
@@ -320,7 +406,6 @@ struct CommitLoop<J> {
     mode: SyncMode,
     seal_after: Option<Duration>,
     keys: KeyIndex,
-    rx: Receiver<WalMsg<J>>,
     events: Box<dyn FnMut(WalEvent<J>) + Send>,
     last_sync: Instant,
     /// Mode `always`: when records nobody waits on were first written without a sync.
@@ -333,63 +418,104 @@ struct CommitLoop<J> {
     /// After a failure: what stays in the log (the last LSN certainly in it, and whether
     /// everything after it is certainly gone), for answering every later group alike.
     after_failure: Option<(u64, bool)>,
+    /// Set once the log is closed: nothing more is written.
+    stopped: bool,
+    /// An empty group vector kept for [`Wal::append_now`] (no allocation per call).
+    spare: Vec<Append<J>>,
+}
+
+/// The commit thread: takes each message with whatever is queued behind it as one group, and
+/// commits it once it holds the log.
+fn run<J: Keyed>(shared: &Shared<J>, rx: &Receiver<WalMsg<J>>, wake: &Receiver<()>) {
+    let mut group: Vec<Append<J>> = Vec::new();
+    loop {
+        let first = match next_message(shared, rx, wake) {
+            Some(m) => m,
+            None => break,
+        };
+        let mut stop = None;
+        let mut seal = None;
+        let mut bytes = 0usize;
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            match m {
+                WalMsg::Append(a) => {
+                    bytes += a.records.byte_len();
+                    group.push(a);
+                }
+                WalMsg::Seal(s) => {
+                    seal = Some(s);
+                    break;
+                }
+                WalMsg::Stop(s) => {
+                    stop = Some(s);
+                    break;
+                }
+            }
+            if bytes < GROUP_BYTES {
+                msg = rx.try_recv().ok();
+            }
+        }
+        let mut log = shared.lock();
+        if !group.is_empty() || stop.is_some() {
+            let failure = log.commit(&group, stop.is_some());
+            log.durable.note(log.appender.durable_lsn());
+            log.finish_group(&mut group, failure);
+        }
+        if let Some(s) = seal {
+            let r = log.seal();
+            // What it sealed is reported before the answer: whoever asked hears of it first.
+            log.report_sealed();
+            let _ = s.send(r);
+        }
+        log.report_sealed();
+        if let Some(s) = stop {
+            log.close();
+            let _ = s.send(());
+            return;
+        }
+    }
+    // Every sender is gone: make what was written durable before leaving.
+    shared.lock().close();
+}
+
+/// The next message, or `None` when every sender is gone. Meanwhile wakes up to sync (batch mode
+/// with unsynced data, or deferred records in mode `always`), to write a sync mark when the log
+/// has gone idle without one, and to seal an old segment; the timers are read afresh under the
+/// lock each time (a thread committing its own append moves them).
+fn next_message<J: Keyed>(
+    shared: &Shared<J>,
+    rx: &Receiver<WalMsg<J>>,
+    wake: &Receiver<()>,
+) -> Option<WalMsg<J>> {
+    loop {
+        let deadline = {
+            let log = shared.lock();
+            let t = log.next_timer();
+            shared.sleeping_until.store(
+                t.map_or(u64::MAX, |t| shared.ns(t)),
+                Ordering::Release,
+            );
+            t
+        };
+        let timeout = match deadline {
+            Some(t) => crossbeam_channel::at(t),
+            None => crossbeam_channel::never(),
+        };
+        crossbeam_channel::select! {
+            recv(rx) -> m => return m.ok(),
+            recv(wake) -> _ => {}
+            recv(timeout) -> _ => shared.lock().on_timers(Instant::now()),
+        }
+    }
 }
 
 impl<J: Keyed> CommitLoop<J> {
-    fn run(mut self) {
-        let mut group: Vec<Append<J>> = Vec::new();
-        loop {
-            let first = match self.next_message() {
-                Some(m) => m,
-                None => break,
-            };
-            let mut stop = None;
-            let mut seal = None;
-            let mut bytes = 0usize;
-            let mut msg = Some(first);
-            while let Some(m) = msg.take() {
-                match m {
-                    WalMsg::Append(a) => {
-                        bytes += a.records.byte_len();
-                        group.push(a);
-                    }
-                    WalMsg::Seal(s) => {
-                        seal = Some(s);
-                        break;
-                    }
-                    WalMsg::Stop(s) => {
-                        stop = Some(s);
-                        break;
-                    }
-                }
-                if bytes < GROUP_BYTES {
-                    msg = self.rx.try_recv().ok();
-                }
-            }
-            let failure = self.commit(&group, stop.is_some());
-            self.durable.note(self.appender.durable_lsn());
-            self.finish_group(&mut group, failure);
-            if let Some(s) = seal {
-                let r = self.seal();
-                // What it sealed is reported before the answer: whoever asked hears of it first.
-                self.report_sealed();
-                let _ = s.send(r);
-            }
-            self.report_sealed();
-            if let Some(s) = stop {
-                self.close();
-                let _ = s.send(());
-                return;
-            }
-        }
-        // Every sender is gone: make what was written durable before leaving.
-        self.close();
-    }
-
     /// Writes and syncs what is buffered, then a last sync mark, so that a log closed cleanly
     /// has every record covered by a mark. (A failure here is logged by the appender; nothing
     /// is waiting for an answer any more.)
     fn close(&mut self) {
+        self.stopped = true;
         if self.appender.failed().is_some() {
             self.durable.finish(false);
             return;
@@ -441,48 +567,46 @@ impl<J: Keyed> CommitLoop<J> {
             (self.events)(WalEvent::Failed(e.clone()));
         }
     }
-    /// The next message, or `None` when every sender is gone. Meanwhile wakes up to sync (batch
-    /// mode with unsynced data, or deferred records in mode `always`) and to write a sync mark
-    /// when the log has gone idle without one.
-    fn next_message(&mut self) -> Option<WalMsg<J>> {
-        loop {
-            let (sync_at, mark_at) = self.timers();
-            let seal_at = self.seal_at();
-            let Some(deadline) = [sync_at, mark_at, seal_at].into_iter().flatten().min() else {
-                return self.rx.recv().ok();
-            };
-            match self.rx.recv_deadline(deadline) {
-                Ok(m) => return Some(m),
-                Err(RecvTimeoutError::Timeout) => {
-                    let now = Instant::now();
-                    if seal_at.is_some_and(|t| t <= now) {
-                        // Sealing writes and syncs what is pending first.
-                        if self.seal().is_ok() {
-                            log::debug!("WAL: sealed the current segment: its first record is older than {:?}", self.seal_after.unwrap_or_default());
-                        }
-                        self.report_sealed();
-                    } else if sync_at.is_some_and(|t| t <= now) {
-                        match self.appender.sync() {
-                            Ok(()) => {
-                                self.last_sync = Instant::now();
-                                self.durable.note(self.appender.durable_lsn());
-                            }
-                            // The appender is poisoned: every later append fails.
-                            Err(e) => self.report_failure(&Arc::new(e)),
-                        }
-                        self.unsynced_since = None;
-                    } else if mark_at.is_some_and(|t| t <= now) {
-                        // Written, not synced: the next sync (or shutdown) takes it along.
-                        let marked = self
-                            .appender
-                            .push_mark(crate::clock::now_ms())
-                            .and_then(|_| self.appender.write());
-                        if let Err(e) = marked {
-                            self.report_failure(&Arc::new(e));
-                        }
-                    }
+    /// The earliest of the timers (sync, sync mark, seal).
+    fn next_timer(&self) -> Option<Instant> {
+        let (sync_at, mark_at) = self.timers();
+        [sync_at, mark_at, self.seal_at()].into_iter().flatten().min()
+    }
+
+    /// Does what the timers say is due at `now`.
+    fn on_timers(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        let (sync_at, mark_at) = self.timers();
+        let seal_at = self.seal_at();
+        if seal_at.is_some_and(|t| t <= now) {
+            // Sealing writes and syncs what is pending first.
+            if self.seal().is_ok() {
+                log::debug!(
+                    "WAL: sealed the current segment: its first record is older than {:?}",
+                    self.seal_after.unwrap_or_default()
+                );
+            }
+            self.report_sealed();
+        } else if sync_at.is_some_and(|t| t <= now) {
+            match self.appender.sync() {
+                Ok(()) => {
+                    self.last_sync = Instant::now();
+                    self.durable.note(self.appender.durable_lsn());
                 }
-                Err(RecvTimeoutError::Disconnected) => return None,
+                // The appender is poisoned: every later append fails.
+                Err(e) => self.report_failure(&Arc::new(e)),
+            }
+            self.unsynced_since = None;
+        } else if mark_at.is_some_and(|t| t <= now) {
+            // Written, not synced: the next sync (or shutdown) takes it along.
+            let marked = self
+                .appender
+                .push_mark(crate::clock::now_ms())
+                .and_then(|_| self.appender.write());
+            if let Err(e) = marked {
+                self.report_failure(&Arc::new(e));
             }
         }
     }
@@ -632,11 +756,17 @@ impl<J: Keyed> CommitLoop<J> {
 
     /// Hands the group's jobs that are in the log to the dispatcher, then acknowledges each
     /// append. In that order: a client that reads its acknowledgement and at once asks about its
-    /// job (`status`, `cancel`) reaches the dispatcher after the job did.
-    fn finish_group(&mut self, group: &mut Vec<Append<J>>, failure: Option<GroupFailure>) {
+    /// job (`status`, `cancel`) reaches the dispatcher after the job did. Returns the answer of
+    /// the last append that has nobody to send it to (that of [`Wal::append_now`]'s own).
+    fn finish_group(
+        &mut self,
+        group: &mut Vec<Append<J>>,
+        failure: Option<GroupFailure>,
+    ) -> Option<Ack> {
         let mut jobs = Vec::new();
-        let mut acks = Vec::with_capacity(group.len());
-        let mut results = std::mem::take(&mut self.results).into_iter();
+        let mut acks = Vec::new();
+        let mut own = None;
+        let mut results = self.results.drain(..);
         for a in group.drain(..) {
             let (first_lsn, written, duplicates) = results.next().unwrap_or_default();
             let ack = Ack {
@@ -663,16 +793,19 @@ impl<J: Keyed> CommitLoop<J> {
                 let mine = a.jobs.into_iter().zip(recorded).filter(|(_, r)| *r);
                 jobs.extend(mine.map(|(j, _)| j));
             }
-            if let Some(tx) = a.ack {
-                acks.push((tx, ack));
+            match a.ack {
+                Some(tx) => acks.push((tx, ack)),
+                None => own = Some(ack),
             }
         }
+        drop(results);
         if !jobs.is_empty() {
             (self.events)(WalEvent::Durable(jobs));
         }
         for (tx, ack) in acks {
             let _ = tx.send(ack);
         }
+        own
     }
 }
 
@@ -684,6 +817,7 @@ mod tests {
     use crate::wal::record::Cancel;
 
     /// A job as the tests hand it to the commit thread.
+    #[derive(Debug)]
     struct TJob {
         id: u64,
         key: Option<String>,
@@ -731,7 +865,7 @@ mod tests {
         )
         .unwrap();
         let (jtx, jrx) = crossbeam_channel::unbounded();
-        let h = spawn(
+        let (_wal, h) = spawn(
             app,
             Options {
                 mode,
@@ -744,6 +878,208 @@ mod tests {
             }),
         );
         (jrx, h)
+    }
+
+    /// The commit thread on a fresh `storage`, with the handle for committing on the caller's
+    /// thread.
+    fn start_wal(
+        storage: &MemStorage,
+        mode: SyncMode,
+    ) -> (
+        Wal<TJob>,
+        Sender<WalMsg>,
+        Receiver<WalEvent>,
+        JoinHandle<()>,
+    ) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let scan = read_log(storage, &mut |_| Ok(())).unwrap();
+        let app =
+            Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
+        let (jtx, jrx) = crossbeam_channel::unbounded();
+        let (wal, h) = spawn(
+            app,
+            Options {
+                mode,
+                seal_after: None,
+            },
+            KeyIndex::new(1 << 40, 1000),
+            rx,
+            Box::new(move |j| {
+                let _ = jtx.send(j);
+            }),
+        );
+        (wal, tx, jrx, h)
+    }
+
+    /// An append of the records `ids`, each the submit of a job of that id.
+    fn own_append(ids: std::ops::Range<u64>) -> Append<TJob> {
+        Append {
+            records: cancel_batch(ids.clone()),
+            jobs: ids
+                .map(|id| TJob {
+                    id,
+                    key: None,
+                    submitted_at: 0,
+                })
+                .collect(),
+            ack: None,
+        }
+    }
+
+    /// Waits (up to a minute) until `image()` satisfies `ok`.
+    fn wait_for_image(image: impl Fn() -> MemStorage, ok: impl Fn(&MemStorage) -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if ok(&image()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    #[test]
+    fn a_lone_append_is_durable_and_handed_on_before_append_now_returns() {
+        let storage = MemStorage::new();
+        let (wal, tx, events, h) = start_wal(&storage, SyncMode::Always);
+        let ack = wal.append_now(own_append(0..3)).ok().expect("the log is idle");
+        assert!(ack.is_ok());
+        assert_eq!(ack.first_lsn, 1);
+        // Durable on return: a power cut now keeps it.
+        assert_eq!(job_records(&storage.crash_image(0)), [0, 1, 2]);
+        // Its jobs were handed on before the answer.
+        match events.try_recv() {
+            Ok(WalEvent::Durable(jobs)) => {
+                assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [0, 1, 2])
+            }
+            other => panic!("expected the jobs, got {other:?}"),
+        }
+        // The next one follows it, after the sync mark that speaks for the first.
+        let ack = wal.append_now(own_append(3..4)).ok().unwrap();
+        assert_eq!(ack.first_lsn, 5);
+        stop(&tx, h);
+        // Stopped: the append is given back, nothing written.
+        let back = wal.append_now(own_append(9..10)).expect_err("given back");
+        assert_eq!(back.jobs[0].id, 9);
+        assert_eq!(job_records(&storage.crash_image(usize::MAX)), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn append_now_gives_the_append_back_while_another_writer_holds_the_log() {
+        let storage = MemStorage::new();
+        let (wal, tx, _events, h) = start_wal(&storage, SyncMode::Always);
+        let held = wal.shared.log.lock().unwrap();
+        let back = wal.append_now(own_append(0..1)).expect_err("busy");
+        assert_eq!(back.records.byte_len(), cancel_batch(0..1).byte_len());
+        drop(held);
+        assert!(wal.append_now(back).is_ok());
+        stop(&tx, h);
+        assert_eq!(job_records(&storage.crash_image(0)), [0]);
+    }
+
+    #[test]
+    fn after_append_now_the_commit_thread_wakes_for_the_timers_it_moved() {
+        // Batch mode: the append is acknowledged written, not synced; nobody sends the commit
+        // thread anything, so only the wake-up makes it sync (and mark) in time.
+        let storage = MemStorage::new();
+        let (wal, tx, _events, h) =
+            start_wal(&storage, SyncMode::Batch(Duration::from_millis(20)));
+        // Let the commit thread go to sleep with no timer at all.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(wal.append_now(own_append(0..1)).ok().unwrap().is_ok());
+        let synced = wait_for_image(|| storage.crash_image(0), |img| records_in(img) == 1);
+        assert!(synced, "the commit thread never synced the batch");
+        // Mode always: after a lone group, an idle sync mark follows (written by the commit
+        // thread, MARK_IDLE later), so the log's last record is covered by one.
+        let storage = MemStorage::new();
+        let (wal2, tx2, _e2, h2) = start_wal(&storage, SyncMode::Always);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(wal2.append_now(own_append(0..1)).ok().unwrap().is_ok());
+        let last_is_mark = |img: &MemStorage| {
+            let mut last = None;
+            let _ = read_log(img, &mut |r| {
+                last = Some(matches!(r.record, Record::Sync(_)));
+                Ok(())
+            });
+            last == Some(true)
+        };
+        assert!(
+            wait_for_image(|| storage.crash_image(usize::MAX), last_is_mark),
+            "no idle sync mark after the lone group"
+        );
+        stop(&tx, h);
+        stop(&tx2, h2);
+    }
+
+    #[test]
+    fn appends_now_and_through_the_commit_thread_interleave_without_loss_or_reorder() {
+        // 4 threads, each alternating appends of its own (waiting for each answer, as a
+        // connection does) between the two ways; every answer agrees with the log, each
+        // thread's records are in its order, and the jobs are handed on in log order.
+        let storage = MemStorage::new();
+        let (wal, tx, events, h) = start_wal(&storage, SyncMode::Always);
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (wal, tx) = (wal.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    let mut answers = Vec::new();
+                    for i in 0..200u64 {
+                        let id = t * 10_000 + i * 2;
+                        let a = own_append(id..id + 2);
+                        let ack = if i % 3 == 0 {
+                            Err(a)
+                        } else {
+                            wal.append_now(a)
+                        };
+                        let ack = match ack {
+                            Ok(ack) => ack,
+                            Err(mut a) => {
+                                let (atx, arx) = crossbeam_channel::bounded(1);
+                                a.ack = Some(atx);
+                                tx.send(WalMsg::Append(a)).unwrap();
+                                arx.recv().unwrap()
+                            }
+                        };
+                        assert!(ack.is_ok());
+                        answers.push((id, ack.first_lsn));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let answers: Vec<(u64, u64)> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        stop(&tx, h);
+        let img = storage.crash_image(0);
+        let mut at = std::collections::HashMap::new();
+        let mut order = Vec::new();
+        read_log(&img, &mut |r| {
+            if let Some(id) = r.record.job_id() {
+                at.insert(id, r.lsn);
+                order.push(id);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(order.len(), 1600, "every record once");
+        for (id, lsn) in &answers {
+            assert_eq!(at[id], *lsn, "job {id}");
+            assert_eq!(at[&(id + 1)], lsn + 1, "job {id}'s append is contiguous");
+        }
+        for t in 0..4u64 {
+            let mine: Vec<u64> = order.iter().copied().filter(|id| id / 10_000 == t).collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "thread {t} reordered");
+        }
+        let handed: Vec<u64> = events
+            .try_iter()
+            .flat_map(|e| match e {
+                WalEvent::Durable(jobs) => jobs.into_iter().map(|j| j.id).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(handed, order, "jobs are handed on in log order");
     }
 
     fn cancel_batch(ids: std::ops::Range<u64>) -> RecordBatch {
@@ -1000,20 +1336,20 @@ mod tests {
         let scan = read_log(&storage, &mut |_| Ok(())).unwrap();
         let app =
             Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
-        let (_tx, rx) = crossbeam_channel::unbounded();
         let mut l = CommitLoop {
             durable: Keeper::spawn(durable::Writer::new(Arc::new(storage.clone()))),
             appender: app,
             mode: SyncMode::Batch(Duration::from_millis(200)),
             seal_after: None,
             keys: KeyIndex::new(1 << 40, 1000),
-            rx,
             events: Box::new(|_: WalEvent| {}),
             last_sync: Instant::now(),
             unsynced_since: None,
             results: Vec::new(),
             failed: false,
             after_failure: None,
+            stopped: false,
+            spare: Vec::new(),
         };
         let mut body = Vec::new();
         Record::Cancel(Cancel { id: 1, at: 0 }).encode_into(&mut body);

@@ -579,3 +579,30 @@ fn a_replay_of_many_chunks_selects_each_job_of_the_window_once_and_never_its_own
     assert_eq!(r["enqueued"], 0, "{r}");
     assert_eq!(r["skipped"]["duplicate"], 2 * n, "{r}");
 }
+
+/// Issue 15: the catalog flushed (sled flush, manifest write, two fsyncs) each time it caught up,
+/// so under a lone client it fsynced after nearly every record, on the disk the WAL's own
+/// fdatasync waits for. Now it flushes at most once a second whatever the load.
+#[test]
+fn a_caught_up_catalog_does_not_flush_after_every_record_of_a_lone_client() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut c = d.conn();
+    let started = Instant::now();
+    let mut last = 0;
+    for _ in 0..40 {
+        last = c.submit(r#"{"op":"submit","queue":"default","kind":"noop"}"#);
+        // Longer than the catalog's idle wait: it catches up between two submits.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // Caught up with the last one (it holds the job): the catalog saw every record.
+    let s = wait_stats(&d, Duration::from_secs(60), |s| {
+        s["catalog"]["lag_records"] == 0 && s["catalog"]["jobs_added"].as_u64().unwrap() >= 40
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let flushes = s["catalog"]["flushes"].as_u64().unwrap();
+    assert!(
+        (flushes as f64) <= secs + 2.0,
+        "{flushes} flushes in {secs:.1}s for 40 lone submits (job {last}): {s}"
+    );
+}

@@ -108,6 +108,8 @@ pub struct Stats {
     pub missed_segments: AtomicU64,
     /// Places of damage in sealed segments that it read past (the records between lost).
     pub damage_skipped: AtomicU64,
+    /// Flushes since start.
+    pub flushes: AtomicU64,
     /// The last error.
     pub last_error: Mutex<Option<String>>,
 }
@@ -317,6 +319,7 @@ impl Shared {
             missed_segments: s.missed_segments.load(Ordering::Relaxed),
             damage_skipped: s.damage_skipped.load(Ordering::Relaxed),
             partitions: s.partitions.load(Ordering::Relaxed),
+            flushes: s.flushes.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             // Acquire: the error set before `failing` comes with it.
             failing: s.failing.load(Ordering::Acquire),

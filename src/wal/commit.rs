@@ -1,6 +1,12 @@
-//! The group-commit thread: the only writer of the WAL.
+//! Group commit: the commit thread, and the lone appends committed by their own thread.
 //!
-//! It blocks for the first message, then drains every message already queued (up to
+//! The log (appender, key index, timers) is behind one mutex; whoever holds it is the one writer.
+//! A thread with a lone append may commit it itself when the log is idle ([`Wal::append_now`]:
+//! `try_lock`, never a wait), which spares a lone request two thread wake-ups. Everything else
+//! goes to the commit thread, which leads every contended group (ARCHITECTURE.md, "Who writes the
+//! log").
+//!
+//! The commit thread blocks for the first message, then drains every message already queued (up to
 //! [`GROUP_BYTES`]), encodes all their records into one buffer, writes it with one positioned
 //! write, issues one fdatasync (mode `always`), and only then acknowledges each message and hands
 //! its jobs on (to the dispatcher). A job therefore never runs before its record is durable, and
@@ -22,7 +28,7 @@
 //! (written, not synced: it rides with the next sync), and shutdown writes and syncs a last one.
 //! Recovery uses them to tell a torn write from damage to synced data.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -288,7 +294,15 @@ struct Shared<J> {
     sleeping_until: AtomicU64,
     /// Wakes the commit thread to look at its timers again.
     wake: Sender<()>,
+    /// Set while the log's writer waits in `fdatasync`: a thread that finds the log held while
+    /// it is not set will have it within microseconds (the holder is only writing).
+    syncing: Arc<AtomicBool>,
 }
+
+/// How long [`Wal::append_now`] waits for a log held by a writer that is not syncing (one that
+/// writes the dispatcher's start/finish records, which are synced later) before sending its
+/// append the usual way.
+pub const SPIN: Duration = Duration::from_micros(50);
 
 /// A handle on the log for threads that commit their own appends; see [`Wal::append_now`].
 pub struct Wal<J> {
@@ -315,8 +329,22 @@ impl<J: Keyed> Wal<J> {
     /// callers have no order until one has been answered, and an answered append is in the log
     /// before any append sent after the answer, whichever way either went.
     pub fn append_now(&self, append: Append<J>) -> Result<Ack, Append<J>> {
-        let Ok(mut log) = self.shared.log.try_lock() else {
-            return Err(append);
+        let mut log = match self.shared.log.try_lock() {
+            Ok(log) => log,
+            Err(_) => {
+                // Held: while the holder only writes, it is done within microseconds, sooner
+                // than the commit thread could be woken; while it syncs, join the next group.
+                let started = Instant::now();
+                loop {
+                    if self.shared.syncing.load(Ordering::Acquire) || started.elapsed() > SPIN {
+                        return Err(append);
+                    }
+                    std::hint::spin_loop();
+                    if let Ok(log) = self.shared.log.try_lock() {
+                        break log;
+                    }
+                }
+            }
         };
         if log.stopped {
             return Err(append);
@@ -363,6 +391,7 @@ pub fn spawn<J: Keyed>(
 ) -> (Wal<J>, JoinHandle<()>) {
     let durable = Keeper::spawn(durable::Writer::new(appender.storage().clone()));
     let (wake, wake_rx) = crossbeam_channel::bounded(1);
+    let syncing = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
         log: Mutex::new(CommitLoop {
             durable,
@@ -378,10 +407,12 @@ pub fn spawn<J: Keyed>(
             after_failure: None,
             stopped: false,
             spare: Vec::new(),
+            syncing: syncing.clone(),
         }),
         epoch: Instant::now(),
         sleeping_until: AtomicU64::new(u64::MAX),
         wake,
+        syncing,
     });
     let s = shared.clone();
     let thread = std::thread::Builder::new()
@@ -422,6 +453,8 @@ struct CommitLoop<J> {
     stopped: bool,
     /// An empty group vector kept for [`Wal::append_now`] (no allocation per call).
     spare: Vec<Append<J>>,
+    /// Set while the writer waits in `fdatasync` (shared with [`Shared::syncing`]).
+    syncing: Arc<AtomicBool>,
 }
 
 /// The commit thread: takes each message with whatever is queued behind it as one group, and
@@ -567,6 +600,14 @@ impl<J: Keyed> CommitLoop<J> {
             (self.events)(WalEvent::Failed(e.clone()));
         }
     }
+    /// Syncs what is written, saying so in `syncing` meanwhile.
+    fn sync_now(&mut self) -> Result<(), WalError> {
+        self.syncing.store(true, Ordering::Release);
+        let r = self.appender.sync();
+        self.syncing.store(false, Ordering::Release);
+        r
+    }
+
     /// The earliest of the timers (sync, sync mark, seal).
     fn next_timer(&self) -> Option<Instant> {
         let (sync_at, mark_at) = self.timers();
@@ -590,7 +631,7 @@ impl<J: Keyed> CommitLoop<J> {
             }
             self.report_sealed();
         } else if sync_at.is_some_and(|t| t <= now) {
-            match self.appender.sync() {
+            match self.sync_now() {
                 Ok(()) => {
                     self.last_sync = Instant::now();
                     self.durable.note(self.appender.durable_lsn());
@@ -747,7 +788,7 @@ impl<J: Keyed> CommitLoop<J> {
             SyncMode::Never => false,
         };
         if sync || force_sync {
-            self.appender.sync()?;
+            self.sync_now()?;
             self.last_sync = Instant::now();
             self.unsynced_since = None;
         }
@@ -969,8 +1010,13 @@ mod tests {
         let storage = MemStorage::new();
         let (wal, tx, _events, h) = start_wal(&storage, SyncMode::Always);
         let held = wal.shared.log.lock().unwrap();
+        // A holder that only writes is waited for a moment (SPIN), then given up on.
         let back = wal.append_now(own_append(0..1)).expect_err("busy");
         assert_eq!(back.records.byte_len(), cancel_batch(0..1).byte_len());
+        // A holder in fdatasync is not waited for at all: the append joins the next group.
+        wal.shared.syncing.store(true, Ordering::Release);
+        let back = wal.append_now(back).expect_err("syncing");
+        wal.shared.syncing.store(false, Ordering::Release);
         drop(held);
         assert!(wal.append_now(back).is_ok());
         stop(&tx, h);
@@ -1350,6 +1396,7 @@ mod tests {
             after_failure: None,
             stopped: false,
             spare: Vec::new(),
+            syncing: Arc::default(),
         };
         let mut body = Vec::new();
         Record::Cancel(Cancel { id: 1, at: 0 }).encode_into(&mut body);

@@ -349,6 +349,9 @@ pub struct CatalogReport {
     pub damage_skipped: u64,
     /// Daily partitions.
     pub partitions: u64,
+    /// Flushes of the store (each several fsyncs) since start: at most one a second.
+    #[serde(default)]
+    pub flushes: u64,
     /// Bytes on disk.
     pub bytes: u64,
     /// Whether it is failing now.

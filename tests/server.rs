@@ -424,3 +424,58 @@ fn a_client_that_never_reads_big_replies_cannot_make_the_daemon_buffer_them_with
         );
     }
 }
+
+/// Issue 15: a lone burst is committed and answered by the connection's reader itself, a larger
+/// one goes through the commit thread and the writer. One connection switching between the two
+/// ways at every step (bursts of 1 to 9 requests, sent without waiting for the replies of the
+/// ones before; submits mixed with `status` and with bad lines) gets every reply, in request
+/// order, each saying the truth.
+#[test]
+fn replies_stay_in_request_order_when_a_connection_switches_between_lone_and_pipelined_bursts() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let mut c = d.conn();
+    let submit = r#"{"op":"submit","queue":"bulk","kind":"noop","delay_ms":3600000}"#;
+    let first = c.submit(submit);
+    let status = format!(r#"{{"op":"status","id":{first}}}"#);
+    // What each request is: 0 submit, 1 status of the first job, 2 a bad line.
+    let mut kinds = Vec::new();
+    for round in 0..300usize {
+        let n = round % 9 + 1;
+        let burst: Vec<usize> = (0..n).map(|i| (round + i) % 3).collect();
+        let mut text = String::new();
+        for k in &burst {
+            text.push_str(match k {
+                0 => submit,
+                1 => &status,
+                _ => r#"{"op":"nope"}"#,
+            });
+            text.push('\n');
+        }
+        c.send_raw(text.as_bytes());
+        kinds.extend(burst);
+        // Apart, so that the reader takes each burst on its own.
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let mut last_id = first;
+    let mut submitted = 1u64;
+    for (i, k) in kinds.iter().enumerate() {
+        let r = c.recv();
+        match k {
+            0 => {
+                assert_eq!(r["ok"], true, "reply {i}: {r}");
+                let id = r["id"].as_u64().unwrap();
+                assert!(id > last_id, "reply {i}: id {id} after {last_id}");
+                last_id = id;
+                submitted += 1;
+            }
+            1 => {
+                assert_eq!(r["ok"], true, "reply {i}: {r}");
+                assert_eq!(r["job"]["id"], first, "reply {i}: {r}");
+            }
+            _ => assert_eq!(r["ok"], false, "reply {i}: {r}"),
+        }
+    }
+    let s = crate::common::stats(&d);
+    assert_eq!(s["totals"]["scheduled"], submitted, "{s}");
+}

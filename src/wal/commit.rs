@@ -336,7 +336,8 @@ impl<J: Keyed> Wal<J> {
                 // than the commit thread could be woken; while it syncs, join the next group.
                 let started = Instant::now();
                 loop {
-                    if self.shared.syncing.load(Ordering::Acquire) || started.elapsed() > SPIN {
+                    if self.shared.syncing.load(Ordering::Acquire) || started.elapsed() > SPIN
+                    {
                         return Err(append);
                     }
                     std::hint::spin_loop();

@@ -8,7 +8,7 @@
 //!
 //! A lone burst (the reader has read all the client sent and the writer holds no group) skips the
 //! writer: the reader commits it itself when the log is idle and writes the replies itself
-//! ([`answer_now`]), so a lone request wakes no other thread of the daemon.
+//! (`answer_now`), so a lone request wakes no other thread of the daemon.
 //!
 //! Requests answered by the dispatcher (`status`, `stats`, `cancel`) are answered synchronously by
 //! the reader and slot into the group in order.
@@ -280,7 +280,7 @@ pub(super) fn flush(burst: &mut Burst, handle: &Handle, out: &Out<'_>) {
     out.budget.wait_for_room();
 }
 
-/// The most requests in a burst that the reader commits and answers itself (see [`answer_now`]):
+/// The most requests in a burst that the reader commits and answers itself (see `answer_now`):
 /// larger bursts come from pipelining clients, whose appends do better grouped by the commit
 /// thread with those of other connections (fewer syncs, fewer hand-offs to the dispatcher).
 pub const LONE_BURST: usize = 4;

@@ -394,22 +394,14 @@ pub fn spawn<J: Keyed>(
     let (wake, wake_rx) = crossbeam_channel::bounded(1);
     let syncing = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
-        log: Mutex::new(CommitLoop {
+        log: Mutex::new(CommitLoop::new(
             durable,
             appender,
-            mode: opts.mode,
-            seal_after: opts.seal_after,
+            opts,
             keys,
             events,
-            last_sync: Instant::now(),
-            unsynced_since: None,
-            results: Vec::new(),
-            failed: false,
-            after_failure: None,
-            stopped: false,
-            spare: Vec::new(),
-            syncing: syncing.clone(),
-        }),
+            syncing.clone(),
+        )),
         epoch: Instant::now(),
         sleeping_until: AtomicU64::new(u64::MAX),
         wake,
@@ -545,6 +537,32 @@ fn next_message<J: Keyed>(
 }
 
 impl<J: Keyed> CommitLoop<J> {
+    fn new(
+        durable: Keeper,
+        appender: Appender,
+        opts: Options,
+        keys: KeyIndex,
+        events: Box<dyn FnMut(WalEvent<J>) + Send>,
+        syncing: Arc<AtomicBool>,
+    ) -> CommitLoop<J> {
+        CommitLoop {
+            durable,
+            appender,
+            mode: opts.mode,
+            seal_after: opts.seal_after,
+            keys,
+            events,
+            last_sync: Instant::now(),
+            unsynced_since: None,
+            results: Vec::new(),
+            failed: false,
+            after_failure: None,
+            stopped: false,
+            spare: Vec::new(),
+            syncing,
+        }
+    }
+
     /// Writes and syncs what is buffered, then a last sync mark, so that a log closed cleanly
     /// has every record covered by a mark. (A failure here is logged by the appender; nothing
     /// is waiting for an answer any more.)
@@ -898,6 +916,18 @@ mod tests {
         segment_size: u64,
         rx: Receiver<WalMsg>,
     ) -> (Receiver<WalEvent>, JoinHandle<()>) {
+        let (_wal, jrx, h) = spawn_on(storage, mode, segment_size, rx);
+        (jrx, h)
+    }
+
+    /// The commit thread on `storage`, reading `rx`, with the handle for committing on the
+    /// caller's thread.
+    fn spawn_on(
+        storage: &MemStorage,
+        mode: SyncMode,
+        segment_size: u64,
+        rx: Receiver<WalMsg>,
+    ) -> (Wal<TJob>, Receiver<WalEvent>, JoinHandle<()>) {
         let scan = read_log(storage, &mut |_| Ok(())).unwrap();
         let app = Appender::open(
             Arc::new(storage.clone()),
@@ -907,7 +937,7 @@ mod tests {
         )
         .unwrap();
         let (jtx, jrx) = crossbeam_channel::unbounded();
-        let (_wal, h) = spawn(
+        let (wal, h) = spawn(
             app,
             Options {
                 mode,
@@ -919,7 +949,7 @@ mod tests {
                 let _ = jtx.send(j);
             }),
         );
-        (jrx, h)
+        (wal, jrx, h)
     }
 
     /// The commit thread on a fresh `storage`, with the handle for committing on the caller's
@@ -934,22 +964,7 @@ mod tests {
         JoinHandle<()>,
     ) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let scan = read_log(storage, &mut |_| Ok(())).unwrap();
-        let app =
-            Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
-        let (jtx, jrx) = crossbeam_channel::unbounded();
-        let (wal, h) = spawn(
-            app,
-            Options {
-                mode,
-                seal_after: None,
-            },
-            KeyIndex::new(1 << 40, 1000),
-            rx,
-            Box::new(move |j| {
-                let _ = jtx.send(j);
-            }),
-        );
+        let (wal, jrx, h) = spawn_on(storage, mode, 1 << 20, rx);
         (wal, tx, jrx, h)
     }
 
@@ -1383,22 +1398,17 @@ mod tests {
         let scan = read_log(&storage, &mut |_| Ok(())).unwrap();
         let app =
             Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default()).unwrap();
-        let mut l = CommitLoop {
-            durable: Keeper::spawn(durable::Writer::new(Arc::new(storage.clone()))),
-            appender: app,
-            mode: SyncMode::Batch(Duration::from_millis(200)),
-            seal_after: None,
-            keys: KeyIndex::new(1 << 40, 1000),
-            events: Box::new(|_: WalEvent| {}),
-            last_sync: Instant::now(),
-            unsynced_since: None,
-            results: Vec::new(),
-            failed: false,
-            after_failure: None,
-            stopped: false,
-            spare: Vec::new(),
-            syncing: Arc::default(),
-        };
+        let mut l = CommitLoop::new(
+            Keeper::spawn(durable::Writer::new(Arc::new(storage.clone()))),
+            app,
+            Options {
+                mode: SyncMode::Batch(Duration::from_millis(200)),
+                seal_after: None,
+            },
+            KeyIndex::new(1 << 40, 1000),
+            Box::new(|_: WalEvent| {}),
+            Arc::default(),
+        );
         let mut body = Vec::new();
         Record::Cancel(Cancel { id: 1, at: 0 }).encode_into(&mut body);
         l.appender

@@ -483,11 +483,10 @@ fn run<J: Keyed>(shared: &Shared<J>, rx: &Receiver<WalMsg<J>>, wake: &Receiver<(
             }
         }
         let mut log = shared.lock();
-        if !group.is_empty() || stop.is_some() {
-            let failure = log.commit(&group, stop.is_some());
-            log.durable.note(log.appender.durable_lsn());
-            log.finish_group(&mut group, failure);
-        }
+        // Also for a seal alone: its group is the sync mark a sealed segment ends with.
+        let failure = log.commit(&group, stop.is_some());
+        log.durable.note(log.appender.durable_lsn());
+        log.finish_group(&mut group, failure);
         if let Some(s) = seal {
             let r = log.seal();
             // What it sealed is reported before the answer: whoever asked hears of it first.

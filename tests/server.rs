@@ -479,3 +479,28 @@ fn replies_stay_in_request_order_when_a_connection_switches_between_lone_and_pip
     let s = crate::common::stats(&d);
     assert_eq!(s["totals"]["scheduled"], submitted, "{s}");
 }
+
+/// Issue 15 (found in review): a reader that answers a lone request itself stopped reading the
+/// connection when that reply could not be written, so a client that sends its submits without
+/// reading the replies (and has shut its read side) lost every submit after the first. Each is
+/// carried out, as when the writer thread answers.
+#[test]
+fn a_client_that_stops_reading_still_has_every_submit_it_sent_carried_out() {
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.shutdown(std::net::Shutdown::Read).unwrap();
+    for i in 0..20 {
+        let line = format!(
+            r#"{{"op":"submit","queue":"bulk","kind":"noop","delay_ms":3600000,"payload":{{"i":{i}}}}}"#
+        );
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        // One at a time: each is a lone burst, answered (into the void) by the reader.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(s);
+    let st = crate::common::wait_stats(&d, Duration::from_secs(60), |st| {
+        st["totals"]["scheduled"] == 20
+    });
+    assert_eq!(st["totals"]["scheduled"], 20, "{st}");
+}

@@ -498,12 +498,14 @@ impl Worker {
             };
             match end {
                 TailEnd::SegmentEnd if sealed => {
+                    // The pin moves at the next flush: until the manifest says so, a restart
+                    // reads this segment again.
                     self.pos = TailPos {
                         seq: pos.seq + 1,
                         offset: 0,
                         lsn: pos.lsn,
                     };
-                    self.shared.pin_seq.store(self.pos.seq, Relaxed);
+                    self.unflushed = true;
                 }
                 TailEnd::Full => {}
                 _ => break,
@@ -634,6 +636,8 @@ impl Worker {
     fn flush(&mut self) -> Result<(), CatalogError> {
         let store = self.store.clone().expect("open store");
         store.flush(self.pos)?;
+        // The manifest now starts past the segments before this one: they may go.
+        self.shared.pin_seq.store(self.pos.seq, Relaxed);
         self.unflushed = false;
         self.last_flush = Instant::now();
         self.shared.stats.flushes.fetch_add(1, Relaxed);

@@ -338,7 +338,8 @@ impl Handle {
         records: RecordBatch,
         jobs: Vec<JobRef>,
     ) -> Result<Ack, (RecordBatch, Vec<JobRef>)> {
-        if self.is_closing() {
+        // Appends queued for the commit thread: join them (group commit) rather than go ahead.
+        if self.is_closing() || !self.inner.wal_tx.is_empty() {
             return Err((records, jobs));
         }
         self.inner

@@ -181,6 +181,7 @@ fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
     let mut lines = LineReader::new(handle.config().max_line);
     let mut burst = Burst::default();
     let mut reply = Vec::new();
+    let mut direct = true;
     loop {
         match lines.next_line() {
             Line::Complete(range) => {
@@ -214,9 +215,15 @@ fn read_requests(stream: Arc<UnixStream>, handle: &Handle, out: &Out<'_>) {
                 )));
             }
             Line::NeedMore => {
-                if !answer_now(&mut burst, handle, out, &stream, &mut reply) {
-                    log::debug!("connection write error: the client is gone");
-                    return;
+                if direct {
+                    if !answer_now(&mut burst, handle, out, &stream, &mut reply) {
+                        // The client stopped reading: what it sent is still carried out (and
+                        // answered into the void by the writer), as before.
+                        log::debug!("connection write error: the client is gone");
+                        direct = false;
+                    }
+                } else {
+                    flush(&mut burst, handle, out);
                 }
                 match lines.fill(&mut &*stream) {
                     Ok(0) => {

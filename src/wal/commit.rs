@@ -297,6 +297,11 @@ struct Shared<J> {
     /// Set while the log's writer waits in `fdatasync`: a thread that finds the log held while
     /// it is not set will have it within microseconds (the holder is only writing).
     syncing: Arc<AtomicBool>,
+    /// Set while the commit thread has messages in hand and has not got the log yet: nobody
+    /// goes ahead of it then (a lone append joins its next group instead), so that lone
+    /// clients arriving one after another cannot each spend a sync on one request while the
+    /// queued group waits.
+    waiting: AtomicBool,
 }
 
 /// How long [`Wal::append_now`] waits for a log held by a writer that is not syncing (one that
@@ -329,6 +334,9 @@ impl<J: Keyed> Wal<J> {
     /// callers have no order until one has been answered, and an answered append is in the log
     /// before any append sent after the answer, whichever way either went.
     pub fn append_now(&self, append: Append<J>) -> Result<Ack, Append<J>> {
+        if self.shared.waiting.load(Ordering::Acquire) {
+            return Err(append);
+        }
         let mut log = match self.shared.log.try_lock() {
             Ok(log) => log,
             Err(_) => {
@@ -336,7 +344,9 @@ impl<J: Keyed> Wal<J> {
                 // than the commit thread could be woken; while it syncs, join the next group.
                 let started = Instant::now();
                 loop {
-                    if self.shared.syncing.load(Ordering::Acquire) || started.elapsed() > SPIN
+                    if self.shared.syncing.load(Ordering::Acquire)
+                        || self.shared.waiting.load(Ordering::Acquire)
+                        || started.elapsed() > SPIN
                     {
                         return Err(append);
                     }
@@ -352,7 +362,10 @@ impl<J: Keyed> Wal<J> {
         }
         let mut group = std::mem::take(&mut log.spare);
         group.push(append);
+        // Its thread waits for the answer: synced as the mode says, never deferred.
+        log.own = true;
         let failure = log.commit(&group, false);
+        log.own = false;
         log.durable.note(log.appender.durable_lsn());
         let ack = log.finish_group(&mut group, failure);
         log.spare = group;
@@ -406,6 +419,7 @@ pub fn spawn<J: Keyed>(
         sleeping_until: AtomicU64::new(u64::MAX),
         wake,
         syncing,
+        waiting: AtomicBool::new(false),
     });
     let s = shared.clone();
     let thread = std::thread::Builder::new()
@@ -448,6 +462,8 @@ struct CommitLoop<J> {
     spare: Vec<Append<J>>,
     /// Set while the writer waits in `fdatasync` (shared with [`Shared::syncing`]).
     syncing: Arc<AtomicBool>,
+    /// Set while [`Wal::append_now`] commits: its append is waited on.
+    own: bool,
 }
 
 /// The commit thread: takes each message with whatever is queued behind it as one group, and
@@ -459,6 +475,7 @@ fn run<J: Keyed>(shared: &Shared<J>, rx: &Receiver<WalMsg<J>>, wake: &Receiver<(
             Some(m) => m,
             None => break,
         };
+        shared.waiting.store(true, Ordering::Release);
         let mut stop = None;
         let mut seal = None;
         let mut bytes = 0usize;
@@ -483,6 +500,7 @@ fn run<J: Keyed>(shared: &Shared<J>, rx: &Receiver<WalMsg<J>>, wake: &Receiver<(
             }
         }
         let mut log = shared.lock();
+        shared.waiting.store(false, Ordering::Release);
         // Also for a seal alone: its group is the sync mark a sealed segment ends with.
         let failure = log.commit(&group, stop.is_some());
         log.durable.note(log.appender.durable_lsn());
@@ -559,6 +577,7 @@ impl<J: Keyed> CommitLoop<J> {
             stopped: false,
             spare: Vec::new(),
             syncing,
+            own: false,
         }
     }
 
@@ -586,7 +605,10 @@ impl<J: Keyed> CommitLoop<J> {
 
     /// Seals the current segment (see [`WalMsg::Seal`]).
     fn seal(&mut self) -> Result<bool, Arc<WalError>> {
-        match self.appender.seal() {
+        self.syncing.store(true, Ordering::Release);
+        let sealed = self.appender.seal();
+        self.syncing.store(false, Ordering::Release);
+        match sealed {
             Ok(sealed) => {
                 if sealed {
                     self.last_sync = Instant::now();
@@ -795,7 +817,7 @@ impl<J: Keyed> CommitLoop<J> {
             return Err(e);
         }
         self.appender.write()?;
-        let waited_on = group.iter().any(|a| a.ack.is_some() || !a.jobs.is_empty());
+        let waited_on = self.own || group.iter().any(|a| a.ack.is_some() || !a.jobs.is_empty());
         let sync = match self.mode {
             SyncMode::Always if !waited_on && !force_sync => {
                 self.unsynced_since.get_or_insert_with(Instant::now);

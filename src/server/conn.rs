@@ -6,8 +6,8 @@
 //! writer as one `Group`; the writer sends a group's replies once the WAL acknowledges it, and
 //! groups strictly in order, so replies always match request order.
 //!
-//! A lone burst (the reader has read all the client sent and the writer holds no group) skips the
-//! writer: the reader commits it itself when the log is idle and writes the replies itself
+//! A lone burst (the reader has read all the client sent, at most [`LONE_BURST`] requests, and the
+//! writer holds no group) skips the writer: the reader commits it itself when the log is idle and writes the replies itself
 //! (`answer_now`), so a lone request wakes no other thread of the daemon.
 //!
 //! Requests answered by the dispatcher (`status`, `stats`, `cancel`) are answered synchronously by

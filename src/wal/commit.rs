@@ -2,7 +2,9 @@
 //!
 //! The log (appender, key index, timers) is behind one mutex; whoever holds it is the one writer.
 //! A thread with a lone append may commit it itself when the log is idle ([`Wal::append_now`]:
-//! `try_lock`, never a wait), which spares a lone request two thread wake-ups. Everything else
+//! `try_lock`, retried for at most [`SPIN`] while the holder is only writing, never while it
+//! syncs or while the commit thread holds appends it has not written), which spares a lone
+//! request two thread wake-ups. Everything else
 //! goes to the commit thread, which leads every contended group (ARCHITECTURE.md, "Who writes the
 //! log").
 //!
@@ -363,9 +365,7 @@ impl<J: Keyed> Wal<J> {
         let mut group = std::mem::take(&mut log.spare);
         group.push(append);
         // Its thread waits for the answer: synced as the mode says, never deferred.
-        log.own = true;
-        let failure = log.commit(&group, false);
-        log.own = false;
+        let failure = log.commit(&group, false, true);
         log.durable.note(log.appender.durable_lsn());
         let ack = log.finish_group(&mut group, failure);
         log.spare = group;
@@ -462,8 +462,6 @@ struct CommitLoop<J> {
     spare: Vec<Append<J>>,
     /// Set while the writer waits in `fdatasync` (shared with [`Shared::syncing`]).
     syncing: Arc<AtomicBool>,
-    /// Set while [`Wal::append_now`] commits: its append is waited on.
-    own: bool,
 }
 
 /// The commit thread: takes each message with whatever is queued behind it as one group, and
@@ -502,7 +500,7 @@ fn run<J: Keyed>(shared: &Shared<J>, rx: &Receiver<WalMsg<J>>, wake: &Receiver<(
         let mut log = shared.lock();
         shared.waiting.store(false, Ordering::Release);
         // Also for a seal alone: its group is the sync mark a sealed segment ends with.
-        let failure = log.commit(&group, stop.is_some());
+        let failure = log.commit(&group, stop.is_some(), false);
         log.durable.note(log.appender.durable_lsn());
         log.finish_group(&mut group, failure);
         if let Some(s) = seal {
@@ -577,7 +575,6 @@ impl<J: Keyed> CommitLoop<J> {
             stopped: false,
             spare: Vec::new(),
             syncing,
-            own: false,
         }
     }
 
@@ -717,13 +714,19 @@ impl<J: Keyed> CommitLoop<J> {
     }
 
     /// Writes the group (sync mark, then each append's records, submits whose key is known
-    /// dropped), and syncs it as the mode says. On failure, removes again what cannot be known
+    /// dropped), and syncs it as the mode says (`waited`: someone waits for it whatever the group
+    /// holds, so its sync is never deferred). On failure, removes again what cannot be known
     /// durable (mode `always`: everything after the last sync; `batch` and `never`: this group)
     /// and says what stays.
-    fn commit(&mut self, group: &[Append<J>], force_sync: bool) -> Option<GroupFailure> {
+    fn commit(
+        &mut self,
+        group: &[Append<J>],
+        force_sync: bool,
+        waited: bool,
+    ) -> Option<GroupFailure> {
         let start = self.appender.position();
         self.results.clear();
-        let e = match self.write_group(group, force_sync) {
+        let e = match self.write_group(group, force_sync, waited) {
             Ok(()) => return None,
             Err(e) => e,
         };
@@ -765,7 +768,12 @@ impl<J: Keyed> CommitLoop<J> {
         Some(failure)
     }
 
-    fn write_group(&mut self, group: &[Append<J>], force_sync: bool) -> Result<(), WalError> {
+    fn write_group(
+        &mut self,
+        group: &[Append<J>],
+        force_sync: bool,
+        waited: bool,
+    ) -> Result<(), WalError> {
         let now = crate::clock::now_ms();
         if !self.keys.is_empty() {
             self.keys.expire(now);
@@ -817,7 +825,7 @@ impl<J: Keyed> CommitLoop<J> {
             return Err(e);
         }
         self.appender.write()?;
-        let waited_on = self.own || group.iter().any(|a| a.ack.is_some() || !a.jobs.is_empty());
+        let waited_on = waited || group.iter().any(|a| a.ack.is_some() || !a.jobs.is_empty());
         let sync = match self.mode {
             SyncMode::Always if !waited_on && !force_sync => {
                 self.unsynced_since.get_or_insert_with(Instant::now);

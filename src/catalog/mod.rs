@@ -166,12 +166,31 @@ pub struct Shared {
     /// Test hook: while set, the catalog thread applies nothing (a stalled catalog).
     pub hold: AtomicBool,
     dir: PathBuf,
+    /// Wakes the catalog thread from its rest after catching up, for a reader that waits.
+    nudge: crossbeam_channel::Sender<()>,
 }
 
 /// How long a read waits for the catalog to apply what was durable when it was asked.
 pub const READ_WAIT: Duration = Duration::from_secs(5);
 
 impl Shared {
+    fn new(
+        durable: Arc<crate::wal::stats::WalStats>,
+        dir: PathBuf,
+    ) -> (Shared, crossbeam_channel::Receiver<()>) {
+        let (nudge, nudge_rx) = crossbeam_channel::bounded(1);
+        let shared = Shared {
+            stats: Stats::default(),
+            store: Mutex::new(None),
+            pin_seq: AtomicU64::new(0),
+            durable,
+            hold: Default::default(),
+            dir,
+            nudge,
+        };
+        (shared, nudge_rx)
+    }
+
     fn store(&self) -> Result<Arc<Store>, String> {
         self.store
             .lock()
@@ -200,6 +219,10 @@ impl Shared {
     pub fn catch_up(&self, wait: Duration) -> bool {
         let target = self.durable.durable_lsn.load(Ordering::Acquire);
         let end = Instant::now() + wait;
+        if self.stats.applied_lsn.load(Ordering::Acquire) < target {
+            // It may be resting (it reads what comes in once per rest, not record by record).
+            let _ = self.nudge.try_send(());
+        }
         loop {
             if self.stats.applied_lsn.load(Ordering::Acquire) >= target {
                 return true;

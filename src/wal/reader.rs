@@ -23,6 +23,8 @@ use super::record::{rtype, DecodeProblem, Record, SCHEMA, SYNC_MARK_LEN};
 use super::WalError;
 
 const WINDOW: usize = 1 << 20;
+/// Bytes read at once by [`tail_segment`].
+const TAIL_WINDOW: usize = 64 << 10;
 
 /// One record as the reader hands it out.
 #[derive(Debug)]
@@ -523,6 +525,9 @@ pub fn tail_segment(
     let io = |e: std::io::Error| WalError::io(loc.to_string(), e);
     let len = file.size().map_err(io)?;
     let mut w = Window::new(file, len);
+    // A follower that keeps up finds a few records past its position and zeros after them (the
+    // segment is preallocated): read a little at a time, not a whole window of zeros per step.
+    w.chunk = TAIL_WINDOW;
     if pos.offset == 0 {
         let hb = w.get(0, SEGMENT_HEADER_LEN).map_err(io)?.to_vec();
         let header = match SegmentHeader::decode(&hb) {

@@ -106,3 +106,18 @@ fn delayed_jobs_wait_for_their_time_and_can_be_cancelled() {
     let v = c.call(r#"{"op":"cancel","id":999999}"#);
     assert_eq!(v["error"]["code"], "not_found", "{v}");
 }
+
+#[test]
+fn a_delayed_job_can_be_cancelled_from_another_connection_as_soon_as_it_is_acknowledged() {
+    // The dispatcher takes delayed jobs in without a wake-up per job (ARCHITECTURE.md, "From the
+    // log to the dispatcher"),
+    // but always before it handles a request sent after their acknowledgement.
+    let dir = tempdir();
+    let d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let (mut a, mut b) = (d.conn(), d.conn());
+    for _ in 0..300 {
+        let id = a.submit(r#"{"op":"submit","queue":"bulk","kind":"noop","delay_ms":3600000}"#);
+        let v = b.call(&format!(r#"{{"op":"cancel","id":{id}}}"#));
+        assert_eq!(v["ok"], true, "job {id}: {v}");
+    }
+}

@@ -31,6 +31,7 @@ use crate::handlers::{Handler, Kinds};
 use crate::job::WalMsg;
 use crate::job::{now_ms, Job, JobRef, LiveSize};
 use crate::scheduler::dispatcher::{self};
+use crate::scheduler::handoff::Handoff;
 use crate::scheduler::{DeadFilter, Msg, Refused};
 use crate::wal::appender::{Appender, Sealed};
 use crate::wal::commit::{self, Ack, Append, Fate, RecordBatch, WalEvent};
@@ -90,7 +91,7 @@ struct Inner {
     cfg: Arc<Config>,
     kinds: Arc<Kinds>,
     next_id: AtomicU64,
-    wal_tx: Sender<WalMsg>,
+    wal_tx: commit::Queue<JobRef>,
     /// The log itself, for connections that commit their own lone appends.
     wal: commit::Wal<JobRef>,
     sched_tx: Sender<Msg>,
@@ -338,8 +339,7 @@ impl Handle {
         records: RecordBatch,
         jobs: Vec<JobRef>,
     ) -> Result<Ack, (RecordBatch, Vec<JobRef>)> {
-        // Appends queued for the commit thread: join them (group commit) rather than go ahead.
-        if self.is_closing() || !self.inner.wal_tx.is_empty() {
+        if self.is_closing() {
             return Err((records, jobs));
         }
         self.inner
@@ -939,8 +939,8 @@ impl RuntimeBuilder {
             wal_stats.clone(),
         )?;
         let (sched_tx, sched_rx) = crossbeam_channel::unbounded();
-        let (wal_tx, wal_rx) = crossbeam_channel::bounded(4096);
-        let seal_tx: Sender<WalMsg> = wal_tx.clone();
+        let (wal_tx, wal_rx) = commit::queue(Some(4096));
+        let seal_tx = wal_tx.clone();
         // The live set's size, counted here for the recovered jobs, then by the dispatcher.
         let live = Arc::new(LiveSize::default());
         for l in &rec.recovered.live {
@@ -985,6 +985,8 @@ impl RuntimeBuilder {
         );
         let to_sched = sched_tx.clone();
         let to_ckpt = checkpointer.sender();
+        let handoff = Arc::new(Handoff::default());
+        let to_dispatcher = handoff.clone();
         let (wal, wal_thread) = commit::spawn(
             appender,
             commit::Options {
@@ -994,9 +996,7 @@ impl RuntimeBuilder {
             rec.keys,
             wal_rx,
             Box::new(move |event| match event {
-                WalEvent::Durable(jobs) => {
-                    let _ = to_sched.send(Msg::Jobs(jobs));
-                }
+                WalEvent::Durable(jobs) => handoff.hand_on(jobs, &to_sched),
                 WalEvent::Failed(e) => {
                     let _ = to_sched.send(Msg::WalFailed(e));
                 }
@@ -1032,7 +1032,7 @@ impl RuntimeBuilder {
             rec.recovered,
             wal_tx.clone(),
             sched_tx.clone(),
-            sched_rx,
+            (sched_rx, to_dispatcher),
             live,
         );
         log::info!(

@@ -9,6 +9,7 @@
 //! - [`worker`]: the worker threads.
 
 pub mod dispatcher;
+pub mod handoff;
 pub mod lateness;
 pub mod ready;
 pub mod recent;
@@ -22,7 +23,6 @@ use crossbeam_channel::Sender;
 use std::sync::Arc;
 
 use crate::handlers::JobError;
-use crate::job::JobRef;
 use crate::wal::WalError;
 
 use crate::wire::{JobInfo, SchedStats};
@@ -121,8 +121,9 @@ pub enum DeadFilter {
 
 /// Messages to the dispatcher.
 pub enum Msg {
-    /// Durable jobs, from the WAL thread.
-    Jobs(Vec<JobRef>),
+    /// Durable jobs wait in the [`handoff::Handoff`] that need the dispatcher before it would wake
+    /// by itself (from the thread that made them durable).
+    Wake,
     /// An attempt ended.
     Done(Done),
     /// `status ID`.

@@ -3,8 +3,8 @@
 //! The log (appender, key index, timers) is behind one mutex; whoever holds it is the one writer.
 //! A thread with a lone append may commit it itself when the log is idle ([`Wal::append_now`]:
 //! `try_lock`, retried for at most [`SPIN`] while the holder is only writing, never while it
-//! syncs or while the commit thread holds appends it has not written), which spares a lone
-//! request two thread wake-ups. Everything else
+//! syncs or while appends that somebody waits for are queued for the commit thread: [`Queue`]
+//! counts them), which spares a lone request two thread wake-ups. Everything else
 //! goes to the commit thread, which leads every contended group (ARCHITECTURE.md, "Who writes the
 //! log").
 //!
@@ -30,12 +30,12 @@
 //! (written, not synced: it rides with the next sync), and shutdown writes and syncs a last one.
 //! Recovery uses them to tell a torn write from damage to synced data.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendError, Sender};
 
 use super::appender::{Appender, Sealed};
 use super::durable::{self, Keeper};
@@ -262,6 +262,63 @@ pub enum WalMsg<J> {
     Stop(Sender<()>),
 }
 
+/// The commit thread's inbox, for every thread that sends it messages. It counts the appends
+/// somebody waits for (an acknowledgement) from before they are sent until the commit thread
+/// has written them: while any is queued, [`Wal::append_now`] goes to the back of the queue
+/// instead of ahead of it. Records nobody waits on (the dispatcher's start/finish) are not
+/// counted, so they never turn a lone append away.
+pub struct Queue<J> {
+    tx: Sender<WalMsg<J>>,
+    waited: Arc<AtomicUsize>,
+}
+
+impl<J> Clone for Queue<J> {
+    fn clone(&self) -> Self {
+        Queue {
+            tx: self.tx.clone(),
+            waited: self.waited.clone(),
+        }
+    }
+}
+
+impl<J> Queue<J> {
+    /// Sends `msg` (blocks while the inbox is full); gives it back when the commit thread is gone.
+    pub fn send(&self, msg: WalMsg<J>) -> Result<(), SendError<WalMsg<J>>> {
+        let waited = matches!(&msg, WalMsg::Append(a) if a.ack.is_some());
+        if waited {
+            // Raised before the message can be seen, so no lone append slips in between.
+            self.waited.fetch_add(1, Ordering::AcqRel);
+        }
+        self.tx.send(msg).inspect_err(|_| {
+            if waited {
+                self.waited.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
+    }
+}
+
+/// The receiving end of a [`Queue`], given to [`spawn`].
+pub struct Inbox<J> {
+    rx: Receiver<WalMsg<J>>,
+    waited: Arc<AtomicUsize>,
+}
+
+/// A queue to the commit thread holding at most `cap` messages (`None`: unbounded).
+pub fn queue<J>(cap: Option<usize>) -> (Queue<J>, Inbox<J>) {
+    let (tx, rx) = match cap {
+        Some(n) => crossbeam_channel::bounded(n),
+        None => crossbeam_channel::unbounded(),
+    };
+    let waited = Arc::new(AtomicUsize::new(0));
+    (
+        Queue {
+            tx,
+            waited: waited.clone(),
+        },
+        Inbox { rx, waited },
+    )
+}
+
 /// What the commit thread tells the rest of the runtime.
 #[derive(Debug)]
 pub enum WalEvent<J> {
@@ -299,11 +356,11 @@ struct Shared<J> {
     /// Set while the log's writer waits in `fdatasync`: a thread that finds the log held while
     /// it is not set will have it within microseconds (the holder is only writing).
     syncing: Arc<AtomicBool>,
-    /// Set while the commit thread has messages in hand and has not got the log yet: nobody
-    /// goes ahead of it then (a lone append joins its next group instead), so that lone
-    /// clients arriving one after another cannot each spend a sync on one request while the
-    /// queued group waits.
-    waiting: AtomicBool,
+    /// Appends somebody waits for that are queued for the commit thread or in its hands and not
+    /// yet written (counted by [`Queue`]): nobody goes ahead of them (a lone append joins their
+    /// group instead), so that lone clients arriving one after another cannot each spend a sync
+    /// on one request while the queued group waits.
+    waited: Arc<AtomicUsize>,
 }
 
 /// How long [`Wal::append_now`] waits for a log held by a writer that is not syncing (one that
@@ -336,7 +393,7 @@ impl<J: Keyed> Wal<J> {
     /// callers have no order until one has been answered, and an answered append is in the log
     /// before any append sent after the answer, whichever way either went.
     pub fn append_now(&self, append: Append<J>) -> Result<Ack, Append<J>> {
-        if self.shared.waiting.load(Ordering::Acquire) {
+        if self.shared.queued() {
             return Err(append);
         }
         let mut log = match self.shared.log.try_lock() {
@@ -347,7 +404,7 @@ impl<J: Keyed> Wal<J> {
                 let started = Instant::now();
                 loop {
                     if self.shared.syncing.load(Ordering::Acquire)
-                        || self.shared.waiting.load(Ordering::Acquire)
+                        || self.shared.queued()
                         || started.elapsed() > SPIN
                     {
                         return Err(append);
@@ -384,6 +441,11 @@ impl<J: Keyed> Wal<J> {
 }
 
 impl<J> Shared<J> {
+    /// Whether appends somebody waits for are queued for the commit thread.
+    fn queued(&self) -> bool {
+        self.waited.load(Ordering::Acquire) != 0
+    }
+
     fn ns(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_nanos() as u64
     }
@@ -400,9 +462,10 @@ pub fn spawn<J: Keyed>(
     appender: Appender,
     opts: Options,
     keys: KeyIndex,
-    rx: Receiver<WalMsg<J>>,
+    inbox: Inbox<J>,
     events: Box<dyn FnMut(WalEvent<J>) + Send>,
 ) -> (Wal<J>, JoinHandle<()>) {
+    let Inbox { rx, waited } = inbox;
     let durable = Keeper::spawn(durable::Writer::new(appender.storage().clone()));
     let (wake, wake_rx) = crossbeam_channel::bounded(1);
     let syncing = Arc::new(AtomicBool::new(false));
@@ -419,7 +482,7 @@ pub fn spawn<J: Keyed>(
         sleeping_until: AtomicU64::new(u64::MAX),
         wake,
         syncing,
-        waiting: AtomicBool::new(false),
+        waited,
     });
     let s = shared.clone();
     let thread = std::thread::Builder::new()
@@ -473,15 +536,16 @@ fn run<J: Keyed>(shared: &Shared<J>, rx: &Receiver<WalMsg<J>>, wake: &Receiver<(
             Some(m) => m,
             None => break,
         };
-        shared.waiting.store(true, Ordering::Release);
         let mut stop = None;
         let mut seal = None;
         let mut bytes = 0usize;
+        let mut waited = 0usize;
         let mut msg = Some(first);
         while let Some(m) = msg.take() {
             match m {
                 WalMsg::Append(a) => {
                     bytes += a.records.byte_len();
+                    waited += usize::from(a.ack.is_some());
                     group.push(a);
                 }
                 WalMsg::Seal(s) => {
@@ -498,9 +562,11 @@ fn run<J: Keyed>(shared: &Shared<J>, rx: &Receiver<WalMsg<J>>, wake: &Receiver<(
             }
         }
         let mut log = shared.lock();
-        shared.waiting.store(false, Ordering::Release);
         // Also for a seal alone: its group is the sync mark a sealed segment ends with.
         let failure = log.commit(&group, stop.is_some(), false);
+        // Written (and synced as the mode says) before anyone hears of it: a lone append may go
+        // ahead of what is still queued once the log is free again.
+        shared.waited.fetch_sub(waited, Ordering::AcqRel);
         log.durable.note(log.appender.durable_lsn());
         log.finish_group(&mut group, failure);
         if let Some(s) = seal {
@@ -931,8 +997,8 @@ mod tests {
     fn start(
         storage: &MemStorage,
         mode: SyncMode,
-    ) -> (Sender<WalMsg>, Receiver<WalEvent>, JoinHandle<()>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    ) -> (Queue<TJob>, Receiver<WalEvent>, JoinHandle<()>) {
+        let (tx, rx) = queue(None);
         let (jrx, h) = start_on(storage, mode, 1 << 20, rx);
         (tx, jrx, h)
     }
@@ -943,7 +1009,7 @@ mod tests {
         storage: &MemStorage,
         mode: SyncMode,
         segment_size: u64,
-        rx: Receiver<WalMsg>,
+        rx: Inbox<TJob>,
     ) -> (Receiver<WalEvent>, JoinHandle<()>) {
         let (_wal, jrx, h) = spawn_on(storage, mode, segment_size, rx);
         (jrx, h)
@@ -955,7 +1021,7 @@ mod tests {
         storage: &MemStorage,
         mode: SyncMode,
         segment_size: u64,
-        rx: Receiver<WalMsg>,
+        rx: Inbox<TJob>,
     ) -> (Wal<TJob>, Receiver<WalEvent>, JoinHandle<()>) {
         let scan = read_log(storage, &mut |_| Ok(())).unwrap();
         let app = Appender::open(
@@ -988,11 +1054,11 @@ mod tests {
         mode: SyncMode,
     ) -> (
         Wal<TJob>,
-        Sender<WalMsg>,
+        Queue<TJob>,
         Receiver<WalEvent>,
         JoinHandle<()>,
     ) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = queue(None);
         let (wal, jrx, h) = spawn_on(storage, mode, 1 << 20, rx);
         (wal, tx, jrx, h)
     }
@@ -1066,6 +1132,50 @@ mod tests {
         assert!(wal.append_now(back).is_ok());
         stop(&tx, h);
         assert_eq!(job_records(&storage.crash_image(0)), [0]);
+    }
+
+    #[test]
+    fn a_lone_append_goes_ahead_of_records_nobody_waits_for_but_not_of_a_waited_append() {
+        let storage = MemStorage::new();
+        let (wal, tx, _events, h) = start_wal(&storage, SyncMode::Always);
+        // The commit thread takes what is sent and then waits for the log, held here.
+        let held = wal.shared.log.lock().unwrap();
+        tx.send(WalMsg::Append(Append {
+            records: cancel_batch(0..1),
+            jobs: vec![],
+            ack: None,
+        }))
+        .unwrap();
+        assert!(!wal.shared.queued(), "the dispatcher's records are not waited for");
+        let (atx, arx) = crossbeam_channel::bounded(1);
+        tx.send(WalMsg::Append(Append {
+            records: cancel_batch(1..2),
+            jobs: vec![],
+            ack: Some(atx),
+        }))
+        .unwrap();
+        assert!(wal.shared.queued(), "a waited append is counted from before it is sent");
+        drop(held);
+        assert!(arx.recv().unwrap().is_ok());
+        // Lowered once written, before anyone hears of it.
+        assert!(!wal.shared.queued());
+        // With the log free, a lone append goes only when nothing waited for is queued.
+        wal.shared.waited.fetch_add(1, Ordering::AcqRel);
+        let mut back = wal.append_now(own_append(2..3)).expect_err("queued ahead of it");
+        wal.shared.waited.fetch_sub(1, Ordering::AcqRel);
+        let ack = loop {
+            // The commit thread may still hold the log a moment after answering.
+            match wal.append_now(back) {
+                Ok(ack) => break ack,
+                Err(a) => {
+                    back = a;
+                    std::thread::yield_now();
+                }
+            }
+        };
+        assert!(ack.is_ok());
+        stop(&tx, h);
+        assert_eq!(job_records(&storage.crash_image(0)), [0, 1, 2]);
     }
 
     #[test]
@@ -1241,7 +1351,7 @@ mod tests {
         stop(&tx, h);
     }
 
-    fn stop(tx: &Sender<WalMsg>, h: JoinHandle<()>) {
+    fn stop(tx: &Queue<TJob>, h: JoinHandle<()>) {
         let (stx, srx) = crossbeam_channel::bounded(1);
         tx.send(WalMsg::Stop(stx)).unwrap();
         srx.recv().unwrap();
@@ -1342,7 +1452,7 @@ mod tests {
                 Some(f) => MemStorage::with_fault(f),
                 None => MemStorage::new(),
             };
-            let (tx, rx) = crossbeam_channel::unbounded();
+            let (tx, rx) = queue(None);
             let mut acks = Vec::new();
             // Queued before the thread starts: one group, larger than a segment.
             for i in 0..appends {
@@ -1459,7 +1569,7 @@ mod tests {
         // Batch mode: group 1 (key K) is written and acknowledged, not synced; group 2's write
         // (op 6) fails and is rolled back to its start, keeping group 1; group 3 repeats K.
         let storage = MemStorage::with_fault(Fault::IoErrorAt(6));
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = queue(None);
         let (_events, h) = start_on(
             &storage,
             SyncMode::Batch(Duration::from_secs(60)),

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
+use super::handoff::{self, Handoff};
 use super::lateness::{Lateness, Left};
 use super::ready::{Limits, ReadySet};
 use super::recent::Recent;
@@ -37,7 +38,7 @@ use crate::handlers::{JobError, Kinds, StopReason, StopSignal};
 use crate::job::machine::{self, JobCore, Stale, Transition};
 use crate::job::WalMsg;
 use crate::job::{now_ms, JobRef, LiveSize, State};
-use crate::wal::commit::{Ack, Append, RecordBatch};
+use crate::wal::commit::{Ack, Append, Queue, RecordBatch};
 use crate::wal::record::{Record, Start};
 use crate::wal::WalError;
 use crate::wire::JobInfo;
@@ -250,7 +251,7 @@ pub struct Dispatcher {
     worker_threads: Vec<JoinHandle<()>>,
     free: Vec<usize>,
     serial: u64,
-    wal: Sender<WalMsg>,
+    wal: Queue<JobRef>,
     records: RecordBatch,
     counts: Vec<Counts>,
     /// Per (queue × kinds + kind): submitted, succeeded, dead, retries since start-up.
@@ -269,16 +270,21 @@ pub struct Dispatcher {
     wal_failed: Option<Arc<WalError>>,
     /// The size of `jobs`, for the checkpointer (counted when a job arrives and when it retires).
     live: Arc<LiveSize>,
+    /// Durable jobs from the WAL (taken before every message and before every sleep).
+    handoff: Arc<Handoff>,
+    /// Jobs were taken since the dispatcher last woke: sleep at most [`handoff::LAZY`].
+    took: bool,
 }
 
-/// Starts the workers and the dispatcher thread.
+/// Starts the workers and the dispatcher thread, which reads `rx` and takes durable jobs from
+/// `handoff`.
 pub fn spawn(
     cfg: Arc<Config>,
     kinds: Arc<Kinds>,
     recovered: Recovered,
-    wal: Sender<WalMsg>,
+    wal: Queue<JobRef>,
     tx: Sender<Msg>,
-    rx: Receiver<Msg>,
+    (rx, handoff): (Receiver<Msg>, Arc<Handoff>),
     live: Arc<LiveSize>,
 ) -> JoinHandle<()> {
     let mut workers = Vec::new();
@@ -358,6 +364,8 @@ pub fn spawn(
         arrivals: 0,
         clock: Instant::now(),
         rng: seed | 1,
+        handoff,
+        took: false,
         draining: None,
         wal_failed: None,
         live,
@@ -461,21 +469,38 @@ impl Dispatcher {
         self.dispatch();
         self.flush_records();
         loop {
-            let wake = self.next_wake();
-            let first = match wake {
-                Some(at) => match rx.recv_deadline(at) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => break,
-                },
+            let mut wake = self.next_wake();
+            if self.took {
+                // Jobs are coming in: take the next ones soon even if none wakes us.
+                let cap = Instant::now() + handoff::LAZY;
+                wake = Some(wake.map_or(cap, |w| w.min(cap)));
+            }
+            let first = if self.handoff.sleep_until(wake.map(epoch_ms_at)) {
+                let m = match wake {
+                    Some(at) => match rx.recv_deadline(at) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match rx.recv() {
+                        Ok(m) => Some(m),
+                        Err(_) => break,
+                    },
+                };
+                self.handoff.awake();
+                m
+            } else {
+                // Jobs came while it was about to sleep.
+                self.handoff.awake();
+                None
             };
+            self.took = false;
+            self.take_jobs();
             if let Some(m) = first {
                 self.handle(m);
                 for m in rx.try_iter().take(BURST) {
+                    // Jobs handed on before the message was sent are in the table first.
+                    self.take_jobs();
                     self.handle(m);
                 }
             }
@@ -568,17 +593,23 @@ impl Dispatcher {
         }
     }
 
+    /// Takes in every job the WAL has handed on, in log order.
+    fn take_jobs(&mut self) {
+        while let Some(jobs) = self.handoff.take_one() {
+            self.took = true;
+            let now = now_ms();
+            for job in jobs {
+                let core = JobCore::with_run_at(job.run_at);
+                self.live.add(&job, 1);
+                self.count_kind(job.queue, job.kind, super::KindCount::Submitted);
+                self.insert(job, core, now);
+            }
+        }
+    }
+
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Jobs(jobs) => {
-                let now = now_ms();
-                for job in jobs {
-                    let core = JobCore::with_run_at(job.run_at);
-                    self.live.add(&job, 1);
-                    self.count_kind(job.queue, job.kind, super::KindCount::Submitted);
-                    self.insert(job, core, now);
-                }
-            }
+            Msg::Wake => {}
             Msg::Done(d) => self.finished(d),
             Msg::Status { id, reply } => {
                 let _ = reply.send(self.status(id));
@@ -850,6 +881,13 @@ impl Dispatcher {
             log::error!("dispatcher: the WAL has stopped; state changes are no longer recorded");
         }
     }
+}
+
+/// `at` in ms since the epoch, rounded up (a job due before it wakes the dispatcher; one due at
+/// or after it is taken in when the dispatcher wakes, which is no later).
+fn epoch_ms_at(at: Instant) -> u64 {
+    let d = at.saturating_duration_since(Instant::now());
+    now_ms() + d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
 }
 
 /// One queue's jobs by state, indexed by [`State::index`].

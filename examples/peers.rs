@@ -7,7 +7,10 @@
 //! Workloads, 200-byte payloads: `put` (4 connections × 100 in flight; duejob jobs are delayed so
 //! nothing runs, like a put nobody reserves), `cycle` (4 producers as above plus consumers:
 //! beanstalkd reserve+delete, Redis BRPOP; duejob runs a no-op job and records its completion),
-//! and `latency` (one connection, one request at a time).
+//! `latency` (one connection, one request at a time; duejob's jobs delayed as in `put`, since
+//! nobody reserves the peers' jobs either) and `latency-run` (the same, with jobs taken as they
+//! come: duejob runs each as a no-op and records its completion, beanstalkd and Redis have one
+//! consumer as in `cycle`).
 //! Durable: duejob sync always, beanstalkd `-b DIR -f 0`, Redis `appendfsync always`.
 //! Weak: duejob sync never, beanstalkd without binlog, Redis without AOF.
 
@@ -38,8 +41,8 @@ struct Args {
     /// first in every cell, for before/after ratios on equal terms.
     #[arg(long)]
     baseline: Option<PathBuf>,
-    /// Only these workloads (comma-separated: put, cycle, latency).
-    #[arg(long, default_value = "put,cycle,latency")]
+    /// Only these workloads (comma-separated: put, cycle, latency, latency-run).
+    #[arg(long, default_value = "put,cycle,latency,latency-run")]
     workloads: String,
     /// Only durable (`durable`) or only weak (`weak`) cells; both by default.
     #[arg(long)]
@@ -287,14 +290,22 @@ struct Row {
 fn measure(sys: System, durable: bool, mode: &'static str, a: &Args, bin: &Path) -> Row {
     let server = start(sys, durable, bin);
     let pid = server.child.id().to_string();
-    let (conns, window) = if mode == "latency" { (1, 1) } else { (4, 100) };
+    let lone = mode.starts_with("latency");
+    let (conns, window) = if lone { (1, 1) } else { (4, 100) };
+    // Jobs nobody takes (duejob: delayed, so nothing runs), or taken as they come.
+    let delayed = mode == "put" || mode == "latency";
+    let takers = match mode {
+        "cycle" => 4,
+        "latency-run" => 1,
+        _ => 0,
+    };
     let (s0, c0) = (cpu_secs(&pid), cpu_secs("self"));
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(a.seconds);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let consumers: Vec<_> = if mode == "cycle" && sys != System::Duejob {
-        (0..4)
+    let consumers: Vec<_> = if sys != System::Duejob {
+        (0..takers)
             .map(|_| {
                 let (sock, stop, done) = (server.sock.clone(), stop.clone(), done.clone());
                 std::thread::spawn(move || consume(sys, &sock, &stop, &done))
@@ -311,7 +322,7 @@ fn measure(sys: System, durable: bool, mode: &'static str, a: &Args, bin: &Path)
     let producers: Vec<_> = (0..conns)
         .map(|_| {
             let sock = server.sock.clone();
-            std::thread::spawn(move || drive_puts(sys, &sock, window, mode == "put", until))
+            std::thread::spawn(move || drive_puts(sys, &sock, window, delayed, until))
         })
         .collect();
     let mut lat = Histogram::<u64>::new(3).unwrap();
@@ -475,7 +486,7 @@ fn main() {
         "build duejob first: cargo build --release"
     );
     let mut rows = Vec::new();
-    let modes: Vec<&'static str> = ["put", "cycle", "latency"]
+    let modes: Vec<&'static str> = ["put", "cycle", "latency", "latency-run"]
         .into_iter()
         .filter(|m| a.workloads.split(',').any(|w| w.trim() == *m))
         .collect();

@@ -430,6 +430,56 @@ fn a_catalog_that_cannot_write_or_is_corrupt_never_stops_jobs_and_rebuild_restor
 }
 
 #[test]
+fn an_offline_rebuild_after_checkpoints_released_segments_reads_the_whole_log() {
+    // wal/ no longer starts at LSN 1 (checkpoints moved its first segments to the archive): the
+    // rebuild still reads every archived segment, every sealed one and the current one.
+    let dir = tempdir();
+    let cfg = dir.path().join("duejob.toml");
+    std::fs::write(
+        &cfg,
+        "segment_size_mib = 1\ncheckpoint_after_mib = 1\nhistory_limit = 10\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start_in(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let pad = "x".repeat(400);
+    let mut ids = noops_of(
+        &d,
+        6000,
+        200,
+        json!({"queue": "default", "kind": "noop", "payload": {"pad": pad}}),
+    );
+    d.wait_idle(Duration::from_secs(60));
+    wait_stats(&d, Duration::from_secs(60), |s| {
+        s["wal"]["checkpoint"]["released"].as_u64().unwrap() >= 2
+    });
+    // And a few in the current segment.
+    let mut c = d.conn();
+    for _ in 0..5 {
+        ids.push(c.submit(r#"{"op":"submit","queue":"default","kind":"noop"}"#));
+    }
+    c.wait_state(*ids.last().unwrap(), "succeeded");
+    d.stop();
+    let (st, text, err) = cli(&[
+        "catalog",
+        "rebuild",
+        "--socket",
+        "/nonexistent/sock",
+        "--data",
+        d.data().to_str().unwrap(),
+    ]);
+    assert!(st.success(), "{err}");
+    assert!(text.contains(&format!("{} jobs", ids.len())), "{text}");
+    // The daemon, started on the rebuilt catalog, knows every one of them.
+    d.restart();
+    let mut c = d.conn();
+    for &id in ids.iter().step_by(97).chain(ids.last()) {
+        let r = c.call(&json!({"op": "status", "id": id}).to_string());
+        assert_eq!(r["job"]["state"], "succeeded", "job {id}: {r}");
+    }
+    d.stop();
+}
+
+#[test]
 fn a_stalled_catalog_is_never_awaited_on_the_submit_path() {
     use duejob::{JobSpec, Runtime};
     let dir = tempdir();

@@ -171,9 +171,17 @@ pub fn rebuild_offline(data: &Path) -> Result<Rebuilt, String> {
     })?;
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::data_dir(data));
     let wal = Arc::new(WalStats::default());
-    // Everything the log holds that checks out: the reader of recovery says where it ends.
-    let scan = crate::wal::reader::walk_log(
+    // Everything the log holds that checks out: the reader of recovery says where it ends. From
+    // wal/'s first segment, at whatever LSN it starts (a checkpoint may have released those
+    // before it: read from LSN 1, the walk would stop at once, and nothing of the current
+    // segment would count as durable).
+    let first = list_segments(storage.as_ref())
+        .map_err(|e| e.to_string())?
+        .first()
+        .map_or(1, |(seq, _)| *seq);
+    let scan = crate::wal::reader::walk_log_after(
         storage.as_ref(),
+        crate::wal::reader::After::from_segment(first),
         crate::wal::reader::OnDamage::Stop,
         &mut |_| Ok(()),
     )
@@ -190,10 +198,12 @@ pub fn rebuild_offline(data: &Path) -> Result<Rebuilt, String> {
     );
     let t = Instant::now();
     w.reset().map_err(|e| e.to_string())?;
+    // Every sealed segment is read to its end whatever the durable point says: read until a
+    // step finds nothing more.
     loop {
         match w.step() {
-            Ok(true) => continue,
-            Ok(false) => break,
+            Ok(Step { read: 0, .. }) => break,
+            Ok(_) => continue,
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -203,6 +213,14 @@ pub fn rebuild_offline(data: &Path) -> Result<Rebuilt, String> {
         jobs: w.shared.stats.jobs.load(Relaxed),
         ms: t.elapsed().as_millis() as u64,
     })
+}
+
+/// What a step did.
+struct Step {
+    /// Records read.
+    read: usize,
+    /// Whether it reached the durable point it started with.
+    caught: bool,
 }
 
 /// A row being changed in this step.
@@ -286,8 +304,11 @@ impl Worker {
                 }
             } else {
                 match self.step() {
-                    Ok(true) => {}
-                    Ok(false) => wait = IDLE,
+                    // Caught up: rest rather than read again at once, so that a lone client's
+                    // records are read a few dozen at a time, not one step (a read, a sled
+                    // batch) each.
+                    Ok(Step { read, caught }) if read == 0 || caught => wait = IDLE,
+                    Ok(_) => {}
                     Err(e) => {
                         self.failed(e);
                         continue;
@@ -436,9 +457,8 @@ impl Worker {
         Ok(())
     }
 
-    /// One step: reads and applies what is durable past the position. Returns whether there is
-    /// more to read at once (it read something and has not caught up with the durable point).
-    fn step(&mut self) -> Result<bool, CatalogError> {
+    /// One step: reads and applies what is durable past the position.
+    fn step(&mut self) -> Result<Step, CatalogError> {
         let upto = self.shared.durable.durable_lsn.load(Acquire);
         let mut n = 0usize;
         while n < CHUNK {
@@ -531,9 +551,7 @@ impl Worker {
         }
         self.answer_waiters(caught);
         self.sweep()?;
-        // Caught up: rest (IDLE) rather than read again at once, so that a lone client's records
-        // are read a few dozen at a time, not one step (a read, a sled batch) each.
-        Ok(n > 0 && !caught)
+        Ok(Step { read: n, caught })
     }
 
     /// Applies one record to its job's row (held in `pending` until the step ends).

@@ -998,7 +998,7 @@ impl RuntimeBuilder {
             Box::new(move |event| match event {
                 WalEvent::Durable(jobs) => handoff.hand_on(jobs, &to_sched),
                 WalEvent::Failed(e) => {
-                    let _ = to_sched.send(Msg::WalFailed(e));
+                    handoff.failed(e, &to_sched);
                 }
                 WalEvent::Sealed(s) => {
                     let _ = to_ckpt.send(ckpt::Msg::Sealed(s));

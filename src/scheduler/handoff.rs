@@ -1,6 +1,8 @@
 //! Durable jobs on their way from the WAL to the dispatcher, waking it only when it must act.
 //!
-//! Every durable job goes into one queue, in log order (the WAL hands them on under its lock).
+//! Every durable job goes into one queue, in log order (the WAL hands them on under its lock),
+//! and so does the WAL's failure, in the order the WAL reports it (so no job handed on after the
+//! failure is started before the dispatcher knows of it).
 //! The dispatcher never blocks on that queue: it drains it before every message it handles and
 //! before it goes to sleep, so a job is in its table before any request sent after the job's
 //! acknowledgement is answered (`status`, `cancel`, `stats`: all are messages). The WAL wakes it
@@ -23,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::Msg;
 use crate::job::{now_ms, JobRef};
+use crate::wal::WalError;
 
 /// The longest a job that needs nothing at once may wait before the dispatcher takes it in.
 pub const LAZY: Duration = Duration::from_millis(5);
@@ -30,10 +33,18 @@ pub const LAZY: Duration = Duration::from_millis(5);
 /// `sleeping_until` while the dispatcher is awake: it drains the queue before it sleeps.
 const AWAKE: u64 = 0;
 
+/// What the WAL hands on, in the order it happened.
+pub(crate) enum Handed {
+    /// Durable jobs, in log order.
+    Jobs(Vec<JobRef>),
+    /// The WAL failed: nothing more can be recorded.
+    Failed(std::sync::Arc<WalError>),
+}
+
 /// The queue of durable jobs, shared by the WAL (sender) and the dispatcher (receiver).
 pub struct Handoff {
-    tx: Sender<Vec<JobRef>>,
-    rx: Receiver<Vec<JobRef>>,
+    tx: Sender<Handed>,
+    rx: Receiver<Handed>,
     /// When the dispatcher next wakes by itself, in ms since the epoch: [`AWAKE`] while it runs,
     /// `u64::MAX` while it sleeps with no timer.
     sleeping_until: AtomicU64,
@@ -63,7 +74,7 @@ impl Handoff {
             .min()
             .unwrap_or(0);
         // The receiver lives in `self`: the send cannot fail.
-        let _ = self.tx.send(jobs);
+        let _ = self.tx.send(Handed::Jobs(jobs));
         fence(SeqCst);
         let until = self.sleeping_until.load(SeqCst);
         if needs_wake(due, until, now_ms()) {
@@ -71,8 +82,14 @@ impl Handoff {
         }
     }
 
-    /// The dispatcher: the next jobs handed on, in order.
-    pub(crate) fn take_one(&self) -> Option<Vec<JobRef>> {
+    /// The WAL failed: tells the dispatcher (after every job handed on before) and wakes it.
+    pub fn failed(&self, e: std::sync::Arc<WalError>, wake: &Sender<Msg>) {
+        let _ = self.tx.send(Handed::Failed(e));
+        let _ = wake.send(Msg::Wake);
+    }
+
+    /// The dispatcher: the next thing handed on, in order.
+    pub(crate) fn take_one(&self) -> Option<Handed> {
         self.rx.try_recv().ok()
     }
 

@@ -199,8 +199,6 @@ pub enum Msg {
         /// Ids purged, or why not.
         reply: Sender<Result<Vec<u64>, Refused>>,
     },
-    /// The WAL failed: no state change can be recorded until restart, so no job is started.
-    WalFailed(Arc<WalError>),
     /// Stop dispatching, let running jobs finish within `grace`, write their records, reply.
     Shutdown {
         /// How long running jobs may take.

@@ -23,7 +23,7 @@ use super::record::{rtype, DecodeProblem, Record, SCHEMA, SYNC_MARK_LEN};
 use super::WalError;
 
 const WINDOW: usize = 1 << 20;
-/// Bytes read at once by [`tail_segment`].
+/// Bytes [`tail_segment`] reads first (then twice as many each time, up to [`WINDOW`]).
 const TAIL_WINDOW: usize = 64 << 10;
 
 /// One record as the reader hands it out.
@@ -467,6 +467,7 @@ impl RecordReader {
             start: o.start,
             file_len: o.len,
             chunk: RECORD_READER_CHUNK,
+            max_chunk: RECORD_READER_CHUNK,
         };
         let r = record_in(&mut w, &o.loc, seq, offset);
         o.buf = w.buf;
@@ -526,7 +527,8 @@ pub fn tail_segment(
     let len = file.size().map_err(io)?;
     let mut w = Window::new(file, len);
     // A follower that keeps up finds a few records past its position and zeros after them (the
-    // segment is preallocated): read a little at a time, not a whole window of zeros per step.
+    // segment is preallocated): read a little first, not a whole window of zeros per step; one
+    // catching up reads larger windows as it goes.
     w.chunk = TAIL_WINDOW;
     if pos.offset == 0 {
         let hb = w.get(0, SEGMENT_HEADER_LEN).map_err(io)?.to_vec();
@@ -636,6 +638,8 @@ pub(crate) struct Window<'f> {
     file_len: u64,
     /// Bytes read at once.
     chunk: usize,
+    /// What `chunk` may grow to, doubling with each read (a follower starts small).
+    max_chunk: usize,
 }
 
 impl<'f> Window<'f> {
@@ -647,6 +651,7 @@ impl<'f> Window<'f> {
             start: 0,
             file_len,
             chunk: WINDOW,
+            max_chunk: WINDOW,
         }
     }
 
@@ -668,6 +673,7 @@ impl<'f> Window<'f> {
             }
             self.buf.truncate(got);
             self.start = off;
+            self.chunk = (self.chunk * 2).min(self.max_chunk);
         }
         let from = (off - self.start) as usize;
         let to = (from + n).min(self.buf.len());

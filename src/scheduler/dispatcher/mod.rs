@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use super::handoff::{self, Handoff};
+use super::handoff::{self, Handed, Handoff};
 use super::lateness::{Lateness, Left};
 use super::ready::{Limits, ReadySet};
 use super::recent::Recent;
@@ -490,9 +490,14 @@ impl Dispatcher {
                 self.handoff.awake();
                 m
             } else {
-                // Jobs came while it was about to sleep.
+                // Jobs came while it was about to sleep: take them, and the channel's next
+                // message too (a stream of jobs must not keep completions and requests waiting).
                 self.handoff.awake();
-                None
+                match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(crossbeam_channel::TryRecvError::Empty) => None,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                }
             };
             self.took = false;
             self.take_jobs();
@@ -593,16 +598,25 @@ impl Dispatcher {
         }
     }
 
-    /// Takes in every job the WAL has handed on, in log order.
+    /// Takes in every job the WAL has handed on, in log order, and its failure.
     fn take_jobs(&mut self) {
-        while let Some(jobs) = self.handoff.take_one() {
-            self.took = true;
-            let now = now_ms();
-            for job in jobs {
-                let core = JobCore::with_run_at(job.run_at);
-                self.live.add(&job, 1);
-                self.count_kind(job.queue, job.kind, super::KindCount::Submitted);
-                self.insert(job, core, now);
+        while let Some(handed) = self.handoff.take_one() {
+            match handed {
+                Handed::Jobs(jobs) => {
+                    self.took = true;
+                    let now = now_ms();
+                    for job in jobs {
+                        let core = JobCore::with_run_at(job.run_at);
+                        self.live.add(&job, 1);
+                        self.count_kind(job.queue, job.kind, super::KindCount::Submitted);
+                        self.insert(job, core, now);
+                    }
+                }
+                Handed::Failed(e) => {
+                    let running = self.workers.len() - self.free.len();
+                    log::error!("the WAL failed ({e}): no job is started until the daemon restarts; {running} running job(s) finish, but their ends cannot be recorded (they run again after the restart)");
+                    self.wal_failed = Some(e);
+                }
             }
         }
     }
@@ -659,11 +673,6 @@ impl Dispatcher {
             }
             Msg::DeadPurge { which, reply } => {
                 let _ = reply.send(self.dead_purge(&which));
-            }
-            Msg::WalFailed(e) => {
-                let running = self.workers.len() - self.free.len();
-                log::error!("the WAL failed ({e}): no job is started until the daemon restarts; {running} running job(s) finish, but their ends cannot be recorded (they run again after the restart)");
-                self.wal_failed = Some(e);
             }
             Msg::Shutdown { grace, reply } => {
                 log::info!("dispatcher: draining (grace {} ms)", grace.as_millis());
@@ -884,7 +893,8 @@ impl Dispatcher {
 }
 
 /// `at` in ms since the epoch, rounded up (a job due before it wakes the dispatcher; one due at
-/// or after it is taken in when the dispatcher wakes, which is no later).
+/// or after it is taken in when the dispatcher wakes, at most about 1 ms after it: `now_ms` is
+/// rounded down).
 fn epoch_ms_at(at: Instant) -> u64 {
     let d = at.saturating_duration_since(Instant::now());
     now_ms() + d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)

@@ -45,6 +45,18 @@ fn replay(d: &Daemon, extra: Value) -> Value {
 }
 
 /// Every job the catalog lists (newest first).
+/// `duejob catalog rebuild` on `d`'s data directory, without a daemon to ask.
+fn offline_rebuild(d: &Daemon) -> (std::process::ExitStatus, String, String) {
+    cli(&[
+        "catalog",
+        "rebuild",
+        "--socket",
+        "/nonexistent/sock",
+        "--data",
+        d.data().to_str().unwrap(),
+    ])
+}
+
 fn all_jobs(d: &Daemon) -> Vec<Value> {
     let r = d.conn().call(r#"{"op":"jobs","limit":10000}"#);
     assert_eq!(r["ok"], true, "{r}");
@@ -397,14 +409,7 @@ fn a_catalog_that_cannot_write_or_is_corrupt_never_stops_jobs_and_rebuild_restor
     let id = c.submit(r#"{"op":"submit","queue":"default","kind":"noop"}"#);
     c.wait_state(id, "succeeded");
     // The offline rebuild refuses while the daemon runs; the daemon's does it.
-    let (st, _, err) = cli(&[
-        "catalog",
-        "rebuild",
-        "--socket",
-        "/nonexistent/sock",
-        "--data",
-        d.data().to_str().unwrap(),
-    ]);
+    let (st, _, err) = offline_rebuild(&d);
     assert!(!st.success() && err.contains("a daemon runs"), "{err}");
     let sock = d.socket();
     let (st, text, err) = cli(&["catalog", "rebuild", "--socket", sock.to_str().unwrap()]);
@@ -415,14 +420,7 @@ fn a_catalog_that_cannot_write_or_is_corrupt_never_stops_jobs_and_rebuild_restor
     // Offline, with the daemon stopped: the same answers.
     let live_built = all_jobs(&d);
     d.stop();
-    let (st, text, err) = cli(&[
-        "catalog",
-        "rebuild",
-        "--socket",
-        "/nonexistent/sock",
-        "--data",
-        d.data().to_str().unwrap(),
-    ]);
+    let (st, text, err) = offline_rebuild(&d);
     assert!(st.success(), "{err}");
     assert!(text.contains("601 jobs"), "{text}");
     d.restart();
@@ -459,14 +457,7 @@ fn an_offline_rebuild_after_checkpoints_released_segments_reads_the_whole_log() 
     }
     c.wait_state(*ids.last().unwrap(), "succeeded");
     d.stop();
-    let (st, text, err) = cli(&[
-        "catalog",
-        "rebuild",
-        "--socket",
-        "/nonexistent/sock",
-        "--data",
-        d.data().to_str().unwrap(),
-    ]);
+    let (st, text, err) = offline_rebuild(&d);
     assert!(st.success(), "{err}");
     assert!(text.contains(&format!("{} jobs", ids.len())), "{text}");
     // The daemon, started on the rebuilt catalog, knows every one of them.

@@ -14,7 +14,7 @@
 //! the checkpointer's figure, is the only thing that reads the dispatcher's counts without a
 //! message).
 //!
-//! No wake-up is lost: the WAL sends, then reads [`Handoff::sleeping_until`]; the dispatcher
+//! No wake-up is lost: the WAL sends, then reads `sleeping_until`; the dispatcher
 //! publishes it, then looks at the queue once more before it sleeps; both with `SeqCst` fences,
 //! so at least one of them sees the other's write (the WAL wakes it, or it drains the job).
 

@@ -410,7 +410,15 @@ impl Handle {
         if id == 0 || id >= self.inner.next_id.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let found = c.status(id).map_err(catalog_failing)?;
+        let found = match c.status(id) {
+            Ok(found) => found,
+            // Not open yet (the daemon has just started, or a rebuild is under way): wait for
+            // it as for a lagging one; a failing catalog is answered at once.
+            Err(_) => {
+                c.catch_up(crate::catalog::READ_WAIT);
+                c.status(id).map_err(catalog_failing)?
+            }
+        };
         if found.is_some() {
             return Ok(found);
         }

@@ -1005,9 +1005,7 @@ impl RuntimeBuilder {
             wal_rx,
             Box::new(move |event| match event {
                 WalEvent::Durable(jobs) => handoff.hand_on(jobs, &to_sched),
-                WalEvent::Failed(e) => {
-                    handoff.failed(e, &to_sched);
-                }
+                WalEvent::Failed(e) => handoff.failed(e, &to_sched),
                 WalEvent::Sealed(s) => {
                     let _ = to_ckpt.send(ckpt::Msg::Sealed(s));
                 }

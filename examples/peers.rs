@@ -7,6 +7,9 @@
 //! Workloads, 200-byte payloads: `put` (4 connections × 100 in flight; duejob jobs are delayed so
 //! nothing runs, like a put nobody reserves), `cycle` (4 producers as above plus consumers:
 //! beanstalkd reserve+delete, Redis BRPOP; duejob runs a no-op job and records its completion),
+//! `cycle-drain` (the producers and consumers of `cycle` for the same time, then the producers
+//! stop and the consumers go on until every acknowledged job is done: jobs ÷ the time until the
+//! last one is done, the full cycle of every job, as `loadgen --mode cycle` counts it),
 //! `latency` (one connection, one request at a time; duejob's jobs delayed as in `put`, since
 //! nobody reserves the peers' jobs either) and `latency-run` (the same, with jobs taken as they
 //! come: duejob runs each as a no-op and records its completion, beanstalkd and Redis have one
@@ -41,8 +44,8 @@ struct Args {
     /// first in every cell, for before/after ratios on equal terms.
     #[arg(long)]
     baseline: Option<PathBuf>,
-    /// Only these workloads (comma-separated: put, cycle, latency, latency-run).
-    #[arg(long, default_value = "put,cycle,latency,latency-run")]
+    /// Only these workloads (comma-separated: put, cycle, cycle-drain, latency, latency-run).
+    #[arg(long, default_value = "put,cycle,cycle-drain,latency,latency-run")]
     workloads: String,
     /// Only durable (`durable`) or only weak (`weak`) cells; both by default.
     #[arg(long)]
@@ -295,7 +298,7 @@ fn measure(sys: System, durable: bool, mode: &'static str, a: &Args, bin: &Path)
     // Jobs nobody takes (duejob: delayed, so nothing runs), or taken as they come.
     let delayed = mode == "put" || mode == "latency";
     let takers = match mode {
-        "cycle" => 4,
+        "cycle" | "cycle-drain" => 4,
         "latency-run" => 1,
         _ => 0,
     };
@@ -314,7 +317,8 @@ fn measure(sys: System, durable: bool, mode: &'static str, a: &Args, bin: &Path)
     } else {
         Vec::new()
     };
-    let before = if mode == "cycle" && sys == System::Duejob {
+    let cycle = mode.starts_with("cycle");
+    let before = if cycle && sys == System::Duejob {
         duejob_succeeded(&server.sock)
     } else {
         0
@@ -333,13 +337,27 @@ fn measure(sys: System, durable: bool, mode: &'static str, a: &Args, bin: &Path)
         errors += d.errors;
         lat.add(&d.lat).unwrap();
     }
-    let rate = if mode == "cycle" {
-        // Count completions over the same window (cycles finished by the time puts stopped).
-        let n = if sys == System::Duejob {
+    let completed = || {
+        if sys == System::Duejob {
             duejob_succeeded(&server.sock) - before
         } else {
             done.load(Ordering::Relaxed)
-        };
+        }
+    };
+    let rate = if mode == "cycle" {
+        // Count completions over the same window (cycles finished by the time puts stopped).
+        completed() as f64 / t0.elapsed().as_secs_f64()
+    } else if mode == "cycle-drain" {
+        // Every acknowledged job through to its end (at most a minute more).
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while completed() < ops && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let n = completed();
+        if n < ops {
+            eprintln!("  {sys:?} {mode}: only {n} of {ops} jobs done after a minute");
+            errors += ops - n;
+        }
         n as f64 / t0.elapsed().as_secs_f64()
     } else {
         ops as f64 / t0.elapsed().as_secs_f64()
@@ -486,7 +504,7 @@ fn main() {
         "build duejob first: cargo build --release"
     );
     let mut rows = Vec::new();
-    let modes: Vec<&'static str> = ["put", "cycle", "latency", "latency-run"]
+    let modes: Vec<&'static str> = ["put", "cycle", "cycle-drain", "latency", "latency-run"]
         .into_iter()
         .filter(|m| a.workloads.split(',').any(|w| w.trim() == *m))
         .collect();

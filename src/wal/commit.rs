@@ -73,7 +73,6 @@ impl RecordBatch {
             .push((rec.rtype(), (self.bytes.len() - start) as u32));
     }
     /// Number of records.
-    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -301,6 +300,14 @@ impl<J> Queue<J> {
 pub struct Inbox<J> {
     rx: Receiver<WalMsg<J>>,
     waited: Arc<AtomicUsize>,
+}
+
+#[cfg(test)]
+impl<J> Inbox<J> {
+    /// The next message, if one is queued (tests that stand in for the commit thread).
+    pub(crate) fn try_recv(&self) -> Option<WalMsg<J>> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A queue to the commit thread holding at most `cap` messages (`None`: unbounded).

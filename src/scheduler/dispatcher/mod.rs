@@ -221,6 +221,14 @@ fn signed_secs(ms: i64) -> String {
 /// Most messages handled before the dispatcher dispatches again.
 const BURST: usize = 4096;
 
+/// The dispatcher's own records (starts, ends, retries) go to the WAL once this many are
+/// pending, or [`RECORDS_WAIT`] after the first of them, or before it answers a request or
+/// sleeps: one hand-off (and one write) per batch instead of one per pass.
+const RECORDS_BATCH: usize = 512;
+
+/// See [`RECORDS_BATCH`].
+const RECORDS_WAIT: Duration = Duration::from_millis(1);
+
 /// What a timer entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -253,6 +261,8 @@ pub struct Dispatcher {
     serial: u64,
     wal: Queue<JobRef>,
     records: RecordBatch,
+    /// When the oldest record in `records` was put there (noticed at the end of a pass).
+    records_since: Option<Instant>,
     counts: Vec<Counts>,
     /// Per (queue × kinds + kind): submitted, succeeded, dead, retries since start-up.
     kind_counts: Vec<super::KindCounts>,
@@ -355,6 +365,7 @@ pub fn spawn(
         serial: 0,
         wal,
         records: RecordBatch::new(),
+        records_since: None,
         counts: vec![[0; State::ALL.len()]; n],
         kind_counts: vec![[0; 4]; n * kinds.names().len()],
         lateness: Lateness::new(n, now_ms()),
@@ -470,6 +481,10 @@ impl Dispatcher {
         self.flush_records();
         loop {
             let mut wake = self.next_wake();
+            if let Some(t) = self.records_since {
+                let due = t + RECORDS_WAIT;
+                wake = Some(wake.map_or(due, |w| w.min(due)));
+            }
             if self.took {
                 // Jobs are coming in: take the next ones soon even if none wakes us.
                 let cap = Instant::now() + handoff::LAZY;
@@ -512,7 +527,7 @@ impl Dispatcher {
             self.resume_due();
             self.fire_timers();
             self.dispatch();
-            self.flush_records();
+            self.flush_records_due();
             self.sweep_late();
             if let Some((deadline, _)) = &self.draining {
                 let busy = self.workers.len() - self.free.len();
@@ -622,6 +637,11 @@ impl Dispatcher {
     }
 
     fn handle(&mut self, m: Msg) {
+        if !matches!(m, Msg::Wake | Msg::Done(_)) {
+            // What a reply tells has been handed to the WAL (a status that says succeeded
+            // survives the daemon's crash).
+            self.flush_records();
+        }
         match m {
             Msg::Wake => {}
             Msg::Done(d) => self.finished(d),
@@ -861,7 +881,19 @@ impl Dispatcher {
         }
     }
 
+    /// Sends the pending records if enough are pending, or the oldest has waited long enough.
+    fn flush_records_due(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let since = *self.records_since.get_or_insert_with(Instant::now);
+        if self.records.len() >= RECORDS_BATCH || since.elapsed() >= RECORDS_WAIT {
+            self.flush_records();
+        }
+    }
+
     fn flush_records(&mut self) {
+        self.records_since = None;
         if !self.records.is_empty() {
             let batch = std::mem::take(&mut self.records);
             self.send_records(batch, None);
@@ -931,5 +963,90 @@ fn recount(counts: &mut [Counts], e: &Entry, from: State) {
         let q = e.job.queue as usize;
         counts[q][from.index()] -= 1;
         counts[q][to.index()] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::commit::{queue, WalMsg};
+    use crate::wal::record::SCHEMA;
+
+    #[test]
+    fn the_dispatchers_records_reach_the_wal_before_a_reply_tells_of_them_and_by_themselves_when_idle() {
+        // The dispatcher batches its records (up to RECORDS_WAIT), but never past a reply that
+        // tells of them: a status that says succeeded survives the daemon's crash.
+        let cfg = Arc::new(Config::with_workers(2));
+        let kinds = Arc::new(Kinds::builtin());
+        let noop = kinds.id("noop").unwrap();
+        let (wal, inbox) = queue::<JobRef>(None);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handoff = Arc::new(Handoff::default());
+        let thread = spawn(
+            cfg,
+            kinds,
+            Recovered::default(),
+            wal,
+            tx.clone(),
+            (rx, handoff.clone()),
+            Arc::default(),
+        );
+        let mut finished = std::collections::HashSet::new();
+        let take_finished = |finished: &mut std::collections::HashSet<u64>| {
+            while let Some(m) = inbox.try_recv() {
+                let WalMsg::Append(a) = m else { continue };
+                for (rtype, body) in a.records.iter() {
+                    if let Ok(Record::Finish(f)) = Record::decode(rtype, SCHEMA, body) {
+                        finished.insert(f.id);
+                    }
+                }
+            }
+        };
+        let job = |id| -> JobRef {
+            Arc::new(crate::job::Job {
+                id,
+                queue: 0,
+                kind: noop,
+                payload: "{}".into(),
+                key: None,
+                submitted_at: now_ms(),
+                deadline: now_ms() + 30_000,
+                run_at: None,
+                max_attempts: 1,
+                timeout_ms: None,
+            })
+        };
+        for id in 1..=50u64 {
+            handoff.hand_on(vec![job(id)], &tx);
+            loop {
+                let (rtx, rrx) = crossbeam_channel::bounded(1);
+                tx.send(Msg::Status { id, reply: rtx }).unwrap();
+                let info = rrx.recv().unwrap();
+                if info.is_some_and(|i| i.state == crate::wire::State::Succeeded) {
+                    break;
+                }
+            }
+            take_finished(&mut finished);
+            assert!(
+                finished.contains(&id),
+                "job {id}: status said succeeded before its finish record went to the WAL"
+            );
+        }
+        // Nobody asks: the batch still goes out by itself (RECORDS_WAIT), the dispatcher idle.
+        handoff.hand_on(vec![job(51)], &tx);
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while !finished.contains(&51) {
+            assert!(Instant::now() < give_up, "job 51's finish record never went to the WAL");
+            std::thread::sleep(Duration::from_millis(1));
+            take_finished(&mut finished);
+        }
+        let (rtx, rrx) = crossbeam_channel::bounded(1);
+        tx.send(Msg::Shutdown {
+            grace: Duration::from_secs(5),
+            reply: rtx,
+        })
+        .unwrap();
+        rrx.recv().unwrap();
+        thread.join().unwrap();
     }
 }

@@ -565,3 +565,54 @@ fn the_demo_s_incident_fires_the_alert_the_operator_pauses_bulk_and_every_notifi
         "{out}"
     );
 }
+
+#[test]
+fn a_job_that_kills_the_daemon_as_it_starts_ends_dead_instead_of_crashing_it_forever() {
+    // G3: ten interrupted attempts end a job. The job SIGKILLs the daemon the moment it runs, so
+    // its `start` record must reach the log before it does (the dispatcher's batching sends the
+    // records of a recovered job's dispatch at the end of that pass).
+    let dir = tempdir();
+    let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
+    let id = d.conn().submit(
+        r#"{"op":"submit","queue":"default","kind":"exec","payload":{"argv":["sh","-c","kill -9 $PPID"]}}"#,
+    );
+    let mut crashes = 0;
+    let job = loop {
+        // Either the job kills this daemon, or (once it is dead) the daemon stays up and says so.
+        let child = d.child.as_mut().expect("running");
+        if child.try_wait().unwrap().is_some() {
+            d.child = None;
+            crashes += 1;
+            assert!(
+                crashes <= 20,
+                "job {id} killed the daemon {crashes} times:\n{}",
+                d.log_text()
+            );
+            d.spawn();
+            continue;
+        }
+        if let Ok(mut c) = crate::common::Conn::connect(&d.socket()) {
+            if let Some(v) = c.try_call(&format!(r#"{{"op":"status","id":{id}}}"#)) {
+                if v["job"]["state"] == "dead" {
+                    break v["job"].clone();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(crashes >= 10, "dead after {crashes} crashes: {job}");
+    // Ten attempts, each cut by a crash: nine shown interrupted, the tenth ended by recovery.
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 10, "{job}");
+    assert!(
+        attempts[..9].iter().all(|a| a["outcome"] == "interrupted"),
+        "{job}"
+    );
+    assert!(
+        attempts[9]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("interrupted by 10 daemon restarts")),
+        "{job}"
+    );
+    d.stop();
+}

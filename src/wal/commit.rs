@@ -17,7 +17,8 @@
 //! A group nobody waits on (only the dispatcher's `start`/`finish`/`retry` records, no
 //! acknowledgement and no jobs to hand on) is written at once but its fdatasync is deferred: it
 //! rides with the next group that has a waiter, or happens [`DEFERRED_SYNC`] later. A process
-//! crash loses nothing (the bytes are in the page cache); a power cut inside that window can lose
+//! crash loses nothing written (the bytes are in the page cache; the dispatcher holds its
+//! records up to about 1 ms before it sends them, and those it can lose); a power cut inside that window can lose
 //! such records, which at-least-once execution (G3, docs/guarantees.md) already covers: the job runs again. This
 //! spares a lone request the fdatasync of the previous job's completion in front of its own.
 //!

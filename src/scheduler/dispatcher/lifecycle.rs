@@ -41,7 +41,7 @@ impl Dispatcher {
     }
 
     /// Applies a record the dispatcher built to its job and queues it for the WAL (it goes out
-    /// with the burst's other records).
+    /// with the dispatcher's next batch: `RECORDS_BATCH` in mod.rs).
     fn record(&mut self, id: u64, rec: Record<'_>) {
         if let Err(stale) = self.apply(id, &rec) {
             // The dispatcher checked the job's state before building the record.

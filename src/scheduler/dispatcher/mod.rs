@@ -2,8 +2,9 @@
 //!
 //! It receives durable jobs (from the WAL thread), finished attempts (from workers) and queries
 //! (from connections) on one channel, and after each burst of messages it promotes due timers,
-//! hands ready jobs to free workers, and sends the `start`/`finish` records of the burst to the
-//! WAL as one append. Nothing else touches job state, so nothing on this path takes a lock.
+//! hands ready jobs to free workers, and sends its `start`/`finish`/`retry` records to the WAL in
+//! batches (see `RECORDS_BATCH`). Nothing else touches job state, so nothing on this path takes
+//! a lock.
 //!
 //! This file holds the thread, its loop, admission, timers, dispatch and completion;
 //! `lifecycle.rs` failures, retries, death, cancellation, dead letters and the history;
@@ -171,6 +172,10 @@ struct Entry {
     timed_out: bool,
     /// Whether it was counted as missed (ready past its deadline): once per job.
     missed: bool,
+    /// Whether it came back from the log at start-up: its `start` records go to the WAL before
+    /// it runs, not with the next batch, so that a job that crashes the daemon at once has its
+    /// attempts counted (G3: ten interruptions end it).
+    recovered: bool,
 }
 
 struct QueueFigures {
@@ -221,9 +226,12 @@ fn signed_secs(ms: i64) -> String {
 /// Most messages handled before the dispatcher dispatches again.
 const BURST: usize = 4096;
 
-/// The dispatcher's own records (starts, ends, retries) go to the WAL once this many are
-/// pending, or [`RECORDS_WAIT`] after the first of them, or before it answers a request or
-/// sleeps: one hand-off (and one write) per batch instead of one per pass.
+/// The dispatcher's own records (starts, ends, retries) go to the WAL, as one append, at the
+/// end of a pass that leaves at least this many pending, or [`RECORDS_WAIT`] after the pass that
+/// made the first of them (a deadline of its sleep), or before it handles a request (no reply
+/// tells of a state whose record it still holds), or before a recovered job runs again (its
+/// `start` first), or when it stops: one wake-up and one write of the commit thread per batch
+/// instead of one per pass.
 const RECORDS_BATCH: usize = 512;
 
 /// See [`RECORDS_BATCH`].
@@ -406,7 +414,7 @@ impl Dispatcher {
     fn restore(&mut self, mut rec: Recovered) {
         let now = now_ms();
         for live in rec.live {
-            self.insert(live.job, live.core, now);
+            self.insert(live.job, live.core, now, true);
         }
         let done = std::mem::take(rec.done.get());
         self.history.reserve(done.len().min(self.cfg.history_limit));
@@ -421,7 +429,7 @@ impl Dispatcher {
     /// Adds a job to the table, counts it by state (its size in [`LiveSize`] is the caller's:
     /// the runtime counts the recovered ones before the threads start), and starts it on its way: to the ready set, or to the
     /// timers if it waits for its `run_at` or its retry.
-    fn insert(&mut self, job: JobRef, core: JobCore, now: u64) {
+    fn insert(&mut self, job: JobRef, core: JobCore, now: u64, recovered: bool) {
         let (id, q) = (job.id, job.queue as usize);
         self.counts[q][core.state.index()] += 1;
         let entry = Entry {
@@ -431,6 +439,7 @@ impl Dispatcher {
             worker: IDLE,
             timed_out: false,
             missed: false,
+            recovered,
         };
         self.jobs.insert(id, entry);
         let e = &self.jobs[&id];
@@ -624,7 +633,7 @@ impl Dispatcher {
                         let core = JobCore::with_run_at(job.run_at);
                         self.live.add(&job, 1);
                         self.count_kind(job.queue, job.kind, super::KindCount::Submitted);
-                        self.insert(job, core, now);
+                        self.insert(job, core, now, false);
                     }
                 }
                 Handed::Failed(e) => {
@@ -637,9 +646,9 @@ impl Dispatcher {
     }
 
     fn handle(&mut self, m: Msg) {
-        if !matches!(m, Msg::Wake | Msg::Done(_)) {
-            // What a reply tells has been handed to the WAL (a status that says succeeded
-            // survives the daemon's crash).
+        if !matches!(m, Msg::Wake | Msg::Done(_) | Msg::QueueSettings { .. }) {
+            // No reply tells of a state whose records are still here: they are in the commit
+            // thread's queue before the reply goes out (written once it takes them).
             self.flush_records();
         }
         match m {
@@ -823,13 +832,19 @@ impl Dispatcher {
                 self.timers
                     .push(Reverse((now + t, pick.id, Timer::Timeout(attempt))));
             }
-            self.records.push(&start);
-            self.signals[worker].arm(serial);
+            let recovered = e.recovered;
             let task = Task {
                 job: e.job.clone(),
                 attempt,
                 serial,
             };
+            self.records.push(&start);
+            if recovered {
+                // It ran before a restart: its start goes to the WAL before it runs again, so
+                // that a job that crashes the daemon at once is counted (G3).
+                self.flush_records();
+            }
+            self.signals[worker].arm(serial);
             // A free worker's channel is empty, so this never blocks.
             if self.workers[worker].send(task).is_err() {
                 log::error!("worker {worker} is gone");
@@ -975,7 +990,7 @@ mod tests {
     #[test]
     fn the_dispatchers_records_reach_the_wal_before_a_reply_tells_of_them_and_by_themselves_when_idle() {
         // The dispatcher batches its records (up to RECORDS_WAIT), but never past a reply that
-        // tells of them: a status that says succeeded survives the daemon's crash.
+        // tells of them: when a status says succeeded, the finish record is in the WAL's queue.
         let cfg = Arc::new(Config::with_workers(2));
         let kinds = Arc::new(Kinds::builtin());
         let noop = kinds.id("noop").unwrap();
@@ -1049,4 +1064,83 @@ mod tests {
         rrx.recv().unwrap();
         thread.join().unwrap();
     }
+
+    #[test]
+    fn a_recovered_job_runs_again_only_after_its_start_record_went_to_the_wal() {
+        // A job that crashes the daemon the moment it runs must have each attempt counted (ten
+        // end it), so its start cannot wait in the dispatcher's batch while it runs.
+        let (ran_tx, ran_rx) = crossbeam_channel::bounded::<u64>(1);
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+        let mut kinds = Kinds::empty();
+        kinds.register(
+            "probe",
+            Arc::new(move |ctx: &crate::handlers::JobContext<'_>| {
+                let _ = ran_tx.send(ctx.id);
+                let _ = go_rx.recv();
+                Ok(())
+            }),
+        );
+        let (wal, inbox) = queue::<JobRef>(None);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let job = |id| -> JobRef {
+            Arc::new(crate::job::Job {
+            id,
+            queue: 0,
+            kind: 0,
+            payload: "{}".into(),
+            key: None,
+            submitted_at: now_ms(),
+            deadline: now_ms() + 30_000,
+            run_at: None,
+            max_attempts: 3,
+            timeout_ms: None,
+        })
+        };
+        // One worker: job 7 runs in the first pass, job 8 in a later one, once 7 is done.
+        let recovered = Recovered {
+            live: [7, 8]
+                .map(|id| LiveJob {
+                    job: job(id),
+                    core: JobCore::with_run_at(None),
+                })
+                .into(),
+            ..Recovered::default()
+        };
+        let thread = spawn(
+            Arc::new(Config::with_workers(1)),
+            Arc::new(kinds),
+            recovered,
+            wal,
+            tx.clone(),
+            (rx, Arc::new(Handoff::default())),
+            Arc::default(),
+        );
+        let mut started = std::collections::HashSet::new();
+        for _ in 0..2 {
+            let id = ran_rx.recv().unwrap();
+            // The handler runs: its start record is in the WAL's queue already.
+            while let Some(m) = inbox.try_recv() {
+                let WalMsg::Append(a) = m else { continue };
+                for (rtype, body) in a.records.iter() {
+                    if let Ok(Record::Start(st)) = Record::decode(rtype, SCHEMA, body) {
+                        started.insert(st.id);
+                    }
+                }
+            }
+            assert!(
+                started.contains(&id),
+                "recovered job {id} ran before its start record went to the WAL"
+            );
+            go_tx.send(()).unwrap();
+        }
+        let (rtx, rrx) = crossbeam_channel::bounded(1);
+        tx.send(Msg::Shutdown {
+            grace: Duration::from_secs(5),
+            reply: rtx,
+        })
+        .unwrap();
+        rrx.recv().unwrap();
+        thread.join().unwrap();
+    }
+
 }

@@ -987,6 +987,44 @@ mod tests {
     use crate::wal::commit::{queue, WalMsg};
     use crate::wal::record::SCHEMA;
 
+    fn test_job(id: u64, kind: u16) -> JobRef {
+        Arc::new(crate::job::Job {
+            id,
+            queue: 0,
+            kind,
+            payload: "{}".into(),
+            key: None,
+            submitted_at: now_ms(),
+            deadline: now_ms() + 30_000,
+            run_at: None,
+            max_attempts: 3,
+            timeout_ms: None,
+        })
+    }
+
+    /// Calls `f` with every record the dispatcher has sent to the WAL so far.
+    fn take_records(inbox: &crate::wal::commit::Inbox<JobRef>, f: &mut dyn FnMut(Record<'_>)) {
+        while let Some(m) = inbox.try_recv() {
+            let WalMsg::Append(a) = m else { continue };
+            for (rtype, body) in a.records.iter() {
+                if let Ok(r) = Record::decode(rtype, SCHEMA, body) {
+                    f(r);
+                }
+            }
+        }
+    }
+
+    fn shut_down(tx: &Sender<Msg>, thread: JoinHandle<()>) {
+        let (rtx, rrx) = crossbeam_channel::bounded(1);
+        tx.send(Msg::Shutdown {
+            grace: Duration::from_secs(5),
+            reply: rtx,
+        })
+        .unwrap();
+        rrx.recv().unwrap();
+        thread.join().unwrap();
+    }
+
     #[test]
     fn the_dispatchers_records_reach_the_wal_before_a_reply_tells_of_them_and_by_themselves_when_idle() {
         // The dispatcher batches its records (up to RECORDS_WAIT), but never past a reply that
@@ -1008,29 +1046,13 @@ mod tests {
         );
         let mut finished = std::collections::HashSet::new();
         let take_finished = |finished: &mut std::collections::HashSet<u64>| {
-            while let Some(m) = inbox.try_recv() {
-                let WalMsg::Append(a) = m else { continue };
-                for (rtype, body) in a.records.iter() {
-                    if let Ok(Record::Finish(f)) = Record::decode(rtype, SCHEMA, body) {
-                        finished.insert(f.id);
-                    }
+            take_records(&inbox, &mut |r| {
+                if let Record::Finish(f) = r {
+                    finished.insert(f.id);
                 }
-            }
-        };
-        let job = |id| -> JobRef {
-            Arc::new(crate::job::Job {
-                id,
-                queue: 0,
-                kind: noop,
-                payload: "{}".into(),
-                key: None,
-                submitted_at: now_ms(),
-                deadline: now_ms() + 30_000,
-                run_at: None,
-                max_attempts: 1,
-                timeout_ms: None,
             })
         };
+        let job = |id| test_job(id, noop);
         for id in 1..=50u64 {
             handoff.hand_on(vec![job(id)], &tx);
             loop {
@@ -1055,14 +1077,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
             take_finished(&mut finished);
         }
-        let (rtx, rrx) = crossbeam_channel::bounded(1);
-        tx.send(Msg::Shutdown {
-            grace: Duration::from_secs(5),
-            reply: rtx,
-        })
-        .unwrap();
-        rrx.recv().unwrap();
-        thread.join().unwrap();
+        shut_down(&tx, thread);
     }
 
     #[test]
@@ -1082,25 +1097,11 @@ mod tests {
         );
         let (wal, inbox) = queue::<JobRef>(None);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let job = |id| -> JobRef {
-            Arc::new(crate::job::Job {
-            id,
-            queue: 0,
-            kind: 0,
-            payload: "{}".into(),
-            key: None,
-            submitted_at: now_ms(),
-            deadline: now_ms() + 30_000,
-            run_at: None,
-            max_attempts: 3,
-            timeout_ms: None,
-        })
-        };
         // One worker: job 7 runs in the first pass, job 8 in a later one, once 7 is done.
         let recovered = Recovered {
             live: [7, 8]
                 .map(|id| LiveJob {
-                    job: job(id),
+                    job: test_job(id, 0),
                     core: JobCore::with_run_at(None),
                 })
                 .into(),
@@ -1119,28 +1120,18 @@ mod tests {
         for _ in 0..2 {
             let id = ran_rx.recv().unwrap();
             // The handler runs: its start record is in the WAL's queue already.
-            while let Some(m) = inbox.try_recv() {
-                let WalMsg::Append(a) = m else { continue };
-                for (rtype, body) in a.records.iter() {
-                    if let Ok(Record::Start(st)) = Record::decode(rtype, SCHEMA, body) {
-                        started.insert(st.id);
-                    }
+            take_records(&inbox, &mut |r| {
+                if let Record::Start(st) = r {
+                    started.insert(st.id);
                 }
-            }
+            });
             assert!(
                 started.contains(&id),
                 "recovered job {id} ran before its start record went to the WAL"
             );
             go_tx.send(()).unwrap();
         }
-        let (rtx, rrx) = crossbeam_channel::bounded(1);
-        tx.send(Msg::Shutdown {
-            grace: Duration::from_secs(5),
-            reply: rtx,
-        })
-        .unwrap();
-        rrx.recv().unwrap();
-        thread.join().unwrap();
+        shut_down(&tx, thread);
     }
 
 }

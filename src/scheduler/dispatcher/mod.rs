@@ -229,8 +229,8 @@ const BURST: usize = 4096;
 /// The dispatcher's own records (starts, ends, retries) go to the WAL, as one append, at the
 /// end of a pass that leaves at least this many pending, or [`RECORDS_WAIT`] after the pass that
 /// made the first of them (a deadline of its sleep), or before it handles a request (no reply
-/// tells of a state whose record it still holds), or before a recovered job runs again (its
-/// `start` first), or when it stops: one wake-up and one write of the commit thread per batch
+/// tells of a state whose record it still holds), or before a job recovered at start-up runs
+/// again (the `start` records of that dispatch first), or when it stops: one wake-up and one write of the commit thread per batch
 /// instead of one per pass.
 const RECORDS_BATCH: usize = 512;
 
@@ -271,6 +271,9 @@ pub struct Dispatcher {
     records: RecordBatch,
     /// When the oldest record in `records` was put there (noticed at the end of a pass).
     records_since: Option<Instant>,
+    /// The tasks of one `dispatch` call, sent once their records are on their way (kept for
+    /// its allocation).
+    tasks: Vec<(usize, Task)>,
     counts: Vec<Counts>,
     /// Per (queue × kinds + kind): submitted, succeeded, dead, retries since start-up.
     kind_counts: Vec<super::KindCounts>,
@@ -374,6 +377,7 @@ pub fn spawn(
         wal,
         records: RecordBatch::new(),
         records_since: None,
+        tasks: Vec::new(),
         counts: vec![[0; State::ALL.len()]; n],
         kind_counts: vec![[0; 4]; n * kinds.names().len()],
         lateness: Lateness::new(n, now_ms()),
@@ -792,6 +796,8 @@ impl Dispatcher {
         if self.draining.is_some() || self.wal_failed.is_some() {
             return;
         }
+        let mut tasks = std::mem::take(&mut self.tasks);
+        let mut recovered_any = false;
         while !self.free.is_empty() {
             let jobs = &self.jobs;
             let expected = &self.expected_ms;
@@ -839,17 +845,22 @@ impl Dispatcher {
                 serial,
             };
             self.records.push(&start);
-            if recovered {
-                // It ran before a restart: its start goes to the WAL before it runs again, so
-                // that a job that crashes the daemon at once is counted (G3).
-                self.flush_records();
-            }
+            recovered_any |= recovered;
             self.signals[worker].arm(serial);
+            tasks.push((worker, task));
+        }
+        if recovered_any {
+            // A job that ran before a restart: its start goes to the WAL before it runs again,
+            // so that a job that crashes the daemon at once is counted (G3).
+            self.flush_records();
+        }
+        for (worker, task) in tasks.drain(..) {
             // A free worker's channel is empty, so this never blocks.
             if self.workers[worker].send(task).is_err() {
                 log::error!("worker {worker} is gone");
             }
         }
+        self.tasks = tasks;
     }
 
     fn finished(&mut self, d: Done) {

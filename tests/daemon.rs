@@ -576,6 +576,8 @@ fn a_job_that_kills_the_daemon_as_it_starts_ends_dead_instead_of_crashing_it_for
     let id = d.conn().submit(
         r#"{"op":"submit","queue":"default","kind":"exec","payload":{"argv":["sh","-c","kill -9 $PPID"]}}"#,
     );
+    // Ten counted crashes end it; a start the commit thread had not written yet when the kill
+    // came (it was in an fdatasync, or not scheduled) leaves a crash uncounted: room for those.
     let mut crashes = 0;
     let job = loop {
         // Either the job kills this daemon, or (once it is dead) the daemon stays up and says so.
@@ -584,7 +586,7 @@ fn a_job_that_kills_the_daemon_as_it_starts_ends_dead_instead_of_crashing_it_for
             d.child = None;
             crashes += 1;
             assert!(
-                crashes <= 20,
+                crashes <= 40,
                 "job {id} killed the daemon {crashes} times:\n{}",
                 d.log_text()
             );

@@ -40,8 +40,9 @@ struct Args {
     /// report time to serve, RSS and binlog bytes per job (duejob's: `examples/recovery.rs`).
     #[arg(long)]
     recovery: Option<u64>,
-    /// A second duejob binary (an earlier build) measured in the same run, right after the
-    /// first in every cell, for before/after ratios on equal terms.
+    /// A second duejob binary (an earlier build) measured in the same run beside the first in
+    /// every cell (after it in odd rounds, before it in even ones), for before/after ratios on
+    /// equal terms.
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Only these workloads (comma-separated: put, cycle, cycle-drain, latency, latency-run).
@@ -521,7 +522,11 @@ fn main() {
             for &mode in &modes {
                 let mut runs = vec![(System::Duejob, false, a.duejob.clone())];
                 if let Some(b) = &a.baseline {
-                    runs.push((System::Duejob, true, b.clone()));
+                    // The first duejob slot of a cell measured 4-22% slower than the second with
+                    // the same binary in both (BENCHMARKS.md, issue 15, fourth session), so even
+                    // rounds measure the baseline first.
+                    let slot = if round % 2 == 0 { 0 } else { 1 };
+                    runs.insert(slot, (System::Duejob, true, b.clone()));
                 }
                 runs.push((System::Beanstalkd, false, a.duejob.clone()));
                 runs.push((System::Redis, false, a.duejob.clone()));

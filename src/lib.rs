@@ -71,6 +71,7 @@ internal_mods! {
 }
 mod datadir;
 mod error;
+mod fail_stop;
 mod replay;
 
 pub use client::Client;

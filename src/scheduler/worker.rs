@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Done, Msg};
 use crate::config::Config;
+use crate::fail_stop::{fail_stop, panic_message};
 use crate::handlers::{JobContext, JobError, Kinds, StopSignal};
 use crate::job::JobRef;
 
@@ -37,16 +38,12 @@ pub fn spawn(
     let signal = stop.clone();
     let h = std::thread::Builder::new()
         .name(format!("duejob-worker-{index}"))
-        .spawn(move || work(index, rx, &config, &kinds, &done, &signal))
+        .spawn(move || {
+            let name = format!("duejob-worker-{index}");
+            fail_stop(&name, || work(index, rx, &config, &kinds, &done, &signal))
+        })
         .expect("spawn worker");
     (tx, stop, h)
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic".into())
 }
 
 fn work(

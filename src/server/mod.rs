@@ -172,7 +172,11 @@ impl Bound {
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name("duejob-accept".into())
-            .spawn(move || accept_loop(listener, wake_rx, handle, s2, max_connections))
+            .spawn(move || {
+                crate::fail_stop::fail_stop("duejob-accept", || {
+                    accept_loop(listener, wake_rx, handle, s2, max_connections)
+                })
+            })
             .expect("spawn accept thread");
         Server {
             path,

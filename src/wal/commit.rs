@@ -495,7 +495,7 @@ pub fn spawn<J: Keyed>(
     let s = shared.clone();
     let thread = std::thread::Builder::new()
         .name("duejob-wal".into())
-        .spawn(move || run(&s, &rx, &wake_rx))
+        .spawn(move || crate::fail_stop::fail_stop("duejob-wal", || run(&s, &rx, &wake_rx)))
         .expect("spawn WAL thread");
     (Wal { shared }, thread)
 }
@@ -975,6 +975,7 @@ impl<J: Keyed> CommitLoop<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fail_stop::child;
     use crate::wal::io::{Fault, MemStorage, Storage};
     use crate::wal::reader::read_log;
     use crate::wal::record::Cancel;
@@ -1122,6 +1123,91 @@ mod tests {
         let back = wal.append_now(own_append(9..10)).expect_err("given back");
         assert_eq!(back.jobs[0].id, 9);
         assert_eq!(job_records(&storage.crash_image(usize::MAX)), [0, 1, 2, 3]);
+    }
+
+    /// The commit thread on a fresh `storage`, with `events` as the runtime's hand-off.
+    fn start_with_events(
+        storage: &MemStorage,
+        events: Box<dyn FnMut(WalEvent) + Send>,
+    ) -> (Wal<TJob>, Queue<TJob>, JoinHandle<()>) {
+        let scan = read_log(storage, &mut |_| Ok(())).unwrap();
+        let app = Appender::open(Arc::new(storage.clone()), &scan, 1 << 20, Arc::default());
+        let (tx, rx) = queue(None);
+        let opts = Options {
+            mode: SyncMode::Always,
+            seal_after: None,
+        };
+        let (wal, h) = spawn(app.unwrap(), opts, KeyIndex::new(1 << 40, 1000), rx, events);
+        (wal, tx, h)
+    }
+
+    /// A hand-off that panics on the first jobs it is given: a bug in the runtime.
+    fn buggy_hand_off() -> Box<dyn FnMut(WalEvent) + Send> {
+        Box::new(|e| {
+            if let WalEvent::Durable(_) = e {
+                panic!("a bug in the hand-off");
+            }
+        })
+    }
+
+    #[test]
+    fn a_panic_on_the_commit_thread_stops_the_process() {
+        let out = child::run("wal::commit::tests::child_panics_on_the_commit_thread");
+        child::assert_aborted(&out, "duejob-wal", "a bug in the hand-off");
+    }
+
+    /// Run by the test above, in a child process.
+    #[test]
+    #[ignore = "run in a child process by a_panic_on_the_commit_thread_stops_the_process"]
+    fn child_panics_on_the_commit_thread() {
+        if !child::is_child() {
+            return;
+        }
+        child::no_core_file();
+        let storage = MemStorage::new();
+        let (_wal, tx, h) = start_with_events(&storage, buggy_hand_off());
+        let (ack, _answer) = crossbeam_channel::bounded(1);
+        let append = Append {
+            ack: Some(ack),
+            ..own_append(0..1)
+        };
+        assert!(tx.send(WalMsg::Append(append)).is_ok());
+        let _ = h.join();
+        // Not reached: the process is gone before the thread ends.
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn after_a_writer_panicked_holding_the_log_the_commit_thread_stops_the_process() {
+        let out = child::run(
+            "wal::commit::tests::child_panics_holding_the_log_then_the_commit_thread_is_asked",
+        );
+        // The caller's own thread only unwinds (it is not on the primary path's list); the commit
+        // thread then finds the log poisoned and stops the process rather than serve it.
+        child::assert_aborted(&out, "duejob-wal", "WAL writer panicked");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("a bug in the hand-off"));
+    }
+
+    /// Run by the test above, in a child process.
+    #[test]
+    #[ignore = "run in a child process by after_a_writer_panicked_holding_the_log_the_commit_thread_stops_the_process"]
+    fn child_panics_holding_the_log_then_the_commit_thread_is_asked() {
+        if !child::is_child() {
+            return;
+        }
+        child::no_core_file();
+        let storage = MemStorage::new();
+        let (wal, tx, h) = start_with_events(&storage, buggy_hand_off());
+        let caller = std::thread::spawn(move || wal.append_now(own_append(0..1)).is_ok());
+        assert!(caller.join().is_err(), "the caller's append_now panicked");
+        let (ack, _answer) = crossbeam_channel::bounded(1);
+        let append = Append {
+            ack: Some(ack),
+            ..own_append(1..2)
+        };
+        assert!(tx.send(WalMsg::Append(append)).is_ok());
+        let _ = h.join();
+        std::process::exit(0);
     }
 
     #[test]

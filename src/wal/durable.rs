@@ -190,19 +190,21 @@ impl Keeper {
         let seen = lsn.clone();
         let thread = std::thread::Builder::new()
             .name("duejob-durable".into())
-            .spawn(move || loop {
-                let clean = match stopped.recv_timeout(EVERY) {
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Ok(clean) => Some(clean),
-                    Err(RecvTimeoutError::Disconnected) => Some(false),
-                };
-                let now = seen.load(Ordering::Acquire);
-                if let Err(e) = writer.write(now, clean == Some(true)) {
-                    log::error!("WAL: cannot write the durable point: {e} (recovery goes by the log's sync marks alone)");
-                }
-                if clean.is_some() {
-                    return;
-                }
+            .spawn(move || {
+                crate::fail_stop::fail_stop("duejob-durable", || loop {
+                    let clean = match stopped.recv_timeout(EVERY) {
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Ok(clean) => Some(clean),
+                        Err(RecvTimeoutError::Disconnected) => Some(false),
+                    };
+                    let now = seen.load(Ordering::Acquire);
+                    if let Err(e) = writer.write(now, clean == Some(true)) {
+                        log::error!("WAL: cannot write the durable point: {e} (recovery goes by the log's sync marks alone)");
+                    }
+                    if clean.is_some() {
+                        return;
+                    }
+                })
             })
             .expect("spawn durable-point thread");
         Keeper {

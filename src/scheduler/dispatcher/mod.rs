@@ -400,16 +400,18 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("duejob-dispatch".into())
         .spawn(move || {
-            let t = Instant::now();
-            let n = recovered.live.len();
-            d.restore(recovered);
-            if n > 0 {
-                log::info!(
-                    "dispatcher restored {n} live jobs in {:.1} ms",
-                    t.elapsed().as_secs_f64() * 1000.0
-                );
-            }
-            d.run(rx)
+            crate::fail_stop::fail_stop("duejob-dispatch", || {
+                let t = Instant::now();
+                let n = recovered.live.len();
+                d.restore(recovered);
+                if n > 0 {
+                    log::info!(
+                        "dispatcher restored {n} live jobs in {:.1} ms",
+                        t.elapsed().as_secs_f64() * 1000.0
+                    );
+                }
+                d.run(rx)
+            })
         })
         .expect("spawn dispatcher")
 }

@@ -1198,7 +1198,14 @@ mod tests {
         child::no_core_file();
         let storage = MemStorage::new();
         let (wal, tx, h) = start_with_events(&storage, buggy_hand_off());
-        let caller = std::thread::spawn(move || wal.append_now(own_append(0..1)).is_ok());
+        // Until the log is taken: the commit thread may hold it for a moment.
+        let caller = std::thread::spawn(move || {
+            let mut append = own_append(0..1);
+            while let Err(back) = wal.append_now(append) {
+                append = back;
+                std::thread::yield_now();
+            }
+        });
         assert!(caller.join().is_err(), "the caller's append_now panicked");
         let (ack, _answer) = crossbeam_channel::bounded(1);
         let append = Append {

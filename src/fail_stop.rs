@@ -51,9 +51,16 @@ pub(crate) mod child {
     const VAR: &str = "DUEJOB_FAIL_STOP_CHILD";
 
     /// Whether this process is the child of [`run`]: the ignored test that `run` names does its
-    /// work only then.
-    pub fn is_child() -> bool {
-        std::env::var_os(VAR).is_some()
+    /// work only then. In the child, turns core files off for the abort it is about to make.
+    pub fn enter() -> bool {
+        if std::env::var_os(VAR).is_none() {
+            return false;
+        }
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Core);
+        limit.current = Some(0);
+        let _ = setrlimit(Resource::Core, limit);
+        true
     }
 
     /// Runs the ignored test `name` (its full path) in a child process of this test binary and
@@ -70,14 +77,6 @@ pub(crate) mod child {
             .env(VAR, "1")
             .output()
             .expect("run the test binary")
-    }
-
-    /// In the child: no core file for the abort it is about to make.
-    pub fn no_core_file() {
-        use rustix::process::{getrlimit, setrlimit, Resource};
-        let mut limit = getrlimit(Resource::Core);
-        limit.current = Some(0);
-        let _ = setrlimit(Resource::Core, limit);
     }
 
     /// Asserts that the child was killed by `SIGABRT` and said why, naming `thread` and `why`.
@@ -112,10 +111,9 @@ mod tests {
     #[test]
     #[ignore = "run in a child process by a_panic_in_a_thread_of_the_primary_path_aborts_the_process"]
     fn child_panics_in_a_fail_stop_thread() {
-        if !child::is_child() {
+        if !child::enter() {
             return;
         }
-        child::no_core_file();
         let t = std::thread::spawn(|| fail_stop("duejob-test", || panic!("the bug under test")));
         let _ = t.join();
         // Not reached: the join above never returns.

@@ -1141,6 +1141,17 @@ mod tests {
         (wal, tx, h)
     }
 
+    /// Sends the commit thread the jobs `ids` as an append somebody waits for (nobody reads the
+    /// answer: the child that sends it is about to die).
+    fn send_waited(tx: &Queue<TJob>, ids: std::ops::Range<u64>) {
+        let (ack, _) = crossbeam_channel::bounded(1);
+        let append = Append {
+            ack: Some(ack),
+            ..own_append(ids)
+        };
+        assert!(tx.send(WalMsg::Append(append)).is_ok());
+    }
+
     /// A hand-off that panics on the first jobs it is given: a bug in the runtime.
     fn buggy_hand_off() -> Box<dyn FnMut(WalEvent) + Send> {
         Box::new(|e| {
@@ -1160,18 +1171,12 @@ mod tests {
     #[test]
     #[ignore = "run in a child process by a_panic_on_the_commit_thread_stops_the_process"]
     fn child_panics_on_the_commit_thread() {
-        if !child::is_child() {
+        if !child::enter() {
             return;
         }
-        child::no_core_file();
         let storage = MemStorage::new();
         let (_wal, tx, h) = start_with_events(&storage, buggy_hand_off());
-        let (ack, _answer) = crossbeam_channel::bounded(1);
-        let append = Append {
-            ack: Some(ack),
-            ..own_append(0..1)
-        };
-        assert!(tx.send(WalMsg::Append(append)).is_ok());
+        send_waited(&tx, 0..1);
         let _ = h.join();
         // Not reached: the process is gone before the thread ends.
         std::process::exit(0);
@@ -1192,10 +1197,9 @@ mod tests {
     #[test]
     #[ignore = "run in a child process by after_a_writer_panicked_holding_the_log_the_commit_thread_stops_the_process"]
     fn child_panics_holding_the_log_then_the_commit_thread_is_asked() {
-        if !child::is_child() {
+        if !child::enter() {
             return;
         }
-        child::no_core_file();
         let storage = MemStorage::new();
         let (wal, tx, h) = start_with_events(&storage, buggy_hand_off());
         // Until the log is taken: the commit thread may hold it for a moment.
@@ -1207,12 +1211,7 @@ mod tests {
             }
         });
         assert!(caller.join().is_err(), "the caller's append_now panicked");
-        let (ack, _answer) = crossbeam_channel::bounded(1);
-        let append = Append {
-            ack: Some(ack),
-            ..own_append(1..2)
-        };
-        assert!(tx.send(WalMsg::Append(append)).is_ok());
+        send_waited(&tx, 1..2);
         let _ = h.join();
         std::process::exit(0);
     }

@@ -573,9 +573,10 @@ fn a_job_that_kills_the_daemon_as_it_starts_ends_dead_instead_of_crashing_it_for
     // records of a recovered job's dispatch at the end of that pass).
     let dir = tempdir();
     let mut d = Daemon::start_in(dir.path(), &["--workers", "2"]);
-    let id = d.conn().submit(
-        r#"{"op":"submit","queue":"default","kind":"exec","payload":{"argv":["sh","-c","kill -9 $PPID"]}}"#,
-    );
+    // The dispatcher hears of a durable job before its submitter does, so the job can kill the
+    // daemon before the reply is written: then the same submit again (its key) names the job.
+    let submit = r#"{"op":"submit","queue":"default","kind":"exec","key":"the-killer","payload":{"argv":["sh","-c","kill -9 $PPID"]}}"#;
+    let mut id = None;
     // Ten counted crashes end it; a start the commit thread had not written yet when the kill
     // came (it was in an fdatasync, or not scheduled) leaves a crash uncounted: room for those.
     let mut crashes = 0;
@@ -587,21 +588,31 @@ fn a_job_that_kills_the_daemon_as_it_starts_ends_dead_instead_of_crashing_it_for
             crashes += 1;
             assert!(
                 crashes <= 40,
-                "job {id} killed the daemon {crashes} times:\n{}",
+                "job {id:?} killed the daemon {crashes} times:\n{}",
                 d.log_text()
             );
             d.spawn();
             continue;
         }
         if let Ok(mut c) = crate::common::Conn::connect(&d.socket()) {
-            if let Some(v) = c.try_call(&format!(r#"{{"op":"status","id":{id}}}"#)) {
-                if v["job"]["state"] == "dead" {
-                    break v["job"].clone();
+            match id {
+                None => id = c.try_call(submit).and_then(|v| v["id"].as_u64()),
+                Some(id) => {
+                    if let Some(v) = c.try_call(&format!(r#"{{"op":"status","id":{id}}}"#)) {
+                        if v["job"]["state"] == "dead" {
+                            break v["job"].clone();
+                        }
+                    }
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    // One job, however many times it was submitted.
+    let mut c = d.conn();
+    let again = c.call(submit);
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["id"], job["id"], "{again}");
     assert!(crashes >= 10, "dead after {crashes} crashes: {job}");
     // Ten attempts, each cut by a crash: nine shown interrupted, the tenth ended by recovery.
     let attempts = job["attempts"].as_array().unwrap();

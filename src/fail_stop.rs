@@ -16,12 +16,14 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Runs `body`, the whole life of the thread `thread` of the primary path; if it panics, writes
-/// why to stderr and aborts the process.
-pub(crate) fn fail_stop<T>(thread: &str, body: impl FnOnce() -> T) -> T {
+/// Runs `body`, the whole life of the calling thread of the primary path; if it panics, writes
+/// why to stderr (naming the thread by the name it was spawned with) and aborts the process.
+pub(crate) fn fail_stop<T>(body: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(v) => v,
         Err(p) => {
+            let current = std::thread::current();
+            let thread = current.name().unwrap_or("unnamed");
             // Straight to stderr: a logger may not be set up (duejob embedded), and nothing after
             // this line runs.
             eprintln!(
@@ -64,7 +66,7 @@ pub(crate) mod child {
     }
 
     /// Runs the ignored test `name` (its full path) in a child process of this test binary and
-    /// returns how it ended. The child writes no core file.
+    /// returns how it ended (the child's [`enter`] turns its core file off).
     pub fn run(name: &str) -> Output {
         Command::new(std::env::current_exe().expect("the test binary"))
             .args([
@@ -114,7 +116,10 @@ mod tests {
         if !child::enter() {
             return;
         }
-        let t = std::thread::spawn(|| fail_stop("duejob-test", || panic!("the bug under test")));
+        let t = std::thread::Builder::new()
+            .name("duejob-test".into())
+            .spawn(|| fail_stop(|| panic!("the bug under test")))
+            .unwrap();
         let _ = t.join();
         // Not reached: the join above never returns.
         std::process::exit(0);
@@ -122,7 +127,7 @@ mod tests {
 
     #[test]
     fn without_a_panic_the_body_s_value_is_returned() {
-        assert_eq!(fail_stop("duejob-test", || 7), 7);
+        assert_eq!(fail_stop(|| 7), 7);
     }
 
     #[test]

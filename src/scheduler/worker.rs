@@ -38,10 +38,7 @@ pub fn spawn(
     let signal = stop.clone();
     let h = std::thread::Builder::new()
         .name(format!("duejob-worker-{index}"))
-        .spawn(move || {
-            let name = format!("duejob-worker-{index}");
-            fail_stop(&name, || work(index, rx, &config, &kinds, &done, &signal))
-        })
+        .spawn(move || fail_stop(|| work(index, rx, &config, &kinds, &done, &signal)))
         .expect("spawn worker");
     (tx, stop, h)
 }

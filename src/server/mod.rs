@@ -173,7 +173,7 @@ impl Bound {
         let thread = std::thread::Builder::new()
             .name("duejob-accept".into())
             .spawn(move || {
-                crate::fail_stop::fail_stop("duejob-accept", || {
+                crate::fail_stop::fail_stop(|| {
                     accept_loop(listener, wake_rx, handle, s2, max_connections)
                 })
             })

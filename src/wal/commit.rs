@@ -495,7 +495,7 @@ pub fn spawn<J: Keyed>(
     let s = shared.clone();
     let thread = std::thread::Builder::new()
         .name("duejob-wal".into())
-        .spawn(move || crate::fail_stop::fail_stop("duejob-wal", || run(&s, &rx, &wake_rx)))
+        .spawn(move || crate::fail_stop::fail_stop(|| run(&s, &rx, &wake_rx)))
         .expect("spawn WAL thread");
     (Wal { shared }, thread)
 }

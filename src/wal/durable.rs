@@ -191,7 +191,7 @@ impl Keeper {
         let thread = std::thread::Builder::new()
             .name("duejob-durable".into())
             .spawn(move || {
-                crate::fail_stop::fail_stop("duejob-durable", || loop {
+                crate::fail_stop::fail_stop(|| loop {
                     let clean = match stopped.recv_timeout(EVERY) {
                         Err(RecvTimeoutError::Timeout) => None,
                         Ok(clean) => Some(clean),

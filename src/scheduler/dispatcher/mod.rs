@@ -400,7 +400,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("duejob-dispatch".into())
         .spawn(move || {
-            crate::fail_stop::fail_stop("duejob-dispatch", || {
+            crate::fail_stop::fail_stop(|| {
                 let t = Instant::now();
                 let n = recovered.live.len();
                 d.restore(recovered);
